@@ -1,0 +1,44 @@
+# genbench: `make help` lists the targets. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+STUDY ?= vae_kl_sweep
+TRIALS ?=
+EPOCHS ?=
+DEVICE ?= auto
+PORT ?= 5000
+PYTEST_ARGS ?=
+# Where studies write (MLflow db + artifacts, Optuna db). STORAGE and TRACKING_URI override parts.
+RUNS_DIR ?= mlruns
+export RUNS_DIR STORAGE TRACKING_URI
+
+.PHONY: help setup study test ui list
+
+help: ## list the targets and their variables
+	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE RUNS_DIR STORAGE TRACKING_URI PORT):"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed ## create .venv and install the versions pinned in pyproject.toml
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "genbench needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -qq --upgrade pip
+	$(VENV)/bin/pip install -qq -e '.[test]'
+	@touch $@
+
+study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu]
+	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE)
+
+test: setup ## run the tests (GPU tests skip without CUDA); PYTEST_ARGS="-m 'not slow'" for the quick ones
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000)
+	$(PY) -m harness ui --port $(PORT)
+
+list: setup ## list families (with their spaces), datasets and studies; checks every study file
+	$(PY) -m harness list

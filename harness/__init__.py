@@ -1,0 +1,1 @@
+"""genbench: Optuna searches over generative image models, tracked in MLflow."""

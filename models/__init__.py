@@ -1,0 +1,1 @@
+"""One file per model family; each is registered in harness/registry.py."""
