@@ -1,0 +1,103 @@
+"""Model families by name: their hyperparameter space, build function and training step.
+
+A family is a handful of plain functions (usually all in models/<name>.py):
+  build(params, channels, image_size) -> nn.Module with `sample(z)` (and `reconstruct(x)` for
+      autoencoders) and a `latent_dim` attribute
+  make_optimizers(model, params) -> {name: optimizer}
+  train_step(model, x, optimizers, params) -> {metric: detached scalar tensor}, one update
+  eval_step(model, x, params) -> {metric: scalar tensor} on held-out images (keys = `metrics`)
+`metrics` names what eval_step returns and whether lower or higher is better; the training loop
+logs them as train_<m> / val_<m> / test_<m>, and a study's objective must be one of val_<m>.
+Built-ins are registered at the bottom of this file, in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from harness.errors import UserError
+from harness.space import ChoiceParam, FixedParam, FloatParam, IntParam, Param
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DIRECTIONS = ("minimize", "maximize")
+
+Params = Mapping[str, Any]
+Optimizers = Mapping[str, torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    space: Mapping[str, Param]
+    metrics: Mapping[str, str]  # eval_step key -> "minimize" | "maximize"
+    build: Callable[[Params, int, int], nn.Module]
+    make_optimizers: Callable[[nn.Module, Params], dict[str, torch.optim.Optimizer]]
+    train_step: Callable[[nn.Module, Tensor, Optimizers, Params], dict[str, Tensor]]
+    eval_step: Callable[[nn.Module, Tensor, Params], dict[str, Tensor]]
+    help: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: param.default for name, param in self.space.items()}
+
+
+class RegistryError(ValueError):
+    """A family declared wrongly: a bug in the code that registers it, not a user's mistake."""
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, *, space: Mapping[str, Param], metrics: Mapping[str, str],
+                    build: Callable, make_optimizers: Callable, train_step: Callable, eval_step: Callable,
+                    help: str = "") -> Family:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise RegistryError(f"family name {name!r} must match {NAME.pattern} (lowercase, digits, _)")
+    if name in _FAMILIES:
+        raise RegistryError(f"family {name!r} is already registered")
+    if not space:
+        raise RegistryError(f"family {name!r}: empty hyperparameter space")
+    for param_name, param in space.items():
+        if not NAME.match(param_name):
+            raise RegistryError(f"family {name!r}: parameter name {param_name!r} must match {NAME.pattern}")
+        if not isinstance(param, (FloatParam, IntParam, ChoiceParam, FixedParam)):
+            raise RegistryError(f"family {name!r}: parameter {param_name!r} is not a Param: {param!r}")
+    if not metrics:
+        raise RegistryError(f"family {name!r}: no metrics")
+    for metric, direction in metrics.items():
+        if not NAME.match(metric) or direction not in DIRECTIONS:
+            raise RegistryError(f"family {name!r}: metric {metric!r}: {direction!r} must be one of {DIRECTIONS}")
+    for what, fn in [("build", build), ("make_optimizers", make_optimizers),
+                     ("train_step", train_step), ("eval_step", eval_step)]:
+        if not callable(fn):
+            raise RegistryError(f"family {name!r}: {what} is not callable")
+    family = Family(name, dict(space), dict(metrics), build, make_optimizers, train_step, eval_step, help)
+    _FAMILIES[name] = family
+    return family
+
+
+def family_names() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str, where: str = "family") -> Family:
+    if name not in _FAMILIES:
+        raise UserError(f"{where}: unknown family {name!r}; valid: {', '.join(family_names())}")
+    return _FAMILIES[name]
+
+
+# ---- built-in families, one line each ----------------------------------------------------------
+
+def _register_builtins() -> None:
+    from models import vae
+
+    register_family("vae", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
+                    make_optimizers=vae.make_optimizers, train_step=vae.train_step, eval_step=vae.eval_step,
+                    help="conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL")
+
+
+_register_builtins()

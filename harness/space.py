@@ -1,0 +1,189 @@
+"""Hyperparameter spaces.
+
+A family declares each knob once, with its default search range and the limits any value must
+respect. A study may narrow a range, give a list of values, or fix a value; `Param.override`
+checks that and returns the new `Param`. `suggest` turns a space into values as a function of an
+Optuna trial (so `optuna.trial.FixedTrial` can unit-test it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import optuna
+
+from harness.errors import UserError
+
+Scalar = int | float | str | bool
+
+
+class Param(Protocol):
+    help: str
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Any: ...
+
+    def override(self, value: Any, where: str) -> "Param": ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    low: float
+    high: float
+    default: float
+    log: bool = False
+    limits: tuple[float, float] = (-math.inf, math.inf)
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        _check_range(self, self.low, self.high, "declaration")
+        if not self.low <= self.default <= self.high:
+            raise ValueError(f"default {self.default} outside [{self.low}, {self.high}]")
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def check_value(self, value: Any, where: str) -> float:
+        if not _is_number(value):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        lo, hi = self.limits
+        if not lo <= value <= hi:
+            raise UserError(f"{where}: {value} is outside the allowed [{lo}, {hi}]")
+        return float(value)
+
+    def override(self, value: Any, where: str) -> Param:
+        if isinstance(value, Mapping):
+            low, high, log = _range_fields(value, self.log, where)
+            low, high = self.check_value(low, where + ".low"), self.check_value(high, where + ".high")
+            _check_range(self, low, high, where)
+            return FloatParam(low, high, min(max(self.default, low), high), log, self.limits, self.help)
+        if isinstance(value, list):
+            return ChoiceParam.of([self.check_value(v, where) for v in value], where, self.help)
+        return FixedParam(self.check_value(value, where), self.help)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class IntParam:
+    low: int
+    high: int
+    default: int
+    log: bool = False
+    limits: tuple[int, int] = (-(2**62), 2**62)
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        _check_range(self, self.low, self.high, "declaration")
+        if not self.low <= self.default <= self.high:
+            raise ValueError(f"default {self.default} outside [{self.low}, {self.high}]")
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log)
+
+    def check_value(self, value: Any, where: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        lo, hi = self.limits
+        if not lo <= value <= hi:
+            raise UserError(f"{where}: {value} is outside the allowed [{lo}, {hi}]")
+        return value
+
+    def override(self, value: Any, where: str) -> Param:
+        if isinstance(value, Mapping):
+            low, high, log = _range_fields(value, self.log, where)
+            low, high = self.check_value(low, where + ".low"), self.check_value(high, where + ".high")
+            _check_range(self, low, high, where)
+            return IntParam(low, high, min(max(self.default, low), high), log, self.limits, self.help)
+        if isinstance(value, list):
+            return ChoiceParam.of([self.check_value(v, where) for v in value], where, self.help)
+        return FixedParam(self.check_value(value, where), self.help)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    choices: tuple[Scalar, ...]
+    default: Scalar
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default not in self.choices:
+            raise ValueError(f"default {self.default!r} not among {self.choices}")
+
+    @classmethod
+    def of(cls, values: list[Any], where: str, help: str = "") -> "ChoiceParam":
+        if not values:
+            raise UserError(f"{where}: empty list of values; give at least one value")
+        if len(set(values)) != len(values):
+            raise UserError(f"{where}: repeated values in {values}")
+        return cls(tuple(values), values[0], help)
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def override(self, value: Any, where: str) -> Param:
+        allowed = ", ".join(map(repr, self.choices))
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if v not in self.choices]
+        if isinstance(value, Mapping) or bad:
+            raise UserError(f"{where}: {value!r} is not a choice; valid: {allowed}")
+        return ChoiceParam.of(values, where, self.help) if isinstance(value, list) else FixedParam(value, self.help)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "choice", "choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class FixedParam:
+    value: Scalar
+    help: str = ""
+
+    @property
+    def default(self) -> Scalar:
+        return self.value
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
+        return self.value
+
+    def override(self, value: Any, where: str) -> Param:
+        raise UserError(f"{where}: this parameter is fixed at {self.value!r} and cannot be changed")
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "fixed", "value": self.value}
+
+
+def _range_fields(value: Mapping[str, Any], log: bool, where: str) -> tuple[Any, Any, bool]:
+    unknown = set(value) - {"low", "high", "log"}
+    if unknown or not {"low", "high"} <= set(value):
+        raise UserError(f"{where}: a range is {{low = ..., high = ..., log = true|false}}; got {dict(value)}")
+    log = value.get("log", log)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}.log: expected true or false, got {log!r}")
+    return value["low"], value["high"], log
+
+
+def _check_range(param: FloatParam | IntParam, low: float, high: float, where: str) -> None:
+    if not low < high:
+        raise UserError(f"{where}: empty range (low {low} >= high {high}); give low < high, or one value to fix it")
+    if param.log and low <= 0:
+        raise UserError(f"{where}: a log range needs low > 0 (got {low}); set log = false or raise low")
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, Param]) -> dict[str, Any]:
+    """Sample one configuration: free parameters through `trial`, fixed ones as they are."""
+    return {name: param.suggest(trial, name) for name, param in space.items()}
+
+
+def free_params(space: Mapping[str, Param]) -> list[str]:
+    return [name for name, param in space.items() if not isinstance(param, FixedParam)]

@@ -1,0 +1,160 @@
+"""The conv VAE of the reports (seed 001 prints it layer by layer).
+
+Encoder: three Conv-BN-ReLU blocks (C->16->32->64, 3x3; the last two average-pool 2x2) and one
+linear layer to mu and log-variance. Decoder: one linear layer and three BN-ReLU-Conv blocks with
+nearest 2x upsampling after the first two, sigmoid output. Loss = MSE + kl_weight * KL, trained
+with Adam with weight decay (the reports: lr 1e-3, wd 1e-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.space import FloatParam, IntParam
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    image_size: int = 32  # 32 or 64 (any multiple of 4 works)
+    channels: int = 1  # 1 grayscale, 3 RGB
+    latent_dim: int = 32
+    dropout: float = 0.0  # after every hidden block, encoder and decoder
+
+    def __post_init__(self) -> None:
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
+
+    @property
+    def bottleneck(self) -> int:
+        return self.image_size // 4  # two 2x poolings
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self, c_in: int, c_out: int, pool: bool, dropout: float):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, c_in, H, W) -> (B, c_out, H/2 if pool, ...)
+        return self.drop(self.pool(F.relu(self.bn(self.conv(x)))))
+
+
+class BNReLUConv(nn.Module):
+    def __init__(self, c_in: int, c_out: int, upsample: bool, dropout: float):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest") if upsample else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, c_in, H, W) -> (B, c_out, 2H if upsample, ...)
+        return self.drop(self.up(self.conv(F.relu(self.bn(x)))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.layer1 = ConvBNReLU(cfg.channels, 16, pool=False, dropout=cfg.dropout)
+        self.layer2 = ConvBNReLU(16, 32, pool=True, dropout=cfg.dropout)
+        self.layer3 = ConvBNReLU(32, 64, pool=True, dropout=cfg.dropout)
+        self.fc = nn.Linear(64 * cfg.bottleneck**2, 2 * cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.layer3(self.layer2(self.layer1(x)))  # (B, 64, S/4, S/4)
+        mu, logvar = self.fc(h.flatten(1)).chunk(2, dim=1)  # (B, Z) each
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.fc = nn.Linear(cfg.latent_dim, 64 * cfg.bottleneck**2)
+        self.layer1 = BNReLUConv(64, 32, upsample=True, dropout=cfg.dropout)
+        self.layer2 = BNReLUConv(32, 16, upsample=True, dropout=cfg.dropout)
+        self.layer3 = BNReLUConv(16, cfg.channels, upsample=False, dropout=0.0)
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, Z) -> (B, C, S, S) in [0, 1]
+        s = self.cfg.bottleneck
+        h = self.fc(z).view(-1, 64, s, s)
+        return torch.sigmoid(self.layer3(self.layer2(self.layer1(h))))
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_dim = cfg.latent_dim
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return self.decoder(z), mu, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean: the deterministic reconstruction the grids show."""
+        return self.decoder(self.encoder(x)[0])
+
+    @torch.no_grad()
+    def sample(self, z: Tensor) -> Tensor:  # z ~ N(0, I), (B, Z) -> (B, C, S, S)
+        return self.decoder(z)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, I)), summed over latent dimensions, averaged over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+# ---- what the registry needs -------------------------------------------------------------------
+
+SPACE = {
+    "kl_weight": FloatParam(5e-5, 1e-2, 1e-3, log=True, limits=(0.0, 100.0),
+                            help="weight of the KL term (the reports swept 5e-5 .. 1e-2)"),
+    "latent_dim": IntParam(8, 256, 32, log=True, limits=(1, 4096), help="size of z"),
+    "lr": FloatParam(1e-4, 1e-2, 1e-3, log=True, limits=(1e-8, 1.0), help="Adam learning rate"),
+    "weight_decay": FloatParam(1e-6, 1e-3, 1e-5, log=True, limits=(0.0, 1.0), help="Adam L2 weight decay"),
+    "dropout": FloatParam(0.0, 0.5, 0.0, limits=(0.0, 0.9), help="dropout after each hidden block"),
+    "batch_size": IntParam(32, 512, 128, log=True, limits=(2, 65536), help="images per step"),
+}
+
+METRICS = {"recon_mse": "minimize", "kl": "minimize", "loss": "minimize"}
+
+
+def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:
+    return VAE(VAEConfig(image_size, channels, int(params["latent_dim"]), float(params["dropout"])))
+
+
+def make_optimizers(model: VAE, params: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    return {"vae": torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])}
+
+
+def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optimizer],
+               params: Mapping[str, Any]) -> dict[str, Tensor]:
+    recon, mu, logvar = model(x)
+    recon_mse = F.mse_loss(recon, x)
+    kl = kl_divergence(mu, logvar)
+    loss = recon_mse + params["kl_weight"] * kl
+    opt = optimizers["vae"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.detach(), "recon_mse": recon_mse.detach(), "kl": kl.detach()}
+
+
+@torch.no_grad()
+def eval_step(model: VAE, x: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Held-out losses; reconstruction from the posterior mean, so the score has no sampling noise."""
+    mu, logvar = model.encoder(x)
+    recon_mse = F.mse_loss(model.decoder(mu), x)
+    kl = kl_divergence(mu, logvar)
+    return {"loss": recon_mse + params["kl_weight"] * kl, "recon_mse": recon_mse, "kl": kl}

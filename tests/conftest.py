@@ -1,0 +1,67 @@
+"""Shared fixtures: a throwaway RUNS_DIR, a finished smoke study, MLflow lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is visible")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh RUNS_DIR for one test, with no STORAGE/TRACKING_URI leaking in."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("RUNS_DIR", str(path))
+    monkeypatch.delenv("STORAGE", raising=False)
+    monkeypatch.delenv("TRACKING_URI", raising=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RUNS_DIR holding one finished `smoke` study, shared by read-only tests."""
+    path = tmp_path_factory.mktemp("smoke") / "runs"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNS_DIR", str(path))
+        mp.delenv("STORAGE", raising=False)
+        mp.delenv("TRACKING_URI", raising=False)
+        assert main(["study", "smoke", "--device", "cpu"]) == 0
+    return path
+
+
+def mlflow_runs(runs_dir: Path, experiment: str) -> list[Run]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment} in {runs_dir}"
+    return client.search_runs([found.experiment_id], max_results=1000)
+
+
+def split_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """(parent runs, child runs)."""
+    parents = [r for r in runs if r.data.tags.get("kind") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def write_study(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
