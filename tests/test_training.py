@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+
+from harness.data import batches, load_dataset
+from harness.registry import Family, get_family
+from harness.training import Diverged, evaluate, train
+
+PARAMS = {"kl_weight": 1e-3, "latent_dim": 8, "lr": 1e-3, "weight_decay": 1e-5, "dropout": 0.1, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthfaces", {"n": 300, "size": 32})
+
+
+def test_same_seed_reproduces_the_final_validation_loss_exactly(data):
+    vae = get_family("vae")
+    first = train(vae, PARAMS, data, epochs=2, seed=11)
+    second = train(vae, PARAMS, data, epochs=2, seed=11)
+    assert first.history[-1]["val_recon_mse"] == second.history[-1]["val_recon_mse"]
+    assert first.history[-1]["val_loss"] == second.history[-1]["val_loss"]
+    other = train(vae, PARAMS, data, epochs=2, seed=12)
+    assert other.history[-1]["val_recon_mse"] != first.history[-1]["val_recon_mse"]
+
+
+def test_history_has_train_and_validation_metrics_per_epoch(data):
+    result = train(get_family("vae"), PARAMS, data, epochs=3, seed=0)
+    assert len(result.history) == 3
+    for metrics in result.history:
+        assert {"train_loss", "train_recon_mse", "train_kl", "val_loss", "val_recon_mse", "val_kl",
+                "epoch_seconds", "train_images_per_s"} <= set(metrics)
+    assert result.history[-1]["train_recon_mse"] < result.history[0]["train_recon_mse"]
+
+
+def test_on_epoch_can_stop_training(data):
+    seen = []
+    result = train(get_family("vae"), PARAMS, data, epochs=5, seed=0,
+                   on_epoch=lambda epoch, metrics: seen.append(epoch) or epoch == 2)
+    assert seen == [1, 2] and result.stopped_at == 2 and len(result.history) == 2
+
+
+def test_a_non_finite_loss_stops_the_trial(data):
+    vae = get_family("vae")
+
+    def nan_step(model, x, optimizers, params):
+        return {"loss": torch.tensor(math.nan)}
+
+    broken = Family("broken", vae.space, vae.metrics, vae.build, vae.make_optimizers, nan_step, vae.eval_step)
+    with pytest.raises(Diverged, match="train_loss became nan in epoch 1"):
+        train(broken, PARAMS, data, epochs=2, seed=0)
+
+
+def test_evaluate_weights_by_images(data):
+    vae = get_family("vae")
+    model = vae.build(PARAMS, 1, 32)
+    whole = evaluate(vae, model, data.val, PARAMS, batch_size=1000)
+    pieces = evaluate(vae, model, data.val, PARAMS, batch_size=7)  # last batch partial
+    assert whole["recon_mse"] == pytest.approx(pieces["recon_mse"], rel=1e-5)
+
+
+def test_training_batches_cover_each_image_at_most_once():
+    images = torch.arange(10).view(10, 1, 1, 1)
+    drawn = torch.cat(list(batches(images, 3, torch.Generator().manual_seed(0)))).flatten()
+    assert len(drawn) == 9 and len(set(drawn.tolist())) == 9  # 3 full batches, the partial one dropped
+    assert torch.cat(list(batches(images, 4))).flatten().tolist() == list(range(10))  # evaluation: all, in order
+    assert len(list(batches(images, 64, torch.Generator()))) == 1  # a set smaller than a batch is one batch
