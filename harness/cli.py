@@ -1,0 +1,113 @@
+"""`python -m harness ...`: what the Makefile targets call.
+
+A user's mistake (UserError) is one line on stderr and exit status 2; Ctrl-C is exit status 130
+after the runs are closed; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Sequence
+
+from harness.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from harness.search import run_study
+    from harness.settings import Settings
+    from harness.studyfile import load_study
+
+    spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
+    if spec.grid is not None and spec.trials > spec.grid_size:
+        print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
+        spec = spec.with_overrides(trials=spec.grid_size)
+    outcome = run_study(spec, Settings.from_env(), device=args.device)
+    print(outcome.message)
+    return outcome.exit_code
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness.settings import Settings
+
+    settings = Settings.from_env()
+    settings.prepare()
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise UserError("the mlflow command is not installed; run `make setup`")
+    command = [mlflow, "server", "--backend-store-uri", settings.tracking_uri,
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if settings.artifact_root is not None:
+        command += ["--default-artifact-root", settings.artifact_root.as_uri()]
+    print(f"MLflow UI for {settings.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(mlflow, command)  # the server replaces us, so Ctrl-C reaches it directly
+    return 0  # not reached
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.data import dataset_names, get_dataset
+    from harness.registry import family_names, get_family
+    from harness.studyfile import load_study, study_names
+
+    print("families:")
+    for name in family_names():
+        family = get_family(name)
+        print(f"  {name:<12} {family.help}")
+        for param, p in family.space.items():
+            print(f"      {param:<14} {p.describe()}  default {p.default!r}  {p.help}")
+    print("datasets:")
+    for name in dataset_names():
+        spec = get_dataset(name)
+        print(f"  {name:<12} {spec.help}; options {dict(spec.options)}")
+    print("studies:")
+    status = 0
+    for name in study_names():
+        try:
+            spec = load_study(name)
+            print(f"  {name:<16} ok: {spec.description}")
+        except UserError as e:
+            status = 2
+            print(f"  {name:<16} INVALID: {e}")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    study = commands.add_parser("study", help="run (or continue) a study")
+    study.add_argument("study", help="a name under studies/ (e.g. vae_kl_sweep) or a path to a .toml file")
+    study.add_argument("--trials", type=_positive_int, help="override the study's budget of finished trials")
+    study.add_argument("--epochs", type=_positive_int, help="override the epochs per trial")
+    study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
+    study.set_defaults(run=cmd_study)
+
+    ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.set_defaults(run=cmd_ui)
+
+    listing = commands.add_parser("list", help="families, datasets and studies (each study file is validated)")
+    listing.set_defaults(run=cmd_list)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; run the same command again to continue", file=sys.stderr)
+        return 130

@@ -1,0 +1,289 @@
+"""Running a study: an Optuna study in the storage, each trial trained and tracked in MLflow.
+
+`trials` in a study file is the study's budget of finished (complete or pruned) trials, not a
+count per invocation: running a study again continues it under a new parent run, with the trial
+numbers going on, until the budget is met. Grid studies plan their own points: every grid point
+without a finished trial is enqueued, so an interrupted or failed point is run again, and a grid
+that is complete says so and runs nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from harness.data import ImageSplits, load_dataset, to_unit_range
+from harness.errors import UserError
+from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
+from harness.registry import get_family
+from harness.settings import Settings, redact, resolve_device
+from harness.studyfile import StudySpec
+from harness.tracking import Tracker
+from harness.training import TrainResult, evaluate, save_model, train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+IDENTITY_ATTR = "genbench_identity"
+N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    message: str
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage, its tables created once here, before any trial touches it."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as e:  # sqlalchemy and driver errors have no common base worth naming
+        raise UserError(f"STORAGE={redact(url)} cannot be opened: {str(e).splitlines()[0]}") from None
+
+
+def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    try:
+        return storage.get_n_trials(storage.get_study_id_from_name(study_name))
+    except KeyError:  # a new study
+        return 0
+
+
+def check_identity(study: optuna.Study, spec: StudySpec, storage_url: str) -> None:
+    """Refuse to mix trials of a changed study definition into an existing Optuna study."""
+    mine = json.loads(json.dumps(spec.identity()))
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        study.set_user_attr(IDENTITY_ATTR, mine)
+        return
+    if stored != mine:
+        changed = ", ".join(f"{k} {_short(stored.get(k))} -> {_short(mine[k])}" for k in mine if stored.get(k) != mine[k])
+        raise UserError(f"study {spec.study_name} in {redact(storage_url)} was run with another definition "
+                        f"({changed}); bump version in {spec.path.name} to start a new study, or use another RUNS_DIR")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[str, Any]], str]:
+    """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
+    done = study.get_trials(deepcopy=False, states=FINISHED)
+    left = spec.trials - len(done)
+    if spec.grid is None:
+        why = (f"{spec.study_name} already has {len(done)} finished trials, its budget (trials = {spec.trials}); "
+               "raise TRIALS= to run more")
+        return max(0, left), [], why
+    names = list(spec.grid)
+    points = [dict(zip(names, values)) for values in itertools.product(*spec.grid.values())]
+    missing = [p for p in points if not any(_matches(p, t.params) for t in done)]
+    if not missing:
+        return 0, [], f"grid complete: all {len(points)} points of {spec.study_name} are done"
+    to_run = max(0, min(len(missing), left))
+    waiting = [t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    enqueue = [p for p in missing[:to_run] if not any(_matches(p, w) for w in waiting)]
+    why = (f"{spec.study_name} has {len(done)} finished trials, its budget (trials = {spec.trials}); "
+           f"{len(missing)} of {len(points)} grid points remain: raise TRIALS= to run them")
+    return to_run, enqueue, why
+
+
+def _matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    return all(name in params and params[name] == value for name, value in point.items())
+
+
+class TrialRunner:
+    """The Optuna objective: sample a configuration, train it, log everything to a child run."""
+
+    def __init__(self, spec: StudySpec, data: ImageSplits, tracker: Tracker, parent_id: str):
+        self.spec, self.data, self.tracker, self.parent_id = spec, data, tracker, parent_id
+        self.references = to_unit_range(data.val[:N_GRID_IMAGES])
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        spec = self.spec
+        several = len(spec.families) > 1
+        family_name = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
+        family = get_family(family_name)
+        prefix = f"{family_name}." if several else ""  # keeps each family's distributions apart in Optuna
+        params = {name: p.suggest(trial, prefix + name) for name, p in spec.spaces[family_name].items()}
+        run_id = self.tracker.start_run(
+            f"trial-{trial.number}",
+            params={**params, "family": family_name, "epochs": spec.epochs, "seed": spec.seed,
+                    **{f"data.{k}": v for k, v in self.data.description.items()}},
+            tags={"study": spec.study_name, "family": family_name, "dataset": spec.dataset,
+                  "trial_number": trial.number, "state": "RUNNING", "device": str(self.data.train.device)},
+            parent_id=self.parent_id)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("family", family_name)
+        try:
+            result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed,
+                           on_epoch=lambda epoch, metrics: self._on_epoch(trial, run_id, epoch, metrics),
+                           progress=f"trial {trial.number}")
+            self._log_artifacts(run_id, trial.number, family_name, params, result)
+            if result.stopped_at is not None:
+                self.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
+                raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at}")
+            test = evaluate(family, result.model, self.data.test, params)
+            self.tracker.log_metrics(run_id, {f"test_{k}": v for k, v in test.items()} | {"train_seconds": result.seconds},
+                                     step=spec.epochs)
+            self.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE"})
+            values = [result.history[-1][o.metric] for o in spec.objectives]
+            return values[0] if len(values) == 1 else values
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            self._fail(trial, run_id, "interrupted (Ctrl-C)", "KILLED")
+            raise
+        except Exception as e:
+            self._fail(trial, run_id, f"{type(e).__name__}: {e}", "FAILED", traceback.format_exc())
+            raise
+
+    def _on_epoch(self, trial: optuna.Trial, run_id: str, epoch: int, metrics: dict[str, float]) -> bool:
+        """Log the epoch; report it to the pruner; True asks the loop to stop (pruned)."""
+        self.tracker.log_metrics(run_id, metrics, step=epoch)
+        if len(self.spec.objectives) > 1:
+            return False  # Optuna cannot prune multi-objective trials
+        trial.report(metrics[self.spec.objectives[0].metric], epoch)
+        return trial.should_prune()
+
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, status: str, details: str = "") -> None:
+        trial.set_user_attr("failure_reason", reason)
+        if details:
+            self.tracker.client.log_text(run_id, details, "error.txt")
+        self.tracker.end_run(run_id, status, {"state": "FAIL", "failure_reason": reason[:5000]})
+
+    def _log_artifacts(self, run_id: str, number: int, family: str, params: Mapping[str, Any],
+                       result: TrainResult) -> None:
+        """Reconstruction grid (autoencoders), samples from a fixed z ~ N(0, I), loss curves, weights."""
+        model = result.model.eval()
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            folder = Path(tmp)
+            if hasattr(model, "reconstruct"):
+                save_png(reconstruction_grid(self.references, model.reconstruct(self.references)),
+                         folder / "reconstructions.png")
+            z = torch.randn(N_GRID_IMAGES, model.latent_dim, generator=torch.Generator().manual_seed(0))
+            save_png(image_grid(model.sample(z.to(self.references.device))), folder / "samples.png")
+            loss_curves(result.history, folder / "loss_curves.png", f"{self.spec.study_name} trial {number} ({family})")
+            save_model(model, family, params, self.data.channels, self.data.image_size, folder)
+            self.tracker.log_artifacts(run_id, folder)
+
+
+class Progress:
+    """Study progress bar (trials done / to run, best so far) and one printed line per trial."""
+
+    def __init__(self, spec: StudySpec, total: int):
+        self.spec = spec
+        self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True, disable=None)
+        self.counts = {state: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        self.first_failure = ""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.counts[trial.state] = self.counts.get(trial.state, 0) + 1
+        self.bar.update(1)
+        best = _best_text(study, self.spec)
+        if best:
+            self.bar.set_postfix_str(f"best {best}")
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("failure_reason", "failed")
+            self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
+            detail = reason
+        elif trial.values:
+            detail = " ".join(f"{o.metric}={_fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
+        else:  # pruned: the last reported value
+            step = trial.last_step
+            detail = f"{self.spec.objectives[0].metric}={_fmt(trial.intermediate_values[step])} at epoch {step}" \
+                if step is not None else ""
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        self.bar.write(f"trial {trial.number:>3} {trial.state.name:<8} {detail}  {params}  ({seconds:.1f} s)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _best_text(study: optuna.Study, spec: StudySpec) -> str:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return ""
+    if len(spec.objectives) > 1:
+        return f"{len(study.best_trials)} trial(s) on the Pareto front"
+    best = study.best_trial
+    return f"{spec.objectives[0].metric}={_fmt(best.value)} (trial {best.number})"
+
+
+def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outcome:
+    settings.prepare()
+    dev = resolve_device(device)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
+    storage = open_storage(settings.storage_url)
+    study = optuna.create_study(
+        study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(stored_trials(storage, spec.study_name)),
+        pruner=spec.make_pruner(),
+        directions=[o.direction for o in spec.objectives], load_if_exists=True)
+    check_identity(study, spec, settings.storage_url)
+    to_run, enqueue, why = plan_trials(study, spec)
+    if to_run == 0:
+        best = _best_text(study, spec)
+        return Outcome(0, why + (f"; best {best}" if best else ""))
+    for point in enqueue:
+        study.enqueue_trial(point)
+
+    data = load_dataset(spec.dataset, spec.dataset_options)
+    print(f"study {spec.study_name}: {to_run} trial(s) to run, {spec.epochs} epoch(s) each, on {dev}; "
+          f"{spec.dataset} {data.image_size}px x{data.channels}, "
+          f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
+    data = data.to(dev)
+    tracker = Tracker(settings, spec.study_name)
+    parent_id = tracker.start_run(
+        f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        params={"study": spec.name, "version": spec.version, "dataset": spec.dataset,
+                **{f"dataset.{k}": v for k, v in spec.dataset_options.items()},
+                "families": ",".join(spec.families), "sampler": spec.sampler,
+                **{f"sampler.{k}": v for k, v in spec.sampler_options.items()},
+                "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
+                "trials": spec.trials, "epochs": spec.epochs, "seed": spec.seed,
+                "objective": ",".join(o.metric for o in spec.objectives), "device": str(dev)},
+        tags={"study": spec.study_name, "kind": "study", "optuna_study": spec.study_name,
+              "optuna_storage": redact(settings.storage_url), "state": "RUNNING"})
+    tracker.log_artifact(parent_id, spec.path)
+    progress = Progress(spec, to_run)
+    start = time.perf_counter()
+    try:
+        study.optimize(TrialRunner(spec, data, tracker, parent_id), n_trials=to_run, catch=(Exception,),
+                       callbacks=[progress], gc_after_trial=False)
+    except KeyboardInterrupt:
+        progress.close()
+        tracker.end_run(parent_id, "KILLED", {"state": "INTERRUPTED"})
+        raise
+    progress.close()
+
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
+    if len(spec.objectives) == 1 and counts["complete"]:
+        best = study.best_trial
+        tracker.log_metrics(parent_id, {f"best_{spec.objectives[0].metric}": best.value}, step=0)
+        tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
+
+    ran = progress.counts
+    summary = (f"{sum(ran.values())} trial(s) in {time.perf_counter() - start:.0f} s: "
+               f"{ran[TrialState.COMPLETE]} complete, {ran[TrialState.PRUNED]} pruned, {ran[TrialState.FAIL]} failed")
+    best = _best_text(study, spec)
+    where = f"MLflow experiment {spec.study_name}, parent run {parent_id}; open it with `make ui`"
+    if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0:
+        return Outcome(1, f"{summary}; every trial failed, first {progress.first_failure} (error.txt in its run)")
+    return Outcome(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")

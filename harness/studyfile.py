@@ -1,0 +1,252 @@
+"""Study files: a named, versioned declaration of one search, in TOML (studies/<name>.toml).
+
+Everything that defines the search is in the file: dataset, families, space overrides, sampler,
+pruner, budget, epochs, objective(s), seed. Loading validates all of it before anything runs, and
+every mistake is refused with a one-line message naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+
+from harness.data import did_you_mean, resolve_options
+from harness.errors import UserError
+from harness.registry import NAME, get_family
+from harness.samplers import make_pruner, make_sampler
+from harness.space import ChoiceParam, FixedParam, Param
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+KEYS = {  # every key a study file may have, and what it means
+    "name": "the study's name; equals the file name",
+    "version": "integer; bump it when the search changes: a new version is a new Optuna study and MLflow experiment",
+    "description": "free text",
+    "dataset": "[dataset] name = 'synthfaces', plus that dataset's options",
+    "families": "list of registered family names",
+    "space": "[space.<family>] per parameter: a value fixes it, a [list] gives choices, {low, high, log} a range",
+    "sampler": "[sampler] name = grid|tpe|random|qmc|gp|nsgaii, plus its options",
+    "pruner": "[pruner] name = none|median|percentile|hyperband|successive_halving|threshold, plus its options",
+    "trials": "the budget: finished (complete or pruned) trials the study should have",
+    "epochs": "training epochs per trial",
+    "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
+    "seed": "seed of the sampler and of every trial's initialisation and batch order",
+}
+REQUIRED = ("name", "version", "dataset", "families", "trials", "epochs", "objective")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # e.g. val_recon_mse
+    direction: str  # minimize | maximize
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    version: int
+    description: str
+    path: Path
+    dataset: str
+    dataset_options: Mapping[str, Any]
+    families: tuple[str, ...]
+    spaces: Mapping[str, Mapping[str, Param]]  # family -> full space after the file's overrides
+    sampler: str
+    sampler_options: Mapping[str, Any]
+    pruner: str
+    pruner_options: Mapping[str, Any]
+    trials: int
+    epochs: int
+    seed: int
+    objectives: tuple[Objective, ...]
+
+    @property
+    def study_name(self) -> str:
+        """The Optuna study and the MLflow experiment: one per study version."""
+        return f"{self.name}-v{self.version}"
+
+    @property
+    def grid(self) -> dict[str, list[Any]] | None:
+        """The grid sampler's points per parameter (one family; every list-valued parameter)."""
+        if self.sampler != "grid":
+            return None
+        space = self.spaces[self.families[0]]
+        return {name: list(p.choices) for name, p in space.items() if isinstance(p, ChoiceParam)}
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(values) for values in self.grid.values()) if self.grid else 0
+
+    def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+        """Seeded by the study seed and the trials already stored: reproducible, and a continued
+        study does not replay the configurations of its first invocation."""
+        return make_sampler(self.sampler, self.sampler_options, self.seed + trials_so_far, self.grid)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.pruner, self.pruner_options)
+
+    def with_overrides(self, trials: int | None = None, epochs: int | None = None) -> "StudySpec":
+        return replace(self, trials=trials or self.trials, epochs=epochs or self.epochs)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs of the study comparable: stored with the Optuna study and checked on resume."""
+        return {
+            "dataset": self.dataset, "dataset_options": dict(self.dataset_options), "families": list(self.families),
+            "space": {f: {n: p.describe() for n, p in s.items()} for f, s in self.spaces.items()},
+            "sampler": self.sampler, "objectives": [o.metric for o in self.objectives],
+            "epochs": self.epochs, "seed": self.seed,
+        }
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+
+
+def find_study(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    candidate = STUDIES_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        raise UserError(f"no study {name_or_path!r}{did_you_mean(name_or_path, study_names())} "
+                        f"(looked for {_shown(candidate)}); available: {', '.join(study_names())}")
+    return candidate
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    path = find_study(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{_shown(path)}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{_shown(path)}: cannot read: {e}") from None
+    return parse_study(data, path)
+
+
+def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
+    at = _shown(path) + ": "
+    for key in data:
+        if key not in KEYS:
+            raise UserError(f"{at}unknown key {key!r}{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
+    for key in REQUIRED:
+        if key not in data:
+            raise UserError(f"{at}missing key {key!r} ({KEYS[key]})")
+
+    name = _typed(data["name"], str, at + "name")
+    if not NAME.match(name) or name != path.stem:
+        raise UserError(f"{at}name {name!r} must be lowercase letters, digits and _ and equal the file name {path.stem!r}")
+    version = _positive(data["version"], at + "version")
+    description = _typed(data.get("description", ""), str, at + "description")
+    seed = _typed(data.get("seed", 0), int, at + "seed")
+    if seed < 0:
+        raise UserError(f"{at}seed: must be >= 0, got {seed}")
+    trials = _positive(data["trials"], at + "trials")
+    epochs = _positive(data["epochs"], at + "epochs")
+
+    dataset_table = dict(_typed(data["dataset"], dict, at + "dataset"))
+    dataset = _typed(dataset_table.pop("name", None), str, at + "dataset.name")
+    dataset_options = resolve_options(dataset, dataset_table, at + "dataset")
+
+    family_list = _typed(data["families"], list, at + "families")
+    if not family_list:
+        raise UserError(f"{at}families: empty; name at least one family")
+    families = tuple(_typed(f, str, at + "families") for f in family_list)
+    if len(set(families)) != len(families):
+        raise UserError(f"{at}families: {list(families)} names a family twice")
+    for family in families:
+        get_family(family, at + "families")
+
+    sampler_table = dict(_typed(data.get("sampler", {"name": "tpe"}), dict, at + "sampler"))
+    sampler = _typed(sampler_table.pop("name", "tpe"), str, at + "sampler.name")
+    pruner_table = dict(_typed(data.get("pruner", {"name": "none"}), dict, at + "pruner"))
+    pruner = _typed(pruner_table.pop("name", "none"), str, at + "pruner.name")
+
+    spaces = _spaces(_typed(data.get("space", {}), dict, at + "space"), families, sampler == "grid", at)
+    objectives = _objectives(data["objective"], families, at)
+    if len(objectives) > 1 and pruner != "none":
+        raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
+
+    spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
+                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives)
+    # Build both now so bad options are refused before anything runs.
+    make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
+    make_pruner(pruner, pruner_table, at + "pruner")
+    if sampler == "grid" and trials > spec.grid_size:
+        raise UserError(f"{at}trials = {trials} but the grid has {spec.grid_size} points; set trials = {spec.grid_size}")
+    return spec
+
+
+def _spaces(table: Mapping[str, Any], families: tuple[str, ...], grid: bool, at: str) -> dict[str, dict[str, Param]]:
+    for family in table:
+        if family not in families:
+            raise UserError(f"{at}space.{family}: {family!r} is not in families {list(families)}")
+    if grid and len(families) > 1:
+        raise UserError(f"{at}sampler: the grid sampler takes one family, got {list(families)}; "
+                        "use tpe or random for several families")
+    spaces = {}
+    for family_name in families:
+        family = get_family(family_name)
+        overrides = _typed(table.get(family_name, {}), dict, f"{at}space.{family_name}")
+        space: dict[str, Param] = {}
+        for param in overrides:
+            if param not in family.space:
+                raise UserError(f"{at}space.{family_name}: unknown parameter {param!r}{did_you_mean(param, family.space)}; "
+                                f"valid: {', '.join(family.space)}")
+        for param, declared in family.space.items():
+            where = f"{at}space.{family_name}.{param}"
+            if param in overrides:
+                space[param] = declared.override(overrides[param], where)
+                if grid and not isinstance(space[param], (ChoiceParam, FixedParam)):
+                    raise UserError(f"{where}: the grid sampler needs a list of values or one value, not a range")
+            else:
+                space[param] = FixedParam(declared.default, declared.help) if grid else declared
+        spaces[family_name] = space
+    return spaces
+
+
+def _objectives(value: Any, families: tuple[str, ...], at: str) -> tuple[Objective, ...]:
+    metrics = value if isinstance(value, list) else [value]
+    if not metrics:
+        raise UserError(f"{at}objective: empty; name at least one metric")
+    valid = [f"val_{m}" for m in get_family(families[0]).metrics
+             if all(m in get_family(f).metrics for f in families)]
+    objectives = []
+    for metric in metrics:
+        metric = _typed(metric, str, at + "objective")
+        if metric not in valid:
+            raise UserError(f"{at}objective: {metric!r} is not a metric of {', '.join(families)}"
+                            f"{did_you_mean(metric, valid)}; valid: {', '.join(valid)}")
+        directions = {get_family(f).metrics[metric.removeprefix('val_')] for f in families}
+        objectives.append(Objective(metric, directions.pop()))
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise UserError(f"{at}objective: {metrics} names a metric twice")
+    return tuple(objectives)
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
+        raise UserError(f"{where}: expected {names.get(kind, kind.__name__)}, got {value!r}")
+    return value
+
+
+def _positive(value: Any, where: str) -> int:
+    value = _typed(value, int, where)
+    if value < 1:
+        raise UserError(f"{where}: must be >= 1, got {value}")
+    return value
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

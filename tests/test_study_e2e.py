@@ -1,0 +1,201 @@
+"""The smoke study end to end in a temporary RUNS_DIR: Optuna trials, MLflow runs, artifacts, re-runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from harness import registry, training
+from harness.cli import main
+from harness.data import load_dataset
+from harness.registry import register_family
+from harness.training import evaluate, load_model
+from models import vae
+
+from conftest import REPO, mlflow_runs, split_runs, write_study
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json"}
+
+
+def optuna_trials(runs_dir: Path, study: str = "smoke-v1") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{runs_dir / 'optuna.db'}").get_trials()
+
+
+def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
+    trials = optuna_trials(smoke_runs)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.params["kl_weight"] for t in trials) == [1e-3, 1e-2]
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # reported every epoch, for pruners
+
+    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}")
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert (tags["family"], tags["dataset"], tags["study"], tags["state"]) == ("vae", "synthfaces", "smoke-v1", "COMPLETE")
+        trial = trials[int(tags["trial_number"])]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert float(params["kl_weight"]) == trial.params["kl_weight"] and params["latent_dim"] == "16"
+        history = client.get_metric_history(run.info.run_id, "val_recon_mse")
+        assert [m.step for m in history] == [1, 2] and history[-1].value == trial.value
+        for key in ("train_loss", "train_kl", "val_kl", "val_loss"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 2
+        assert "test_recon_mse" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
+
+        folder = Path(client.download_artifacts(run.info.run_id, ""))
+        torch.load(folder / "model.pt", weights_only=True)
+        model = load_model(folder)
+        data = load_dataset("synthfaces", {"size": 32, "n": 600})
+        rebuilt = evaluate(vae_family(), model, data.val, {"kl_weight": trial.params["kl_weight"]})
+        assert rebuilt["recon_mse"] == pytest.approx(trial.value, rel=1e-5)
+
+
+def vae_family():
+    return registry.get_family("vae")
+
+
+def test_reconstruction_grid_pairs_references_with_reconstructions(smoke_runs):
+    from PIL import Image
+
+    run = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))[1][0]
+    folder = Path(MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").download_artifacts(run.info.run_id, ""))
+    grid = Image.open(folder / "reconstructions.png")
+    # 32 pairs, 8 per row -> 16 columns x 4 rows of 32 px tiles with 2 px padding, enlarged 2x.
+    assert grid.size == (2 * (16 * 34 + 2), 2 * (4 * 34 + 2))
+
+
+def test_rerun_of_a_complete_grid_says_so_and_records_nothing(smoke_runs, monkeypatch, capsys):
+    monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
+    assert main(["study", "smoke"]) == 0
+    assert "grid complete: all 2 points of smoke-v1 are done" in capsys.readouterr().out
+    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
+    assert (len(parents), len(children)) == (1, 2)
+
+
+def test_interrupted_grid_finishes_its_missing_points(runs_dir, smoke_runs, capsys):
+    assert main(["study", "smoke", "--trials", "1"]) == 0
+    assert len(optuna_trials(runs_dir)) == 1
+    assert main(["study", "smoke"]) == 0
+    trials = optuna_trials(runs_dir)
+    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.params["kl_weight"] for t in trials) == [1e-3, 1e-2]
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    assert (len(parents), len(children)) == (2, 2)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
+    # Same seed, same grid point, another RUNS_DIR: the same final validation loss, exactly.
+    reference = {t.params["kl_weight"]: t.value for t in optuna_trials(smoke_runs)}
+    assert {t.params["kl_weight"]: t.value for t in trials} == reference
+
+
+def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypatch):
+    real_train = training.train
+    calls = []
+
+    def train_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("harness.search.train", train_then_interrupt)
+    assert main(["study", "smoke"]) == 130
+    trials = optuna_trials(runs_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    assert parents[0].info.status == "KILLED"
+    killed = [c for c in children if c.info.status == "KILLED"]
+    assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
+
+    monkeypatch.setattr("harness.search.train", real_train)
+    assert main(["study", "smoke"]) == 0
+    trials = optuna_trials(runs_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].params == trials[1].params  # the interrupted point, run again
+
+
+def test_a_non_grid_study_continues_with_new_trial_numbers(runs_dir, tmp_path, capsys):
+    text = (REPO / "studies" / "smoke.toml").read_text()
+    text = text.replace('name = "smoke"', 'name = "smoke_random"').replace('name = "grid"', 'name = "random"')
+    text = text.replace("kl_weight = [1e-3, 1e-2]", "kl_weight = {low = 1e-4, high = 1e-2}").replace("trials = 2", "trials = 1")
+    path = write_study(tmp_path / "studies", "smoke_random", text)
+    assert main(["study", str(path), "--epochs", "1"]) == 0
+    assert main(["study", str(path), "--epochs", "1"]) == 0
+    assert "already has 1 finished trials, its budget" in capsys.readouterr().out
+    assert main(["study", str(path), "--epochs", "1", "--trials", "3"]) == 0
+    trials = optuna_trials(runs_dir, "smoke_random-v1")
+    assert [t.number for t in trials] == [0, 1, 2] and len({t.params["kl_weight"] for t in trials}) == 3
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke_random-v1"))
+    assert (len(parents), len(children)) == (2, 3)
+
+
+def test_a_changed_definition_is_refused_and_nothing_is_lost(smoke_runs, monkeypatch, capsys):
+    monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
+    before = (smoke_runs / "optuna.db").read_bytes(), (smoke_runs / "mlflow.db").read_bytes()
+    assert main(["study", "smoke", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was run with another definition (epochs 2 -> 3)" in err
+    assert ((smoke_runs / "optuna.db").read_bytes(), (smoke_runs / "mlflow.db").read_bytes()) == before
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(runs_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+
+    def exploding_step(model, x, optimizers, params):
+        raise RuntimeError("boom")
+
+    register_family("exploding", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
+                    make_optimizers=vae.make_optimizers, train_step=exploding_step, eval_step=vae.eval_step)
+    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "explode"')
+    text = text.replace('families = ["vae"]', 'families = ["exploding"]').replace("[space.vae]", "[space.exploding]")
+    assert main(["study", str(write_study(tmp_path, "explode", text))]) == 1
+    out = capsys.readouterr().out
+    assert "2 trial(s)" in out and "2 failed" in out and "every trial failed, first trial 0: RuntimeError: boom" in out
+    trials = optuna_trials(runs_dir, "explode-v1")
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert trials[0].user_attrs["failure_reason"] == "RuntimeError: boom"
+    parents, children = split_runs(mlflow_runs(runs_dir, "explode-v1"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    for run in children:
+        assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "RuntimeError: boom"
+        assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_user_mistakes_exit_non_zero_with_one_line_and_no_traceback(tmp_path):
+    env = {"RUNS_DIR": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
+    bad = write_study(tmp_path, "typo", (REPO / "studies" / "smoke.toml").read_text()
+                      .replace('name = "smoke"', 'name = "typo"').replace("epochs = 2", "epocs = 2"))
+    for args in (["study", "vae_kl_swep"], ["study", str(bad)], ["study", "smoke", "--device", "cuda:7"]):
+        done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "optuna.db").exists()  # refused before anything was recorded
+
+
+def test_an_unwritable_runs_dir_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RUNS_DIR", str(blocker / "runs"))
+    assert main(["study", "smoke"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_smoke_study_on_the_gpu(runs_dir):
+    assert main(["study", "smoke", "--device", "cuda"]) == 0
+    trials = optuna_trials(runs_dir)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    _, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    assert all(c.data.tags["device"].startswith("cuda") for c in children)

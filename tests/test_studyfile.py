@@ -1,0 +1,131 @@
+import pytest
+
+from harness.errors import UserError
+from harness.space import ChoiceParam, FixedParam, FloatParam
+from harness.studyfile import load_study, study_names
+
+from conftest import write_study
+
+BASE = """
+name = "mystudy"
+version = 1
+families = ["vae"]
+trials = 4
+epochs = 2
+objective = "val_recon_mse"
+
+[dataset]
+name = "synthfaces"
+n = 200
+
+[sampler]
+name = "tpe"
+n_startup_trials = 2
+
+[pruner]
+name = "median"
+
+[space.vae]
+kl_weight = {low = 1e-4, high = 1e-2}
+latent_dim = 16
+"""
+
+
+def load(tmp_path, text, name="mystudy"):
+    return load_study(str(write_study(tmp_path, name, text)))
+
+
+@pytest.mark.parametrize("name", study_names())
+def test_every_study_file_is_valid(name):
+    spec = load_study(name)
+    assert spec.name == name and spec.trials >= 1 and spec.epochs >= 1
+    assert spec.families and spec.objectives
+
+
+def test_the_named_studies_exist():
+    assert {"smoke", "vae_kl_sweep"} <= set(study_names())
+
+
+def test_vae_kl_sweep_is_the_reports_grid():
+    spec = load_study("vae_kl_sweep")
+    grid = spec.grid["kl_weight"]
+    assert spec.sampler == "grid" and min(grid) == 5e-5 and max(grid) == 1e-2
+    assert spec.trials == spec.grid_size >= 6
+    assert spec.objectives[0].metric == "val_recon_mse" and spec.objectives[0].direction == "minimize"
+
+
+def test_a_valid_file_is_read_fully(tmp_path):
+    spec = load(tmp_path, BASE)
+    space = spec.spaces["vae"]
+    assert isinstance(space["kl_weight"], FloatParam) and (space["kl_weight"].low, space["kl_weight"].high) == (1e-4, 1e-2)
+    assert space["latent_dim"] == FixedParam(16, space["latent_dim"].help)
+    assert space["lr"] is not None and spec.dataset_options["n"] == 200 and spec.dataset_options["size"] == 32
+    assert spec.study_name == "mystudy-v1" and spec.seed == 0
+
+
+def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
+    text = BASE.replace('name = "tpe"\nn_startup_trials = 2', 'name = "grid"').replace(
+        "kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = [1e-4, 1e-3]").replace("trials = 4", "trials = 2")
+    spec = load(tmp_path, text)
+    assert spec.grid == {"kl_weight": [1e-4, 1e-3]} and spec.grid_size == 2
+    assert isinstance(spec.spaces["vae"]["kl_weight"], ChoiceParam)
+    assert spec.spaces["vae"]["lr"].value == 1e-3
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("trials = 4", "trails = 4", r"unknown key 'trails' \(did you mean 'trials'\?\); valid keys: name, version"),
+    ("epochs = 2\n", "", "missing key 'epochs'"),
+    ('families = ["vae"]', 'families = ["vea"]', "unknown family 'vea'; valid: vae"),
+    ('families = ["vae"]', "families = []", "families: empty"),
+    ('families = ["vae"]', 'families = "vae"', "families: expected a list"),
+    ("latent_dim = 16", "latnet_dim = 16", r"unknown parameter 'latnet_dim' \(did you mean 'latent_dim'\?\); valid: kl_weight"),
+    ("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = {low = 1e-2, high = 1e-4}", r"space.vae.kl_weight: empty range"),
+    ("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = []", "space.vae.kl_weight: empty list"),
+    ("[space.vae]", "[space.gan]", r"space.gan: 'gan' is not in families"),
+    ('name = "mystudy"', 'name = "other"', "must be lowercase letters, digits and _ and equal the file name 'mystudy'"),
+    ("version = 1", "version = 0", "version: must be >= 1"),
+    ("trials = 4", "trials = 0", "trials: must be >= 1"),
+    ("trials = 4", 'trials = "many"', "trials: expected an integer"),
+    ('objective = "val_recon_mse"', 'objective = "val_fid"', r"objective: 'val_fid' is not a metric of vae.*valid: val_recon_mse, val_kl, val_loss"),
+    ('objective = "val_recon_mse"', 'objective = ["val_recon_mse", "val_recon_mse"]', "names a metric twice"),
+    ("n = 200", "n = 200\nsize = 48", "dataset.size: synthfaces are drawn at 32 or 64 pixels, not 48"),
+    ("n = 200", "n = 2", "dataset.n: synthfaces needs at least 3 images"),
+    ("n = 200", "m = 200", r"unknown option 'm' for dataset 'synthfaces'.*valid: size, n, seed"),
+    ('name = "synthfaces"', 'name = "celeba_hq"', "unknown dataset 'celeba_hq'"),
+    ('name = "tpe"', 'name = "bayes"', "unknown sampler 'bayes'; valid: grid, tpe, random"),
+    ("n_startup_trials = 2", "n_startup_trial = 2", "sampler 'tpe' has no option 'n_startup_trial'; valid: consider_prior"),
+    ('name = "median"', 'name = "percentile"', "pruner 'percentile' needs percentile"),
+    ('name = "median"', 'name = "median"\nn_startup_trials = -1', "pruner 'median' refused its options"),
+])
+def test_mistakes_are_refused_in_one_line(tmp_path, old, new, message):
+    assert old in BASE
+    with pytest.raises(UserError, match=message) as caught:
+        load(tmp_path, BASE.replace(old, new))
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"{tmp_path}/mystudy.toml: ")
+
+
+def test_grid_mistakes(tmp_path):
+    grid = BASE.replace('name = "tpe"\nn_startup_trials = 2', 'name = "grid"')
+    with pytest.raises(UserError, match="the grid sampler needs a list of values or one value, not a range"):
+        load(tmp_path, grid)
+    with pytest.raises(UserError, match="trials = 4 but the grid has 2 points; set trials = 2"):
+        load(tmp_path, grid.replace("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = [1e-4, 1e-3]"))
+    with pytest.raises(UserError, match="needs at least one parameter given as a list"):
+        load(tmp_path, grid.replace("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = 1e-4"))
+
+
+def test_multi_objective_cannot_prune(tmp_path):
+    text = BASE.replace('objective = "val_recon_mse"', 'objective = ["val_recon_mse", "val_kl"]')
+    with pytest.raises(UserError, match="prunes single-objective studies only"):
+        load(tmp_path, text)
+    spec = load(tmp_path, text.replace('name = "median"', 'name = "none"'))
+    assert [o.metric for o in spec.objectives] == ["val_recon_mse", "val_kl"]
+
+
+def test_broken_toml_and_missing_files(tmp_path):
+    with pytest.raises(UserError, match="not valid TOML"):
+        load(tmp_path, BASE.replace("trials = 4", "trials = = 4"))
+    with pytest.raises(UserError, match=r"no study 'vae_kl_swep' \(did you mean 'vae_kl_sweep'\?\).*available: .*smoke"):
+        load_study("vae_kl_swep")
+    with pytest.raises(UserError, match="does not exist"):
+        load_study(str(tmp_path / "absent.toml"))
