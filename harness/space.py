@@ -9,7 +9,7 @@ Optuna trial (so `optuna.trial.FixedTrial` can unit-test it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Protocol
 
 import optuna
@@ -43,9 +43,7 @@ class FloatParam:
     help: str = ""
 
     def __post_init__(self) -> None:
-        _check_range(self, self.low, self.high, "declaration")
-        if not self.low <= self.default <= self.high:
-            raise ValueError(f"default {self.default} outside [{self.low}, {self.high}]")
+        _check_declaration(self)
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
@@ -59,14 +57,7 @@ class FloatParam:
         return float(value)
 
     def override(self, value: Any, where: str) -> Param:
-        if isinstance(value, Mapping):
-            low, high, log = _range_fields(value, self.log, where)
-            low, high = self.check_value(low, where + ".low"), self.check_value(high, where + ".high")
-            _check_range(self, low, high, where)
-            return FloatParam(low, high, min(max(self.default, low), high), log, self.limits, self.help)
-        if isinstance(value, list):
-            return ChoiceParam.of([self.check_value(v, where) for v in value], where, self.help)
-        return FixedParam(self.check_value(value, where), self.help)
+        return _override_numeric(self, value, where)
 
     def describe(self) -> dict[str, Any]:
         return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
@@ -82,9 +73,7 @@ class IntParam:
     help: str = ""
 
     def __post_init__(self) -> None:
-        _check_range(self, self.low, self.high, "declaration")
-        if not self.low <= self.default <= self.high:
-            raise ValueError(f"default {self.default} outside [{self.low}, {self.high}]")
+        _check_declaration(self)
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log)
@@ -98,14 +87,7 @@ class IntParam:
         return value
 
     def override(self, value: Any, where: str) -> Param:
-        if isinstance(value, Mapping):
-            low, high, log = _range_fields(value, self.log, where)
-            low, high = self.check_value(low, where + ".low"), self.check_value(high, where + ".high")
-            _check_range(self, low, high, where)
-            return IntParam(low, high, min(max(self.default, low), high), log, self.limits, self.help)
-        if isinstance(value, list):
-            return ChoiceParam.of([self.check_value(v, where) for v in value], where, self.help)
-        return FixedParam(self.check_value(value, where), self.help)
+        return _override_numeric(self, value, where)
 
     def describe(self) -> dict[str, Any]:
         return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
@@ -163,20 +145,32 @@ class FixedParam:
         return {"type": "fixed", "value": self.value}
 
 
-def _range_fields(value: Mapping[str, Any], log: bool, where: str) -> tuple[Any, Any, bool]:
-    unknown = set(value) - {"low", "high", "log"}
-    if unknown or not {"low", "high"} <= set(value):
-        raise UserError(f"{where}: a range is {{low = ..., high = ..., log = true|false}}; got {dict(value)}")
-    log = value.get("log", log)
-    if not isinstance(log, bool):
-        raise UserError(f"{where}.log: expected true or false, got {log!r}")
-    return value["low"], value["high"], log
+def _override_numeric(param: FloatParam | IntParam, value: Any, where: str) -> Param:
+    """A {low, high, log} table narrows the range, a list gives choices, a value fixes it."""
+    if isinstance(value, Mapping):
+        if set(value) - {"low", "high", "log"} or not {"low", "high"} <= set(value):
+            raise UserError(f"{where}: a range is {{low = ..., high = ..., log = true|false}}; got {dict(value)}")
+        log = value.get("log", param.log)
+        if not isinstance(log, bool):
+            raise UserError(f"{where}.log: expected true or false, got {log!r}")
+        low, high = param.check_value(value["low"], where + ".low"), param.check_value(value["high"], where + ".high")
+        _check_range(low, high, log, where)
+        return replace(param, low=low, high=high, log=log, default=min(max(param.default, low), high))
+    if isinstance(value, list):
+        return ChoiceParam.of([param.check_value(v, where) for v in value], where, param.help)
+    return FixedParam(param.check_value(value, where), param.help)
 
 
-def _check_range(param: FloatParam | IntParam, low: float, high: float, where: str) -> None:
+def _check_declaration(param: FloatParam | IntParam) -> None:
+    _check_range(param.low, param.high, param.log, "declaration")
+    if not param.low <= param.default <= param.high:
+        raise ValueError(f"default {param.default} outside [{param.low}, {param.high}]")
+
+
+def _check_range(low: float, high: float, log: bool, where: str) -> None:
     if not low < high:
         raise UserError(f"{where}: empty range (low {low} >= high {high}); give low < high, or one value to fix it")
-    if param.log and low <= 0:
+    if log and low <= 0:
         raise UserError(f"{where}: a log range needs low > 0 (got {low}); set log = false or raise low")
 
 

@@ -59,6 +59,13 @@ def test_bad_overrides_are_refused(value, message):
         KL.override(value, "space.vae.kl_weight")
 
 
+def test_switching_a_range_to_log_needs_a_positive_low():
+    dropout = vae.SPACE["dropout"]
+    with pytest.raises(UserError, match="space.vae.dropout: a log range needs low > 0"):
+        dropout.override({"low": 0.0, "high": 0.5, "log": True}, "space.vae.dropout")
+    assert dropout.override({"low": 0.01, "high": 0.5, "log": True}, "w").log
+
+
 def test_int_param_refuses_floats():
     with pytest.raises(UserError, match="expected an integer"):
         vae.SPACE["latent_dim"].override(32.0, "space.vae.latent_dim")
