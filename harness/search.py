@@ -259,6 +259,9 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
         tags={"study": spec.study_name, "kind": "study", "optuna_study": spec.study_name,
               "optuna_storage": redact(settings.storage_url), "state": "RUNNING"})
     tracker.log_artifact(parent_id, spec.path)
+    with tempfile.TemporaryDirectory() as tmp:  # what the study trained on, at a glance
+        save_png(image_grid(to_unit_range(data.train[:64])), Path(tmp) / "dataset.png")
+        tracker.log_artifact(parent_id, Path(tmp) / "dataset.png")
     progress = Progress(spec, to_run)
     start = time.perf_counter()
     try:

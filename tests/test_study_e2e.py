@@ -38,6 +38,8 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"smoke.toml", "dataset.png"}
+    assert parent.data.metrics["best_val_recon_mse"] == min(t.value for t in trials)
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
