@@ -41,9 +41,6 @@ class Family:
     eval_step: Callable[[nn.Module, Tensor, Params], dict[str, Tensor]]
     help: str = ""
 
-    def defaults(self) -> dict[str, Any]:
-        return {name: param.default for name, param in self.space.items()}
-
 
 class RegistryError(ValueError):
     """A family declared wrongly: a bug in the code that registers it, not a user's mistake."""

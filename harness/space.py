@@ -177,7 +177,3 @@ def _check_range(low: float, high: float, log: bool, where: str) -> None:
 def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, Param]) -> dict[str, Any]:
     """Sample one configuration: free parameters through `trial`, fixed ones as they are."""
     return {name: param.suggest(trial, name) for name, param in space.items()}
-
-
-def free_params(space: Mapping[str, Param]) -> list[str]:
-    return [name for name, param in space.items() if not isinstance(param, FixedParam)]
