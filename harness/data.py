@@ -1,32 +1,46 @@
-"""Datasets by name: each loader returns train/validation/test splits as uint8 image tensors.
+"""Datasets by name: loaded once into a uint8 tensor cache, split, and placed on the training device.
 
-Images stay uint8 (N, C, H, W) until a batch is drawn, so a whole face set sits on the training
-device (50,000 64x64 grayscale images are 205 MB) and batches are drawn by index, without a
-DataLoader. Validation drives the objective; test is kept for final scores.
+A dataset is a loader (harness/loaders.py, or synthfaces) plus its options. File-based sets are
+decoded and resized once into `RUNS_DIR/cache/` (keyed by the source's content hash and the
+options), so later studies start in seconds. Images stay uint8 (N, C, H, W) until a batch is
+drawn: a whole face set sits on the training device (50,000 64x64 grayscale images are 205 MB)
+and batches are drawn by index; only a set that does not fit goes through a DataLoader.
+Validation drives the objective; test is kept for final scores.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from harness import synthfaces
+from harness import loaders, synthfaces
 from harness.errors import UserError
+from harness.loaders import TEST, TRAIN, VAL, LoadedImages
+
+CACHE_VERSION = 1  # bump when a loader's output changes, so old caches are not reused
+SPLIT_OPTIONS = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}  # every dataset has these
 
 
 @dataclass(frozen=True)
 class ImageSplits:
-    train: Tensor  # uint8 (N, C, H, W)
+    train: Tensor  # uint8 (N, C, H, W), on `device` when `resident`, else on the CPU
     val: Tensor
     test: Tensor
-    labels: Mapping[str, Tensor] = field(default_factory=dict)  # split -> (N, F) float factors
+    labels: Mapping[str, Tensor] = field(default_factory=dict)  # split -> (N, F) float
     label_names: tuple[str, ...] = ()
     description: Mapping[str, Any] = field(default_factory=dict)  # logged with every run
+    device: torch.device = torch.device("cpu")
+    resident: bool = True  # the images live on the device: batches are drawn by index there
 
     @property
     def channels(self) -> int:
@@ -36,27 +50,82 @@ class ImageSplits:
     def image_size(self) -> int:
         return self.train.shape[-1]
 
-    def to(self, device: torch.device) -> "ImageSplits":
-        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.train, self.val, self.test))
+
+    def place(self, device: torch.device, max_bytes: int | None = None) -> "ImageSplits":
+        """The whole set on `device` when it fits (by default in half its free memory), else kept
+        on the CPU (pinned) and fed through a DataLoader."""
+        if max_bytes is None:
+            max_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else self.nbytes
+        if self.nbytes <= max_bytes:
+            moved = {k: getattr(self, k).to(device) for k in ("train", "val", "test")}
+            return replace(self, **moved, device=device, resident=True)
+        print(f"note: the images ({self.nbytes / 2**20:.0f} MiB) do not fit on {device} "
+              f"({max_bytes / 2**20:.0f} MiB allowed); batches go through a DataLoader", flush=True)
+        pinned = {k: getattr(self, k).cpu().pin_memory() if device.type == "cuda" else getattr(self, k).cpu()
+                  for k in ("train", "val", "test")}
+        return replace(self, **pinned, device=device, resident=False)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """Shuffled full batches on the device; the last partial batch is dropped (a batch of one
+        breaks BatchNorm); a set smaller than a batch is one batch. Both paths draw the same order."""
+        n = self.train.shape[0]
+        batch_size = min(batch_size, n)
+        if self.resident:
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n - batch_size + 1, batch_size):
+                yield self.train[order[start:start + batch_size]]
+            return
+        # The loader's own generator only seeds workers; without one it would draw from the global
+        # RNG and shift every later dropout and sampling draw.
+        loader = DataLoader(TensorDataset(self.train), batch_size=batch_size, drop_last=True,
+                            sampler=RandomSampler(self.train, generator=generator), generator=torch.Generator())
+        for (x,) in loader:
+            yield x.to(self.device, non_blocking=True)
+
+    def batches(self, split: str, batch_size: int) -> Iterator[Tensor]:
+        """Every image of a split, in order, on the device."""
+        images = getattr(self, split)
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start:start + batch_size].to(self.device, non_blocking=True)
+
+
+def to_model_range(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    """uint8 [0, 255] -> float in the range of the model's output activation: [0, 1] for a sigmoid,
+    [-1, 1] for a tanh (the same as ToTensor then Normalize(0.5, 0.5))."""
+    low, high = value_range
+    return images.float().mul_((high - low) / 255).add_(low)
+
+
+def from_model_range(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    low, high = value_range
+    return ((images - low) / (high - low)).clamp(0, 1)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    load: Callable[..., ImageSplits]
+    load: Callable[..., LoadedImages]  # called with the dataset's own options (not the split options)
     options: Mapping[str, Any]  # option -> default; a given value must have the default's type
     help: str
     check: Callable[[Mapping[str, Any], str], None] | None = None  # refuses bad values before loading
+    cached: bool = False  # decoded once into RUNS_DIR/cache (file-based sets)
+
+    @property
+    def all_options(self) -> dict[str, Any]:
+        return {**self.options, **{k: v for k, v in SPLIT_OPTIONS.items() if k not in self.options}}
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, load: Callable[..., ImageSplits], options: Mapping[str, Any], help: str,
-                     check: Callable[[Mapping[str, Any], str], None] | None = None) -> None:
+def register_dataset(name: str, load: Callable[..., LoadedImages], options: Mapping[str, Any], help: str,
+                     check: Callable[[Mapping[str, Any], str], None] | None = None, cached: bool = False) -> None:
     if name in _DATASETS:
         raise ValueError(f"dataset {name!r} is already registered")
-    _DATASETS[name] = DatasetSpec(name, load, dict(options), help, check)
+    _DATASETS[name] = DatasetSpec(name, load, dict(options), help, check, cached)
 
 
 def dataset_names() -> list[str]:
@@ -71,9 +140,9 @@ def get_dataset(name: str, where: str = "dataset") -> DatasetSpec:
 
 
 def resolve_options(name: str, given: Mapping[str, Any], where: str = "dataset") -> dict[str, Any]:
-    """The loader's defaults overlaid with `given`, refusing unknown options and wrong types."""
+    """The dataset's defaults overlaid with `given`, refusing unknown options and wrong types."""
     spec = get_dataset(name, where)
-    options = dict(spec.options)
+    options = spec.all_options
     for key, value in given.items():
         if key not in options:
             raise UserError(f"{where}: unknown option {key!r} for dataset {name!r}{did_you_mean(key, options)}; "
@@ -85,13 +154,110 @@ def resolve_options(name: str, given: Mapping[str, Any], where: str = "dataset")
         if not ok:
             raise UserError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
         options[key] = value
+    if options["seed"] < 0:
+        raise UserError(f"{where}.seed: must be >= 0, got {options['seed']}")
+    split_sizes(100, options["val_fraction"], options["test_fraction"], where)
     if spec.check is not None:
         spec.check(options, where)
     return options
 
 
-def load_dataset(name: str, options: Mapping[str, Any]) -> ImageSplits:
-    return get_dataset(name).load(**resolve_options(name, options))
+def load_dataset(name: str, options: Mapping[str, Any], cache_dir: Path | None = None) -> ImageSplits:
+    """Load (from the cache when it holds this source with these options), then split."""
+    options = resolve_options(name, options)
+    return make_splits(name, load_images(name, options, cache_dir), options)
+
+
+def load_images(name: str, options: Mapping[str, Any], cache_dir: Path | None = None) -> LoadedImages:
+    """The whole set in the source's order, before splitting (resolved options expected)."""
+    spec = get_dataset(name)
+    own = {k: options[k] for k in spec.options}
+    if spec.cached and cache_dir is not None:
+        return _load_cached(spec, own, cache_dir)
+    return spec.load(**own)
+
+
+def infer_dataset(path: str) -> str:
+    """Which loader reads `path`: by extension for files, by contents for folders."""
+    target = Path(path).expanduser()
+    if not target.exists():
+        raise UserError(f"{target} does not exist")
+    mnist_names = {n + ext for n in loaders.MNIST_FILES.values() for ext in ("", ".gz")}
+    if target.is_file():
+        by_suffix = {".mat": "mat", ".npz": "npz"}
+        if target.suffix.lower() in by_suffix:
+            return by_suffix[target.suffix.lower()]
+        if target.name in mnist_names:
+            return "mnist"
+        raise UserError(f"cannot tell what kind of data {target} is; give the dataset "
+                        f"(--dataset / DATASET=), one of {', '.join(dataset_names())}")
+    if any((target / name).exists() for name in ("img_align_celeba", "list_eval_partition.txt", "list_eval_partition.csv")):
+        return "celeba"
+    if any(p.name in mnist_names for p in target.rglob("*-ubyte*")):
+        return "mnist"
+    return "folder"
+
+
+def _load_cached(spec: DatasetSpec, options: Mapping[str, Any], cache_dir: Path) -> LoadedImages:
+    if not options.get("path") or not Path(options["path"]).expanduser().exists():
+        return spec.load(**options)  # the loader says what is missing
+    recipe = {"dataset": spec.name, "version": CACHE_VERSION, "source": loaders.fingerprint(options["path"]),
+              **{k: v for k, v in options.items() if k != "path"}}  # the file's content, not where it lies
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir / f"{spec.name}-{key}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            return LoadedImages(stored["images"], stored["split"], stored["labels"], tuple(stored["label_names"]),
+                                {**stored["source"], "cache": str(path)})
+        except Exception as e:  # a cache file cut short by a crash: rebuild it
+            loaders.warn(f"ignoring unreadable cache {path} ({type(e).__name__}); decoding the source again")
+    loaded = spec.load(**options)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"images": loaded.images, "split": loaded.split, "labels": loaded.labels,
+                "label_names": list(loaded.label_names), "source": loaded.source}, partial)
+    partial.replace(path)  # atomic: a reader never sees half a cache file
+    loaded.source = {**loaded.source, "cache": str(path)}
+    return loaded
+
+
+def make_splits(name: str, loaded: LoadedImages, options: Mapping[str, Any]) -> ImageSplits:
+    images = loaded.images
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(f"a loader must return uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise UserError(f"dataset {name}: images have {images.shape[1]} channels; the models take 1 (grayscale) "
+                        "or 3 (RGB): convert them (for a folder, set channels = 1 or 3)")
+    train, val, test, how = assign_splits(name, loaded, options)
+    labels = {} if loaded.labels is None else {"train": loaded.labels[train], "val": loaded.labels[val],
+                                               "test": loaded.labels[test]}
+    description = {"dataset": name, "image_size": images.shape[-1], "channels": images.shape[1],
+                   "n_train": len(train), "n_val": len(val), "n_test": len(test), "split": how, **loaded.source}
+    return ImageSplits(images[train], images[val], images[test], labels, loaded.label_names, description)
+
+
+def assign_splits(name: str, loaded: LoadedImages, options: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor, str]:
+    """(train, val, test) indices and how they were made: the official split where the source has
+    one (validation carved from train by the seed when it has none), else a seeded shuffle."""
+    n = loaded.images.shape[0]
+    seed, val_fraction, test_fraction = options["seed"], options["val_fraction"], options["test_fraction"]
+    if loaded.split is None:
+        train, val, test = split_indices(n, val_fraction, test_fraction, seed)
+        how = f"seeded {seed}"
+    else:
+        index = torch.arange(n)
+        train, val, test = (index[loaded.split == s] for s in (TRAIN, VAL, TEST))
+        how = "official"
+        if len(val) == 0:  # e.g. MNIST: carve validation from the official train set
+            n_val, _ = split_sizes(len(train), val_fraction, 0.5, f"dataset {name}")
+            order = torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).permutation(len(train)))
+            train, val = train[order[n_val:]].sort().values, train[order[:n_val]].sort().values
+            how = f"official train/test, validation seeded {seed}"
+        if min(len(train), len(val), len(test)) == 0:
+            raise UserError(f"dataset {name}: the official split leaves a split empty "
+                            f"({len(train)}/{len(val)}/{len(test)} train/val/test)")
+    return train, val, test, how
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float, where: str = "dataset") -> tuple[int, int]:
@@ -106,32 +272,11 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float, where: str = 
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """A deterministic shuffled train/validation/test split of range(n), for sets that have none."""
+    """A deterministic shuffled train/validation/test split of range(n), for sets that have none;
+    each split keeps the source's order, as an official split does."""
     n_val, n_test = split_sizes(n, val_fraction, test_fraction)
     order = torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).permutation(n))
-    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
-
-
-def batches(images: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
-    """Shuffled full batches when a generator is given (training), else every image in order.
-
-    Training drops the last partial batch (a batch of one breaks BatchNorm); a set smaller than a
-    batch is one batch.
-    """
-    n = images.shape[0]
-    if generator is None:
-        for start in range(0, n, batch_size):
-            yield images[start:start + batch_size]
-        return
-    batch_size = min(batch_size, n)
-    order = torch.randperm(n, generator=generator).to(images.device)
-    for start in range(0, n - batch_size + 1, batch_size):
-        yield images[order[start:start + batch_size]]
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [0, 1], the range of a sigmoid output."""
-    return images.float().div_(255)
+    return tuple(part.sort().values for part in (order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]))
 
 
 def did_you_mean(word: str, choices: Mapping[str, Any] | list[str]) -> str:
@@ -139,7 +284,12 @@ def did_you_mean(word: str, choices: Mapping[str, Any] | list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-# ---- built-in datasets -------------------------------------------------------------------------
+# ---- built-in datasets, registered in one place --------------------------------------------------
+
+def _load_synthfaces(size: int, n: int, seed: int) -> LoadedImages:
+    images, factors = synthfaces.generate(n, size, seed)
+    return LoadedImages(images, labels=factors, label_names=synthfaces.FACTORS, source={"generator": "synthfaces"})
+
 
 def _check_synthfaces(options: Mapping[str, Any], where: str) -> None:
     if options["size"] not in (32, 64):
@@ -149,21 +299,43 @@ def _check_synthfaces(options: Mapping[str, Any], where: str) -> None:
     split_sizes(options["n"], options["val_fraction"], options["test_fraction"], where)
 
 
-def _load_synthfaces(size: int, n: int, seed: int, val_fraction: float, test_fraction: float) -> ImageSplits:
-    images, factors = synthfaces.generate(n, size, seed)
-    train, val, test = split_indices(n, val_fraction, test_fraction, seed)
-    return ImageSplits(
-        train=images[train], val=images[val], test=images[test],
-        labels={"train": factors[train], "val": factors[val], "test": factors[test]},
-        label_names=synthfaces.FACTORS,
-        description={"dataset": "synthfaces", "image_size": size, "channels": 1, "n_train": len(train),
-                     "n_val": len(val), "n_test": len(test), "data_seed": seed},
-    )
+def _check_files(options: Mapping[str, Any], where: str) -> None:
+    if options["size"] and not 8 <= options["size"] <= 1024:
+        raise UserError(f"{where}.size: {options['size']} is not an image size; use 8 .. 1024 (0 keeps the source's)")
+    if options.get("layout", "auto") not in loaders.LAYOUTS:
+        raise UserError(f"{where}.layout: {options['layout']!r} is not a layout; valid: {', '.join(loaders.LAYOUTS)}")
+    if options.get("order", "F") not in ("F", "C"):
+        raise UserError(f"{where}.order: {options['order']!r}: use 'F' (MATLAB column-major) or 'C' (row-major)")
+    shape = options.get("image_shape", [])
+    if shape and (len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise UserError(f"{where}.image_shape: expected [height, width] in pixels, got {shape}")
+    if "limit" in options and options["limit"] < 0:
+        raise UserError(f"{where}.limit: must be >= 0 (0 = every image), got {options['limit']}")
+    if options.get("channels", 1) not in (1, 3):
+        raise UserError(f"{where}.channels: {options['channels']}: use 1 (grayscale) or 3 (RGB)")
 
+
+_ARRAY_OPTIONS = {"path": "", "key": "", "layout": "auto", "image_shape": [], "size": 0}
 
 register_dataset(
-    "synthfaces", _load_synthfaces,
-    options={"size": 32, "n": 6000, "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1},
-    help="built-in procedural grayscale faces (expression, pose, lighting factors as labels)",
-    check=_check_synthfaces,
-)
+    "synthfaces", _load_synthfaces, {"size": 32, "n": 6000, "seed": 0},
+    help="built-in procedural grayscale faces (expression, pose, lighting factors as labels)", check=_check_synthfaces)
+register_dataset(
+    "ck", loaders.load_mat, {**_ARRAY_OPTIONS, "order": "F"},
+    help="Cohn-Kanade faces in a MATLAB .mat file (v5 or v7.3); any face set in .mat form", check=_check_files, cached=True)
+register_dataset(
+    "mat", loaders.load_mat, {**_ARRAY_OPTIONS, "order": "F"},
+    help="any image array in a MATLAB .mat file (v5 or v7.3), e.g. ../shared/data/PIE_32x32.mat", check=_check_files, cached=True)
+register_dataset(
+    "npz", loaders.load_npz, {**_ARRAY_OPTIONS, "order": "C"},
+    help="a NumPy .npz array (key 'images' by default, as `data check --export` writes)", check=_check_files, cached=True)
+register_dataset(
+    "celeba", loaders.load_celeba, {"path": "", "size": 64, "limit": 0},
+    help="CelebA aligned&cropped: img_align_celeba/*.jpg (or nested) + list_eval_partition.txt; "
+         "Resize + CenterCrop to size (64; 112/128), RGB", check=_check_files, cached=True)
+register_dataset(
+    "mnist", loaders.load_mnist, {"path": "", "size": 0},
+    help="MNIST idx files (as torchvision keeps them in MNIST/raw/); never downloaded", check=_check_files, cached=True)
+register_dataset(
+    "folder", loaders.load_folder, {"path": "", "channels": 3, "size": 64, "limit": 0},
+    help="any tree of PNG/JPEG files, resized and centre-cropped to size; channels 1 or 3", check=_check_files, cached=True)

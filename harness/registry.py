@@ -6,6 +6,8 @@ A family is a handful of plain functions (usually all in models/<name>.py):
   make_optimizers(model, params) -> {name: optimizer}
   train_step(model, x, optimizers, params) -> {metric: detached scalar tensor}, one update
   eval_step(model, x, params) -> {metric: scalar tensor} on held-out images (keys = `metrics`)
+Images reach the steps as floats in the family's `output_range`: [0, 1] for a sigmoid output,
+[-1, 1] for a tanh (the same as ToTensor + Normalize(0.5, 0.5)).
 `metrics` names what eval_step returns and whether lower or higher is better; the training loop
 logs them as train_<m> / val_<m> / test_<m>, and a study's objective must be one of val_<m>.
 Built-ins are registered at the bottom of this file, in one place.
@@ -40,6 +42,7 @@ class Family:
     train_step: Callable[[nn.Module, Tensor, Optimizers, Params], dict[str, Tensor]]
     eval_step: Callable[[nn.Module, Tensor, Params], dict[str, Tensor]]
     help: str = ""
+    output_range: tuple[float, float] = (0.0, 1.0)  # of the output activation: sigmoid (0, 1), tanh (-1, 1)
 
 
 class RegistryError(ValueError):
@@ -51,7 +54,7 @@ _FAMILIES: dict[str, Family] = {}
 
 def register_family(name: str, *, space: Mapping[str, Param], metrics: Mapping[str, str],
                     build: Callable, make_optimizers: Callable, train_step: Callable, eval_step: Callable,
-                    help: str = "") -> Family:
+                    help: str = "", output_range: tuple[float, float] = (0.0, 1.0)) -> Family:
     if not isinstance(name, str) or not NAME.match(name):
         raise RegistryError(f"family name {name!r} must match {NAME.pattern} (lowercase, digits, _)")
     if name in _FAMILIES:
@@ -72,7 +75,10 @@ def register_family(name: str, *, space: Mapping[str, Param], metrics: Mapping[s
                      ("train_step", train_step), ("eval_step", eval_step)]:
         if not callable(fn):
             raise RegistryError(f"family {name!r}: {what} is not callable")
-    family = Family(name, dict(space), dict(metrics), build, make_optimizers, train_step, eval_step, help)
+    if output_range not in ((0.0, 1.0), (-1.0, 1.0)):
+        raise RegistryError(f"family {name!r}: output_range {output_range} must be (0, 1) (sigmoid) or (-1, 1) (tanh)")
+    family = Family(name, dict(space), dict(metrics), build, make_optimizers, train_step, eval_step, help,
+                    tuple(map(float, output_range)))
     _FAMILIES[name] = family
     return family
 

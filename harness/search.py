@@ -23,10 +23,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from harness.data import ImageSplits, load_dataset, to_unit_range
+from harness.data import ImageSplits, from_model_range, load_dataset, to_model_range
 from harness.errors import UserError
 from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
-from harness.registry import get_family
+from harness.registry import Family, get_family
 from harness.settings import Settings, redact, resolve_device
 from harness.studyfile import StudySpec
 from harness.tracking import Tracker
@@ -77,6 +77,17 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:
+    """Build each family once for these images, so a size it cannot take fails now, not in every trial."""
+    for name in spec.families:
+        defaults = {param: p.default for param, p in spec.spaces[name].items()}
+        try:
+            get_family(name).build(defaults, data.channels, data.image_size)
+        except ValueError as e:
+            raise UserError(f"family {name} cannot take the {spec.dataset} images ({data.channels} channel(s), "
+                            f"{data.image_size}x{data.image_size}): {e}; set the dataset's size option") from None
+
+
 def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[str, Any]], str]:
     """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
     done = study.get_trials(deepcopy=False, states=FINISHED)
@@ -107,7 +118,7 @@ class TrialRunner:
 
     def __init__(self, spec: StudySpec, data: ImageSplits, tracker: Tracker, parent_id: str):
         self.spec, self.data, self.tracker, self.parent_id = spec, data, tracker, parent_id
-        self.references = to_unit_range(data.val[:N_GRID_IMAGES])
+        self.references = data.val[:N_GRID_IMAGES].to(data.device)  # uint8: the same images for every trial
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
@@ -129,11 +140,11 @@ class TrialRunner:
             result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed,
                            on_epoch=lambda epoch, metrics: self._on_epoch(trial, run_id, epoch, metrics),
                            progress=f"trial {trial.number}")
-            self._log_artifacts(run_id, trial.number, family_name, params, result)
+            self._log_artifacts(run_id, trial.number, family, params, result)
             if result.stopped_at is not None:
                 self.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
                 raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at}")
-            test = evaluate(family, result.model, self.data.test, params)
+            test = evaluate(family, result.model, self.data, "test", params)
             self.tracker.log_metrics(run_id, {f"test_{k}": v for k, v in test.items()} | {"train_seconds": result.seconds},
                                      step=spec.epochs)
             self.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE"})
@@ -162,19 +173,21 @@ class TrialRunner:
             self.tracker.client.log_text(run_id, details, "error.txt")
         self.tracker.end_run(run_id, status, {"state": "FAIL", "failure_reason": reason[:5000]})
 
-    def _log_artifacts(self, run_id: str, number: int, family: str, params: Mapping[str, Any],
+    def _log_artifacts(self, run_id: str, number: int, family: Family, params: Mapping[str, Any],
                        result: TrainResult) -> None:
         """Reconstruction grid (autoencoders), samples from a fixed z ~ N(0, I), loss curves, weights."""
-        model = result.model.eval()
+        model, value_range = result.model.eval(), family.output_range
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             folder = Path(tmp)
             if hasattr(model, "reconstruct"):
-                save_png(reconstruction_grid(self.references, model.reconstruct(self.references)),
+                x = to_model_range(self.references, value_range)
+                save_png(reconstruction_grid(from_model_range(x, value_range),
+                                             from_model_range(model.reconstruct(x), value_range)),
                          folder / "reconstructions.png")
             z = torch.randn(N_GRID_IMAGES, model.latent_dim, generator=torch.Generator().manual_seed(0))
-            save_png(image_grid(model.sample(z.to(self.references.device))), folder / "samples.png")
-            loss_curves(result.history, folder / "loss_curves.png", f"{self.spec.study_name} trial {number} ({family})")
-            save_model(model, family, params, self.data.channels, self.data.image_size, folder)
+            save_png(image_grid(from_model_range(model.sample(z.to(self.data.device)), value_range)), folder / "samples.png")
+            loss_curves(result.history, folder / "loss_curves.png", f"{self.spec.study_name} trial {number} ({family.name})")
+            save_model(model, family.name, params, self.data.channels, self.data.image_size, folder)
             self.tracker.log_artifacts(run_id, folder)
 
 
@@ -241,11 +254,12 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
     for point in enqueue:
         study.enqueue_trial(point)
 
-    data = load_dataset(spec.dataset, spec.dataset_options)
+    data = load_dataset(spec.dataset, spec.dataset_options, settings.runs_dir / "cache")
     print(f"study {spec.study_name}: {to_run} trial(s) to run, {spec.epochs} epoch(s) each, on {dev}; "
           f"{spec.dataset} {data.image_size}px x{data.channels}, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
-    data = data.to(dev)
+    check_families_fit(spec, data)
+    data = data.place(dev)
     tracker = Tracker(settings, spec.study_name)
     parent_id = tracker.start_run(
         f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -260,7 +274,7 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
               "optuna_storage": redact(settings.storage_url), "state": "RUNNING"})
     tracker.log_artifact(parent_id, spec.path)
     with tempfile.TemporaryDirectory() as tmp:  # what the study trained on, at a glance
-        save_png(image_grid(to_unit_range(data.train[:64])), Path(tmp) / "dataset.png")
+        save_png(image_grid(data.train[:64].float() / 255), Path(tmp) / "dataset.png")
         tracker.log_artifact(parent_id, Path(tmp) / "dataset.png")
     progress = Progress(spec, to_run)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.data import ImageSplits, batches, to_unit_range
+from harness.data import ImageSplits, to_model_range
 from harness.registry import Family, get_family
 
 EpochCallback = Callable[[int, dict[str, float]], bool]  # True: stop here (e.g. pruned)
@@ -36,26 +36,27 @@ class TrainResult:
     stopped_at: int | None = None  # the epoch after which on_epoch asked to stop
 
 
-def evaluate(family: Family, model: nn.Module, images: Tensor, params: Mapping[str, Any],
+def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, params: Mapping[str, Any],
              batch_size: int = 512) -> dict[str, float]:
     """Image-weighted means of eval_step over a whole split, in eval mode."""
     was_training = model.training
     model.eval()
     sums: dict[str, Tensor] = {}
+    seen = 0
     with torch.no_grad():
-        for x in batches(images, batch_size):
-            for key, value in family.eval_step(model, to_unit_range(x), params).items():
+        for x in data.batches(split, batch_size):
+            for key, value in family.eval_step(model, to_model_range(x, family.output_range), params).items():
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
+            seen += x.shape[0]
     model.train(was_training)
-    return {key: (value / images.shape[0]).item() for key, value in sums.items()}
+    return {key: (value / seen).item() for key, value in sums.items()}
 
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epochs: int, seed: int,
           on_epoch: EpochCallback | None = None, progress: str | None = None) -> TrainResult:
     """Train a fresh model; `on_epoch(epoch, metrics)` (epochs count from 1) returns True to stop early."""
-    device = data.train.device
     torch.manual_seed(seed)
-    model = family.build(params, data.channels, data.image_size).to(device)
+    model = family.build(params, data.channels, data.image_size).to(data.device)
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
@@ -67,13 +68,13 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
         model.train()
         sums: dict[str, Tensor] = {}
         seen = 0
-        for x in batches(data.train, int(params["batch_size"]), order):
-            out = family.train_step(model, to_unit_range(x), optimizers, params)
+        for x in data.train_batches(int(params["batch_size"]), order):
+            out = family.train_step(model, to_model_range(x, family.output_range), optimizers, params)
             for key, value in out.items():
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
             seen += x.shape[0]
         metrics = {f"train_{key}": (value / seen).item() for key, value in sums.items()}  # one sync per epoch
-        metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data.val, params).items()})
+        metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
         bad = [key for key, value in metrics.items() if not math.isfinite(value)]
         if bad:
             raise Diverged(f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}")

@@ -58,7 +58,7 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
         torch.load(folder / "model.pt", weights_only=True)
         model = load_model(folder)
         data = load_dataset("synthfaces", {"size": 32, "n": 600})
-        rebuilt = evaluate(vae_family(), model, data.val, {"kl_weight": trial.params["kl_weight"]})
+        rebuilt = evaluate(vae_family(), model, data, "val", {"kl_weight": trial.params["kl_weight"]})
         assert rebuilt["recon_mse"] == pytest.approx(trial.value, rel=1e-5)
 
 

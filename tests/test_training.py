@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from harness.data import batches, load_dataset
+from harness.data import load_dataset
+from harness.data import ImageSplits
 from harness.registry import Family, get_family
 from harness.training import Diverged, evaluate, train
 
@@ -55,14 +56,36 @@ def test_a_non_finite_loss_stops_the_trial(data):
 def test_evaluate_weights_by_images(data):
     vae = get_family("vae")
     model = vae.build(PARAMS, 1, 32)
-    whole = evaluate(vae, model, data.val, PARAMS, batch_size=1000)
-    pieces = evaluate(vae, model, data.val, PARAMS, batch_size=7)  # last batch partial
+    whole = evaluate(vae, model, data, "val", PARAMS, batch_size=1000)
+    pieces = evaluate(vae, model, data, "val", PARAMS, batch_size=7)  # last batch partial
     assert whole["recon_mse"] == pytest.approx(pieces["recon_mse"], rel=1e-5)
 
 
-def test_training_batches_cover_each_image_at_most_once():
-    images = torch.arange(10).view(10, 1, 1, 1)
-    drawn = torch.cat(list(batches(images, 3, torch.Generator().manual_seed(0)))).flatten()
+def numbered(n: int) -> ImageSplits:
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)
+    return ImageSplits(images, images[:4], images[:4])
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_training_batches_cover_each_image_at_most_once(resident):
+    data = numbered(10).place(torch.device("cpu"), max_bytes=None if resident else 0)
+    assert data.resident is resident
+    drawn = torch.cat(list(data.train_batches(3, torch.Generator().manual_seed(0)))).flatten()
     assert len(drawn) == 9 and len(set(drawn.tolist())) == 9  # 3 full batches, the partial one dropped
-    assert torch.cat(list(batches(images, 4))).flatten().tolist() == list(range(10))  # evaluation: all, in order
-    assert len(list(batches(images, 64, torch.Generator()))) == 1  # a set smaller than a batch is one batch
+    assert torch.cat(list(data.batches("train", 4))).flatten().tolist() == list(range(10))  # all, in order
+    assert len(list(data.train_batches(64, torch.Generator()))) == 1  # a set smaller than a batch is one batch
+
+
+def test_device_resident_and_dataloader_batches_are_the_same():
+    resident = numbered(50).place(torch.device("cpu"))
+    loader = numbered(50).place(torch.device("cpu"), max_bytes=0)
+    a = list(resident.train_batches(8, torch.Generator().manual_seed(3)))
+    b = list(loader.train_batches(8, torch.Generator().manual_seed(3)))
+    assert len(a) == len(b) == 6 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_trial_trains_the_same_through_a_dataloader(data):
+    vae = get_family("vae")
+    resident = train(vae, PARAMS, data, epochs=1, seed=4).history[-1]
+    streamed = train(vae, PARAMS, data.place(torch.device("cpu"), max_bytes=0), epochs=1, seed=4).history[-1]
+    assert streamed["val_recon_mse"] == resident["val_recon_mse"]
