@@ -12,15 +12,19 @@ EPOCHS ?=
 DEVICE ?= auto
 PORT ?= 5000
 PYTEST_ARGS ?=
+DATASET ?=
+DATA ?=
+KEY ?=
+EXPORT ?=
 # Where studies write (MLflow db + artifacts, Optuna db). STORAGE and TRACKING_URI override parts.
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test ui list
+.PHONY: help setup study test ui list data-check bench
 
 help: ## list the targets and their variables
-	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE RUNS_DIR STORAGE TRACKING_URI PORT):"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT RUNS_DIR STORAGE TRACKING_URI PORT):"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(VENV)/.installed ## create .venv and install the versions pinned in pyproject.toml
 
@@ -31,8 +35,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -qq -e '.[test]'
 	@touch $@
 
-study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu]
-	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE)
+study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu DATASET=ck DATA=file.mat]
+	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) \
+		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
 
 test: setup ## run the tests (GPU tests skip without CUDA); PYTEST_ARGS="-m 'not slow'" for the quick ones
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,3 +47,10 @@ ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 
 
 list: setup ## list families (with their spaces), datasets and studies; checks every study file
 	$(PY) -m harness list
+
+data-check: setup ## inspect data as the harness loads it: make data-check DATA=file.mat [KEY=name EXPORT=out.npz DATASET=...]
+	@test -n "$(DATA)" || { echo "give DATA=path (a .mat/.npz file, a folder, or a dataset name such as synthfaces)"; exit 2; }
+	$(PY) -m harness data check "$(DATA)" $(if $(DATASET),--dataset $(DATASET)) $(if $(KEY),--key $(KEY)) $(if $(EXPORT),--export "$(EXPORT)")
+
+bench: setup ## measure speeds (data sampler vs DataLoader); table + RUNS_DIR/bench/bench.json
+	$(PY) -m harness bench --device $(DEVICE)

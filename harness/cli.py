@@ -10,7 +10,9 @@ import argparse
 import os
 import shutil
 import sys
-from typing import Sequence
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
 
 from harness.errors import UserError
 
@@ -31,12 +33,50 @@ def cmd_study(args: argparse.Namespace) -> int:
     from harness.studyfile import load_study
 
     spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
+    spec = spec.with_dataset(args.dataset, args.data)
     if spec.grid is not None and spec.trials > spec.grid_size:
         print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
         spec = spec.with_overrides(trials=spec.grid_size)
     outcome = run_study(spec, Settings.from_env(), device=args.device)
     print(outcome.message)
     return outcome.exit_code
+
+
+def _option_value(text: str) -> Any:
+    """KEY=VALUE values are read as TOML (32, 0.1, true, [30, 40]); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from harness.datacheck import check
+    from harness.settings import Settings
+
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. size=32")
+        options[key.strip()] = _option_value(value.strip())
+    if args.key:
+        options["key"] = args.key
+    settings = Settings.from_env()
+    settings.prepare()
+    preview = args.preview or settings.runs_dir / "data-check" / f"{Path(args.source).stem or 'data'}.png"
+    print(check(args.source, args.dataset, options, settings.runs_dir / "cache", preview, args.export))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import run
+    from harness.settings import Settings, resolve_device
+
+    settings = Settings.from_env()
+    settings.prepare()
+    print(run(resolve_device(args.device), settings.runs_dir / "bench", seconds=args.seconds))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -70,7 +110,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in dataset_names():
         spec = get_dataset(name)
-        print(f"  {name:<12} {spec.help}; options {dict(spec.options)}")
+        print(f"  {name:<12} {spec.help}; options {spec.all_options}")
     print("studies:")
     status = 0
     for name in study_names():
@@ -92,7 +132,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.add_argument("--trials", type=_positive_int, help="override the study's budget of finished trials")
     study.add_argument("--epochs", type=_positive_int, help="override the epochs per trial")
     study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
+    study.add_argument("--dataset", help="run on this dataset instead of the study's (e.g. ck, celeba, mnist)")
+    study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
     study.set_defaults(run=cmd_study)
+
+    data = commands.add_parser("data", help="inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="count, shape, range, splits, preview grid; optional export")
+    check.add_argument("source", help="a file or folder (the kind is inferred), or a dataset name such as synthfaces")
+    check.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    check.add_argument("--key", help="the array inside a .mat/.npz file")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a dataset option, e.g. size=32 or order=C (repeatable)")
+    check.add_argument("--export", type=Path, help="write the images as loaded to this .npz (key 'images')")
+    check.add_argument("--preview", type=Path, help="where to write the preview grid (default RUNS_DIR/data-check/)")
+    check.set_defaults(run=cmd_data_check)
+
+    bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    bench.set_defaults(run=cmd_bench)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")

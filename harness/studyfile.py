@@ -8,6 +8,7 @@ every mistake is refused with a one-line message naming the key and what is vali
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from harness.data import did_you_mean, resolve_options
+from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.errors import UserError
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
@@ -64,11 +65,32 @@ class StudySpec:
     epochs: int
     seed: int
     objectives: tuple[Objective, ...]
+    variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
 
     @property
     def study_name(self) -> str:
-        """The Optuna study and the MLflow experiment: one per study version."""
-        return f"{self.name}-v{self.version}"
+        """The Optuna study and the MLflow experiment: one per study version (and dataset variant)."""
+        return f"{self.name}-v{self.version}" + (f"-{self.variant}" if self.variant else "")
+
+    def with_dataset(self, dataset: str | None = None, path: str | None = None) -> "StudySpec":
+        """The same study on other data (DATASET=, DATA=). A path alone keeps the study's dataset when
+        it reads files, else the kind is inferred from the path. Options both datasets have (size,
+        seed, fractions) are kept; the runs go to the study `<name>-v<version>-<dataset>[-<file>]`."""
+        if not dataset and not path:
+            return self
+        if dataset is None:
+            dataset = self.dataset if "path" in get_dataset(self.dataset).options else infer_dataset(path)
+        if dataset == self.dataset and not path:
+            return self
+        accepted = get_dataset(dataset, "DATASET").all_options
+        kept = {k: v for k, v in self.dataset_options.items() if k in accepted and k != "path"}
+        if path:
+            if "path" not in accepted:
+                raise UserError(f"DATA: dataset {dataset} does not read files; give DATASET= of one that does")
+            kept["path"] = path
+        options = resolve_options(dataset, kept, "DATASET/DATA")
+        variant = dataset + (f"-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(path).name)}" if path else "")
+        return replace(self, dataset=dataset, dataset_options=options, variant=variant)
 
     @property
     def grid(self) -> dict[str, list[Any]] | None:
