@@ -1,10 +1,13 @@
 """Running a study: an Optuna study in the storage, each trial trained and tracked in MLflow.
 
 `trials` in a study file is the study's budget of finished (complete or pruned) trials, not a
-count per invocation: running a study again continues it under a new parent run, with the trial
+count per invocation (per family, when a study has several: each family gets the same budget, its
+trials enqueued in turn); running a study again continues it under a new parent run, with the trial
 numbers going on, until the budget is met. Grid studies plan their own points: every grid point
 without a finished trial is enqueued, so an interrupted or failed point is run again, and a grid
-that is complete says so and runs nothing.
+that is complete says so and runs nothing. A trial whose loss or weights become NaN or infinite
+ends as FAIL (the sampler learns nothing from it), with the reason in its user attributes and run
+tags; its per-epoch sample grids up to the last good epoch stay in its run.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from harness.errors import UserError
 from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
 from harness.registry import Family, get_family
 from harness.settings import Settings, redact, resolve_device
+from harness.space import suggest
 from harness.studyfile import StudySpec
+from harness.metrics import PIXEL_MMD_PROTOCOL
 from harness.tracking import Tracker
-from harness.training import TrainResult, evaluate, save_model, train
+from harness.training import Diverged, TrainResult, evaluate, fixed_samples, save_model, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IDENTITY_ATTR = "genbench_identity"
@@ -92,6 +97,8 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[st
     """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
     done = study.get_trials(deepcopy=False, states=FINISHED)
     left = spec.trials - len(done)
+    if len(spec.families) > 1:
+        return _plan_per_family(study, spec, done)
     if spec.grid is None:
         why = (f"{spec.study_name} already has {len(done)} finished trials, its budget (trials = {spec.trials}); "
                "raise TRIALS= to run more")
@@ -107,6 +114,23 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[st
     why = (f"{spec.study_name} has {len(done)} finished trials, its budget (trials = {spec.trials}); "
            f"{len(missing)} of {len(points)} grid points remain: raise TRIALS= to run them")
     return to_run, enqueue, why
+
+
+def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTrial]) -> tuple[int, list[dict[str, Any]], str]:
+    """The same budget for every family: each family's missing trials, enqueued in turn."""
+    waiting = [t.system_attrs.get("fixed_params", {}).get("family") for t in
+               study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    left = {f: max(0, spec.trials - sum(t.params.get("family") == f for t in done)) for f in spec.families}
+    to_queue = {f: max(0, n - waiting.count(f)) for f, n in left.items()}
+    enqueue = []
+    while any(to_queue.values()):
+        for family in spec.families:
+            if to_queue[family]:
+                enqueue.append({"family": family})
+                to_queue[family] -= 1
+    why = (f"{spec.study_name} already has {spec.trials} finished trials for each of its {len(spec.families)} "
+           "families, its budget; raise TRIALS= to run more")
+    return sum(left.values()), enqueue, why
 
 
 def _matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
@@ -126,11 +150,11 @@ class TrialRunner:
         family_name = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
         family = get_family(family_name)
         prefix = f"{family_name}." if several else ""  # keeps each family's distributions apart in Optuna
-        params = {name: p.suggest(trial, prefix + name) for name, p in spec.spaces[family_name].items()}
+        params = suggest(trial, spec.spaces[family_name], prefix)
         run_id = self.tracker.start_run(
             f"trial-{trial.number}",
             params={**params, "family": family_name, "epochs": spec.epochs, "seed": spec.seed,
-                    **{f"data.{k}": v for k, v in self.data.description.items()}},
+                    "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **{f"data.{k}": v for k, v in self.data.description.items()}},
             tags={"study": spec.study_name, "family": family_name, "dataset": spec.dataset,
                   "trial_number": trial.number, "state": "RUNNING", "device": str(self.data.train.device)},
             parent_id=self.parent_id)
@@ -138,7 +162,7 @@ class TrialRunner:
         trial.set_user_attr("family", family_name)
         try:
             result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed,
-                           on_epoch=lambda epoch, metrics: self._on_epoch(trial, run_id, epoch, metrics),
+                           on_epoch=lambda epoch, metrics, model: self._on_epoch(trial, run_id, family, epoch, metrics, model),
                            progress=f"trial {trial.number}")
             self._log_artifacts(run_id, trial.number, family, params, result)
             if result.stopped_at is not None:
@@ -155,13 +179,27 @@ class TrialRunner:
         except KeyboardInterrupt:
             self._fail(trial, run_id, "interrupted (Ctrl-C)", "KILLED")
             raise
+        except Diverged as e:
+            if e.history:
+                with tempfile.TemporaryDirectory() as tmp:
+                    loss_curves(e.history, Path(tmp) / "loss_curves.png", f"{spec.study_name} trial {trial.number} "
+                                f"({family_name}), diverged after epoch {len(e.history)}")
+                    self.tracker.log_artifact(run_id, Path(tmp) / "loss_curves.png")
+            self.tracker.set_tags(run_id, {"last_good_epoch": len(e.history)})
+            self._fail(trial, run_id, f"Diverged: {e}", "FAILED")
+            raise
         except Exception as e:
             self._fail(trial, run_id, f"{type(e).__name__}: {e}", "FAILED", traceback.format_exc())
             raise
 
-    def _on_epoch(self, trial: optuna.Trial, run_id: str, epoch: int, metrics: dict[str, float]) -> bool:
-        """Log the epoch; report it to the pruner; True asks the loop to stop (pruned)."""
+    def _on_epoch(self, trial: optuna.Trial, run_id: str, family: Family, epoch: int, metrics: dict[str, float],
+                  model: torch.nn.Module) -> bool:
+        """Log the epoch and its sample grid; report to the pruner; True asks the loop to stop (pruned)."""
         self.tracker.log_metrics(run_id, metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as tmp:  # the same z every epoch, so epochs are comparable
+            path = Path(tmp) / f"epoch_{epoch:03d}.png"
+            save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, self.data.device)), path)
+            self.tracker.log_artifact(run_id, path, "samples")
         if len(self.spec.objectives) > 1:
             return False  # Optuna cannot prune multi-objective trials
         trial.report(metrics[self.spec.objectives[0].metric], epoch)
@@ -184,8 +222,7 @@ class TrialRunner:
                 save_png(reconstruction_grid(from_model_range(x, value_range),
                                              from_model_range(model.reconstruct(x), value_range)),
                          folder / "reconstructions.png")
-            z = torch.randn(N_GRID_IMAGES, model.latent_dim, generator=torch.Generator().manual_seed(0))
-            save_png(image_grid(from_model_range(model.sample(z.to(self.data.device)), value_range)), folder / "samples.png")
+            save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, self.data.device)), folder / "samples.png")
             loss_curves(result.history, folder / "loss_curves.png", f"{self.spec.study_name} trial {number} ({family.name})")
             save_model(model, family.name, params, self.data.channels, self.data.image_size, folder)
             self.tracker.log_artifacts(run_id, folder)

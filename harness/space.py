@@ -3,7 +3,9 @@
 A family declares each knob once, with its default search range and the limits any value must
 respect. A study may narrow a range, give a list of values, or fix a value; `Param.override`
 checks that and returns the new `Param`. `suggest` turns a space into values as a function of an
-Optuna trial (so `optuna.trial.FixedTrial` can unit-test it).
+Optuna trial (so `optuna.trial.FixedTrial` can unit-test it). A knob with `when = (other, value)`
+only exists when an earlier knob has that value (e.g. thresholds only for the threshold schedule),
+the define-by-run way: otherwise it is not sampled, not logged and not passed on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from harness.errors import UserError
 Scalar = int | float | str | bool
 
 
+Condition = tuple[str, Any] | None  # (earlier parameter, value it must have)
+
+
 class Param(Protocol):
     help: str
+    when: Condition
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Any: ...
 
@@ -41,6 +47,7 @@ class FloatParam:
     log: bool = False
     limits: tuple[float, float] = (-math.inf, math.inf)
     help: str = ""
+    when: Condition = None
 
     def __post_init__(self) -> None:
         _check_declaration(self)
@@ -71,6 +78,7 @@ class IntParam:
     log: bool = False
     limits: tuple[int, int] = (-(2**62), 2**62)
     help: str = ""
+    when: Condition = None
 
     def __post_init__(self) -> None:
         _check_declaration(self)
@@ -98,18 +106,19 @@ class ChoiceParam:
     choices: tuple[Scalar, ...]
     default: Scalar
     help: str = ""
+    when: Condition = None
 
     def __post_init__(self) -> None:
         if self.default not in self.choices:
             raise ValueError(f"default {self.default!r} not among {self.choices}")
 
     @classmethod
-    def of(cls, values: list[Any], where: str, help: str = "") -> "ChoiceParam":
+    def of(cls, values: list[Any], where: str, help: str = "", when: Condition = None) -> "ChoiceParam":
         if not values:
             raise UserError(f"{where}: empty list of values; give at least one value")
         if len(set(values)) != len(values):
             raise UserError(f"{where}: repeated values in {values}")
-        return cls(tuple(values), values[0], help)
+        return cls(tuple(values), values[0], help, when)
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
         return trial.suggest_categorical(name, list(self.choices))
@@ -120,7 +129,9 @@ class ChoiceParam:
         bad = [v for v in values if v not in self.choices]
         if isinstance(value, Mapping) or bad:
             raise UserError(f"{where}: {value!r} is not a choice; valid: {allowed}")
-        return ChoiceParam.of(values, where, self.help) if isinstance(value, list) else FixedParam(value, self.help)
+        if isinstance(value, list):
+            return ChoiceParam.of(values, where, self.help, self.when)
+        return FixedParam(value, self.help, self.when)
 
     def describe(self) -> dict[str, Any]:
         return {"type": "choice", "choices": list(self.choices)}
@@ -130,6 +141,7 @@ class ChoiceParam:
 class FixedParam:
     value: Scalar
     help: str = ""
+    when: Condition = None
 
     @property
     def default(self) -> Scalar:
@@ -157,8 +169,8 @@ def _override_numeric(param: FloatParam | IntParam, value: Any, where: str) -> P
         _check_range(low, high, log, where)
         return replace(param, low=low, high=high, log=log, default=min(max(param.default, low), high))
     if isinstance(value, list):
-        return ChoiceParam.of([param.check_value(v, where) for v in value], where, param.help)
-    return FixedParam(param.check_value(value, where), param.help)
+        return ChoiceParam.of([param.check_value(v, where) for v in value], where, param.help, param.when)
+    return FixedParam(param.check_value(value, where), param.help, param.when)
 
 
 def _check_declaration(param: FloatParam | IntParam) -> None:
@@ -174,6 +186,16 @@ def _check_range(low: float, high: float, log: bool, where: str) -> None:
         raise UserError(f"{where}: a log range needs low > 0 (got {low}); set log = false or raise low")
 
 
-def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, Param]) -> dict[str, Any]:
-    """Sample one configuration: free parameters through `trial`, fixed ones as they are."""
-    return {name: param.suggest(trial, name) for name, param in space.items()}
+def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, Param], prefix: str = "") -> dict[str, Any]:
+    """Sample one configuration: free parameters through `trial` (named prefix + name), fixed ones as
+    they are, conditional ones only when their condition holds."""
+    values: dict[str, Any] = {}
+    for name, param in space.items():
+        if param.when is None or values.get(param.when[0]) == param.when[1]:
+            values[name] = param.suggest(trial, prefix + name)
+    return values
+
+
+def describe(param: Param) -> dict[str, Any]:
+    """What a study stores to recognise its own space: the distribution and its condition."""
+    return param.describe() | ({"when": list(param.when)} if param.when else {})

@@ -20,7 +20,7 @@ from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_optio
 from harness.errors import UserError
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
-from harness.space import ChoiceParam, FixedParam, Param
+from harness.space import ChoiceParam, FixedParam, Param, describe
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
@@ -33,7 +33,7 @@ KEYS = {  # every key a study file may have, and what it means
     "space": "[space.<family>] per parameter: a value fixes it, a [list] gives choices, {low, high, log} a range",
     "sampler": "[sampler] name = grid|tpe|random|qmc|gp|nsgaii, plus its options",
     "pruner": "[pruner] name = none|median|percentile|hyperband|successive_halving|threshold, plus its options",
-    "trials": "the budget: finished (complete or pruned) trials the study should have",
+    "trials": "the budget: finished (complete or pruned) trials the study should have (per family when several)",
     "epochs": "training epochs per trial",
     "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
     "seed": "seed of the sampler and of every trial's initialisation and batch order",
@@ -119,7 +119,7 @@ class StudySpec:
         """What makes two runs of the study comparable: stored with the Optuna study and checked on resume."""
         return {
             "dataset": self.dataset, "dataset_options": dict(self.dataset_options), "families": list(self.families),
-            "space": {f: {n: p.describe() for n, p in s.items()} for f, s in self.spaces.items()},
+            "space": {f: {n: describe(p) for n, p in s.items()} for f, s in self.spaces.items()},
             "sampler": self.sampler, "objectives": [o.metric for o in self.objectives],
             "epochs": self.epochs, "seed": self.seed,
         }
@@ -229,7 +229,15 @@ def _spaces(table: Mapping[str, Any], families: tuple[str, ...], grid: bool, at:
                 if grid and not isinstance(space[param], (ChoiceParam, FixedParam)):
                     raise UserError(f"{where}: the grid sampler needs a list of values or one value, not a range")
             else:
-                space[param] = FixedParam(declared.default, declared.help) if grid else declared
+                space[param] = FixedParam(declared.default, declared.help, declared.when) if grid else declared
+        for param in overrides:  # a knob the study names must be able to exist
+            if space[param].when is None:
+                continue
+            other, needed = space[param].when
+            possible = getattr(space[other], "choices", None) or (getattr(space[other], "value", needed),)
+            if needed not in possible:
+                raise UserError(f"{at}space.{family_name}.{param} only applies when {other} = {needed!r}, "
+                                f"but {other} can only be {', '.join(map(repr, possible))}")
         spaces[family_name] = space
     return spaces
 
@@ -238,16 +246,14 @@ def _objectives(value: Any, families: tuple[str, ...], at: str) -> tuple[Objecti
     metrics = value if isinstance(value, list) else [value]
     if not metrics:
         raise UserError(f"{at}objective: empty; name at least one metric")
-    valid = [f"val_{m}" for m in get_family(families[0]).metrics
-             if all(m in get_family(f).metrics for f in families)]
+    valid = [m for m in get_family(families[0]).objectives if all(m in get_family(f).objectives for f in families)]
     objectives = []
     for metric in metrics:
         metric = _typed(metric, str, at + "objective")
         if metric not in valid:
             raise UserError(f"{at}objective: {metric!r} is not a metric of {', '.join(families)}"
                             f"{did_you_mean(metric, valid)}; valid: {', '.join(valid)}")
-        directions = {get_family(f).metrics[metric.removeprefix('val_')] for f in families}
-        objectives.append(Objective(metric, directions.pop()))
+        objectives.append(Objective(metric, get_family(families[0]).objectives[metric]))
     if len({o.metric for o in objectives}) != len(objectives):
         raise UserError(f"{at}objective: {metrics} names a metric twice")
     return tuple(objectives)

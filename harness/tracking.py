@@ -69,8 +69,8 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        self.client.log_artifact(run_id, str(path))
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         """Close a run; status is FINISHED, FAILED or KILLED."""

@@ -1,7 +1,9 @@
-"""The training loop every family shares: epochs of `train_step`, then held-out `eval_step`s.
+"""The training loop every family shares: epochs of `train_step`, then held-out scores.
 
-Per-step losses stay on the device and are summed there; they are read once per epoch, so the
-loop does not wait on the device inside an epoch. With the same seed on the CPU, a trial
+Per-step losses stay on the device and are summed there; they are read once per epoch, and a
+running "all finite" flag is read every CHECK_EVERY steps, so the loop rarely waits on the device.
+A loss that becomes NaN or infinite, or a parameter that does, stops the trial within those steps
+(`Diverged`, carrying the history of the good epochs). With the same seed on the CPU, a trial
 reproduces its losses exactly: the seed sets the initial weights, the batch order and the noise.
 """
 
@@ -18,14 +20,21 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.data import ImageSplits, to_model_range
+from harness.data import ImageSplits, from_model_range, to_model_range
+from harness.metrics import median_bandwidth, pixel_mmd
 from harness.registry import Family, get_family
 
-EpochCallback = Callable[[int, dict[str, float]], bool]  # True: stop here (e.g. pruned)
+EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
+CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
+N_SCORE_SAMPLES = 512  # fixed-z samples scored against as many validation images each epoch
 
 
 class Diverged(RuntimeError):
-    """A loss became NaN or infinite: the trial cannot go on."""
+    """A loss or a parameter became NaN or infinite: the trial cannot go on."""
+
+    def __init__(self, message: str, history: list[dict[str, float]]):
+        super().__init__(message)
+        self.history = history  # the epochs before it went wrong
 
 
 @dataclass
@@ -37,8 +46,10 @@ class TrainResult:
 
 
 def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, params: Mapping[str, Any],
-             batch_size: int = 512) -> dict[str, float]:
-    """Image-weighted means of eval_step over a whole split, in eval mode."""
+             batch_size: int | None = None) -> dict[str, float]:
+    """Image-weighted means of eval_step over a whole split, in eval mode, in training-size batches
+    (they fit wherever training fits; on a CPU large batches are slower, not faster)."""
+    batch_size = batch_size or int(params.get("batch_size", 128))
     was_training = model.training
     model.eval()
     sums: dict[str, Tensor] = {}
@@ -52,13 +63,41 @@ def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, pa
     return {key: (value / seen).item() for key, value in sums.items()}
 
 
+@torch.no_grad()
+def fixed_samples(family: Family, model: nn.Module, n: int, device: torch.device) -> Tensor:
+    """n images in [0, 1] from a fixed z ~ N(0, I) (seed 0), in eval mode: comparable across epochs and trials."""
+    was_training = model.training
+    model.eval()
+    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    images = from_model_range(model.sample(z).float(), family.output_range)
+    model.train(was_training)
+    return images
+
+
+class SampleScorer:
+    """pixel_mmd of fixed-z samples against the first validation images, with a fixed kernel."""
+
+    def __init__(self, data: ImageSplits, n: int = N_SCORE_SAMPLES):
+        self.references = data.val[:n].to(data.device).float() / 255
+        self.bandwidth = median_bandwidth(self.references)
+
+    def __call__(self, family: Family, model: nn.Module) -> dict[str, float]:
+        samples = fixed_samples(family, model, len(self.references), self.references.device)
+        return {"pixel_mmd": pixel_mmd(samples, self.references, self.bandwidth)}
+
+
+def _first_bad(values: Mapping[str, float]) -> str | None:
+    return next((f"{k} became {v}" for k, v in values.items() if not math.isfinite(v)), None)
+
+
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epochs: int, seed: int,
           on_epoch: EpochCallback | None = None, progress: str | None = None) -> TrainResult:
-    """Train a fresh model; `on_epoch(epoch, metrics)` (epochs count from 1) returns True to stop early."""
+    """Train a fresh model; `on_epoch(epoch, metrics, model)` (epochs count from 1) returns True to stop early."""
     torch.manual_seed(seed)
     model = family.build(params, data.channels, data.image_size).to(data.device)
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
+    scorer = SampleScorer(data)
     result = TrainResult(model)
     start = time.perf_counter()
     bar = tqdm(range(1, epochs + 1), desc=progress, unit="epoch", leave=False,
@@ -66,23 +105,37 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
+        step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
         sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        finite = torch.ones((), dtype=torch.bool, device=data.device)
         seen = 0
-        for x in data.train_batches(int(params["batch_size"]), order):
-            out = family.train_step(model, to_model_range(x, family.output_range), optimizers, params)
-            for key, value in out.items():
+        for step, x in enumerate(data.train_batches(int(params["batch_size"]), order), start=1):
+            out = family.train_step(model, to_model_range(x, family.output_range), optimizers, step_params)
+            for key, value in out.items():  # a key may come from some steps only (D or G steps)
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
+                counts[key] = counts.get(key, 0) + x.shape[0]
+                finite &= torch.isfinite(value).all()
             seen += x.shape[0]
-        metrics = {f"train_{key}": (value / seen).item() for key, value in sums.items()}  # one sync per epoch
-        metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
-        bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+            if step % CHECK_EVERY == 0 and not finite.item():
+                raise Diverged(f"epoch {epoch}, step {step}: " + (_first_bad({k: v.item() for k, v in out.items()})
+                                                                  or "a training loss became NaN or infinite"),
+                               result.history)
+        metrics = {f"train_{key}": (value / counts[key]).item() for key, value in sums.items()}  # one sync
+        bad = _first_bad(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
+                                           model.named_parameters() if not torch.isfinite(p).all()), None)
         if bad:
-            raise Diverged(f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}")
+            raise Diverged(f"epoch {epoch}: {bad}", result.history)
+        metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
+        metrics.update({f"val_{k}": v for k, v in scorer(family, model).items()})
+        bad = _first_bad(metrics)
+        if bad:
+            raise Diverged(f"epoch {epoch}: {bad}", result.history)
         seconds = time.perf_counter() - t0
         metrics.update(epoch_seconds=seconds, train_images_per_s=seen / seconds)
         result.history.append(metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.startswith("val_")})
-        if on_epoch is not None and on_epoch(epoch, metrics):
+        if on_epoch is not None and on_epoch(epoch, metrics, model):
             result.stopped_at = epoch
             break
     bar.close()
@@ -93,7 +146,8 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
 def save_model(model: nn.Module, family: str, params: Mapping[str, Any], channels: int, image_size: int,
                folder: Path) -> None:
     """model.pt (a CPU state_dict) and model.json (what `load_model` needs to rebuild it)."""
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+    state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in model.state_dict().items()}
+    torch.save(state, folder / "model.pt")
     spec = {"family": family, "params": dict(params), "channels": channels, "image_size": image_size}
     (folder / "model.json").write_text(json.dumps(spec, indent=2))
 

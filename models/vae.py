@@ -3,7 +3,9 @@
 Encoder: three Conv-BN-ReLU blocks (C->16->32->64, 3x3; the last two average-pool 2x2) and one
 linear layer to mu and log-variance. Decoder: one linear layer and three BN-ReLU-Conv blocks with
 nearest 2x upsampling after the first two, sigmoid output. Loss = MSE + kl_weight * KL, trained
-with Adam with weight decay (the reports: lr 1e-3, wd 1e-5).
+with Adam with weight decay (the reports: lr 1e-3, wd 1e-5). kl_warmup_epochs > 0 is the beta-VAE
+warm-up: the KL weight grows linearly, kl_weight * min(1, epoch / kl_warmup_epochs), reaching its
+value at that epoch; validation losses always use the full weight, so epochs stay comparable.
 """
 
 from __future__ import annotations
@@ -88,12 +90,13 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    """Any encoder x -> (mu, logvar) and decoder z -> x; the ResNet-VAE reuses it."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int):
         super().__init__()
-        self.cfg = cfg
-        self.latent_dim = cfg.latent_dim
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.latent_dim = latent_dim
+        self.encoder = encoder
+        self.decoder = decoder
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, logvar = self.encoder(x)
@@ -125,13 +128,23 @@ SPACE = {
     "weight_decay": FloatParam(1e-6, 1e-3, 1e-5, log=True, limits=(0.0, 1.0), help="Adam L2 weight decay"),
     "dropout": FloatParam(0.0, 0.5, 0.0, limits=(0.0, 0.9), help="dropout after each hidden block"),
     "batch_size": IntParam(32, 512, 128, log=True, limits=(2, 65536), help="images per step"),
+    "kl_warmup_epochs": IntParam(0, 50, 0, limits=(0, 100000), help="beta-VAE warm-up: epochs over which the KL weight grows from 0"),
 }
 
 METRICS = {"recon_mse": "minimize", "kl": "minimize", "loss": "minimize"}
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:
-    return VAE(VAEConfig(image_size, channels, int(params["latent_dim"]), float(params["dropout"])))
+    cfg = VAEConfig(image_size, channels, int(params["latent_dim"]), float(params["dropout"]))
+    return VAE(Encoder(cfg), Decoder(cfg), cfg.latent_dim)
+
+
+def kl_weight_now(params: Mapping[str, Any]) -> float:
+    """The warm-up: the KL weight at the current epoch (the training loop puts `epoch` in params)."""
+    warmup = int(params.get("kl_warmup_epochs", 0))
+    if warmup <= 0:
+        return params["kl_weight"]
+    return params["kl_weight"] * min(1.0, params.get("epoch", warmup) / warmup)
 
 
 def make_optimizers(model: VAE, params: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
@@ -143,12 +156,14 @@ def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optim
     recon, mu, logvar = model(x)
     recon_mse = F.mse_loss(recon, x)
     kl = kl_divergence(mu, logvar)
-    loss = recon_mse + params["kl_weight"] * kl
+    weight = kl_weight_now(params)
+    loss = recon_mse + weight * kl
     opt = optimizers["vae"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return {"loss": loss.detach(), "recon_mse": recon_mse.detach(), "kl": kl.detach()}
+    return {"loss": loss.detach(), "recon_mse": recon_mse.detach(), "kl": kl.detach(),
+            "kl_weight": torch.tensor(weight, device=x.device)}
 
 
 @torch.no_grad()

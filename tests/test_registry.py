@@ -52,6 +52,7 @@ def test_malformed_names_are_refused(name):
     ({"metrics": {"loss": "lower"}}, "must be one of"),
     ({"build": "not a function"}, "build is not callable"),
     ({"train_step": None}, "train_step is not callable"),
+    ({"space": {"lr": FloatParam(1e-4, 1e-2, 1e-3, when=("mode", "a"))}}, "depends on 'mode', which must come before it"),
 ])
 def test_malformed_declarations_are_refused(changes, message):
     with pytest.raises(RegistryError, match=message):

@@ -20,7 +20,7 @@ from models import vae
 from conftest import REPO, mlflow_runs, split_runs, write_study
 
 pytestmark = pytest.mark.slow
-ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json"}
+ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples"}
 
 
 def optuna_trials(runs_dir: Path, study: str = "smoke-v1") -> list[optuna.trial.FrozenTrial]:
@@ -53,6 +53,7 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
             assert len(client.get_metric_history(run.info.run_id, key)) == 2
         assert "test_recon_mse" in run.data.metrics
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
 
         folder = Path(client.download_artifacts(run.info.run_id, ""))
         torch.load(folder / "model.pt", weights_only=True)

@@ -75,7 +75,7 @@ def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
 @pytest.mark.parametrize("old, new, message", [
     ("trials = 4", "trails = 4", r"unknown key 'trails' \(did you mean 'trials'\?\); valid keys: name, version"),
     ("epochs = 2\n", "", "missing key 'epochs'"),
-    ('families = ["vae"]', 'families = ["vea"]', "unknown family 'vea'; valid: vae"),
+    ('families = ["vae"]', 'families = ["vea"]', "unknown family 'vea'; valid: dcgan, gan, resnet_vae, vae, wgan_gp"),
     ('families = ["vae"]', "families = []", "families: empty"),
     ('families = ["vae"]', 'families = "vae"', "families: expected a list"),
     ("latent_dim = 16", "latnet_dim = 16", r"unknown parameter 'latnet_dim' \(did you mean 'latent_dim'\?\); valid: kl_weight"),
@@ -112,6 +112,15 @@ def test_grid_mistakes(tmp_path):
         load(tmp_path, grid.replace("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = [1e-4, 1e-3]"))
     with pytest.raises(UserError, match="needs at least one parameter given as a list"):
         load(tmp_path, grid.replace("kl_weight = {low = 1e-4, high = 1e-2}", "kl_weight = 1e-4"))
+
+
+def test_a_knob_that_cannot_apply_is_refused(tmp_path):
+    text = BASE.replace('families = ["vae"]', 'families = ["dcgan"]').replace("[space.vae]", "[space.dcgan]")
+    text = text.replace("kl_weight = {low = 1e-4, high = 1e-2}\nlatent_dim = 16", 'schedule = "ratio"\nd_threshold = 0.5')
+    text = text.replace('objective = "val_recon_mse"', 'objective = "val_pixel_mmd"')
+    with pytest.raises(UserError, match="d_threshold only applies when schedule = 'threshold', but schedule can only be 'ratio'"):
+        load(tmp_path, text)
+    assert load(tmp_path, text.replace('schedule = "ratio"', 'schedule = "threshold"')).spaces["dcgan"]["d_threshold"].value == 0.5
 
 
 def test_multi_objective_cannot_prune(tmp_path):

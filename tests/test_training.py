@@ -38,7 +38,7 @@ def test_history_has_train_and_validation_metrics_per_epoch(data):
 def test_on_epoch_can_stop_training(data):
     seen = []
     result = train(get_family("vae"), PARAMS, data, epochs=5, seed=0,
-                   on_epoch=lambda epoch, metrics: seen.append(epoch) or epoch == 2)
+                   on_epoch=lambda epoch, metrics, model: seen.append(epoch) or epoch == 2)
     assert seen == [1, 2] and result.stopped_at == 2 and len(result.history) == 2
 
 
@@ -49,8 +49,9 @@ def test_a_non_finite_loss_stops_the_trial(data):
         return {"loss": torch.tensor(math.nan)}
 
     broken = Family("broken", vae.space, vae.metrics, vae.build, vae.make_optimizers, nan_step, vae.eval_step)
-    with pytest.raises(Diverged, match="train_loss became nan in epoch 1"):
+    with pytest.raises(Diverged, match="epoch 1: train_loss became nan") as caught:
         train(broken, PARAMS, data, epochs=2, seed=0)
+    assert caught.value.history == []
 
 
 def test_evaluate_weights_by_images(data):

@@ -1,0 +1,167 @@
+"""What every adversarial family shares: the D/G schedule, the container module, the training step.
+
+Each batch is one step of one network, as the reports trained ("alternating D and G every batch"):
+  - schedule "ratio": D takes k steps, then G takes one (k = d_steps; k = 1 alternates every batch);
+  - schedule "threshold" (the reports' untried idea): D steps until its loss falls below
+    d_threshold, then G steps until its loss falls below g_threshold, and so on; either turn ends
+    after max_consecutive steps so training cannot stall. It reads each step's loss on the host.
+The schedule's position is part of the model's state_dict (extra state), so a resumed trial goes on
+where it stopped. A family supplies its losses: d_loss(model, real, fake, params) and
+g_loss(model, fake, params), each returning (loss, {metric: detached tensor}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from harness.space import ChoiceParam, FloatParam, IntParam, Param
+
+LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+
+class Alternation:
+    """Whose turn it is: "d" or "g"."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.mode = params.get("schedule", "ratio")
+        self.k = int(params.get("d_steps", 1))
+        self.d_threshold = float(params.get("d_threshold", 0.3))
+        self.g_threshold = float(params.get("g_threshold", 1.0))
+        self.cap = int(params.get("max_consecutive", 50))
+        self.turn, self.count = "d", 0
+
+    def done(self, who: str, loss: Tensor) -> None:
+        """Record a step of `who` and decide whose turn is next."""
+        self.count += 1
+        if self.mode == "ratio":
+            switch = who == "g" or self.count >= self.k
+        else:
+            threshold = self.d_threshold if who == "d" else self.g_threshold
+            switch = self.count >= self.cap or loss.item() < threshold
+        if switch:
+            self.turn, self.count = ("g" if who == "d" else "d"), 0
+
+    def state(self) -> dict[str, Any]:
+        return {"turn": self.turn, "count": self.count}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.turn, self.count = state["turn"], int(state["count"])
+
+
+class AdversarialPair(nn.Module):
+    """A generator and a discriminator (or critic) trained against each other."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, latent_dim: int, params: Mapping[str, Any]):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_dim = latent_dim
+        self.schedule = Alternation(params)
+
+    @torch.no_grad()
+    def sample(self, z: Tensor) -> Tensor:  # z ~ N(0, I), (B, Z) -> (B, C, S, S)
+        return self.generator(z)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.schedule.state()
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.schedule.restore(state)
+
+
+def adversarial_step(model: AdversarialPair, x: Tensor, optimizers: Mapping[str, torch.optim.Optimizer],
+                     params: Mapping[str, Any], d_loss: LossFn, g_loss: LossFn) -> dict[str, Tensor]:
+    """One step of whichever network's turn it is, on this batch."""
+    who = model.schedule.turn
+    z = torch.randn(x.shape[0], model.latent_dim, device=x.device)
+    if who == "d":
+        with torch.no_grad():
+            fake = model.generator(z)
+        loss, stats = d_loss(model, x, fake, params)
+    else:
+        loss, stats = g_loss(model, model.generator(z), params)
+    optimizer = optimizers[who]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.schedule.done(who, loss.detach())
+    return {**stats, "d_step": torch.tensor(1.0 if who == "d" else 0.0, device=x.device)}
+
+
+def fixed_noise(n: int, latent_dim: int, device: torch.device) -> Tensor:
+    """The same z for every evaluation, drawn without touching the global RNG."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def make_adam_pair(model: AdversarialPair, params: Mapping[str, Any], beta2: float = 0.999) -> dict[str, torch.optim.Optimizer]:
+    betas = (params["beta1"], beta2)
+    return {"d": torch.optim.Adam(model.discriminator.parameters(), lr=params["lr_d"], betas=betas),
+            "g": torch.optim.Adam(model.generator.parameters(), lr=params["lr_g"], betas=betas)}
+
+
+def adversarial_space(lr: float, beta1: float, d_steps: int, latent_dim: int = 100) -> dict[str, Param]:
+    """The schedule knobs every adversarial family has, with that family's defaults."""
+    return {
+        # Limits wide enough to force the blow-ups the reports met (an absurd lr), narrow enough to catch typos.
+        "lr_g": FloatParam(1e-5, 1e-2, lr, log=True, limits=(1e-10, 1e6), help="generator Adam learning rate"),
+        "lr_d": FloatParam(1e-5, 1e-2, lr, log=True, limits=(1e-10, 1e6), help="discriminator Adam learning rate"),
+        "beta1": FloatParam(0.0, 0.99, beta1, limits=(0.0, 0.999), help="Adam beta1 (Radford: 0.5)"),
+        "batch_size": IntParam(32, 512, 128, log=True, limits=(2, 65536), help="images per step"),
+        "latent_dim": IntParam(16, 256, latent_dim, log=True, limits=(1, 4096), help="size of z"),
+        "d_dropout": FloatParam(0.0, 0.5, 0.0, limits=(0.0, 0.9), help="dropout between the discriminator's layers"),
+        "schedule": ChoiceParam(("ratio", "threshold"), "ratio", help="ratio: k D steps per G step; threshold: "
+                                "each network steps until its loss is under its threshold"),
+        "d_steps": IntParam(1, 10, d_steps, limits=(1, 1000), help="k: discriminator steps per generator step",
+                            when=("schedule", "ratio")),
+        "d_threshold": FloatParam(0.05, 2.0, 0.3, limits=(-1e6, 1e6), help="D steps until its loss < this",
+                                  when=("schedule", "threshold")),
+        "g_threshold": FloatParam(0.1, 5.0, 1.0, limits=(-1e6, 1e6), help="G steps until its loss < this",
+                                  when=("schedule", "threshold")),
+        "max_consecutive": IntParam(1, 500, 50, log=True, limits=(1, 100000), help="the longest turn of either",
+                                    when=("schedule", "threshold")),
+    }
+
+
+def init_normal(module: nn.Module) -> None:
+    """Radford et al.: conv weights from N(0, 0.02), BatchNorm scale from N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ---- the BCE losses of the reports' GAN and DCGAN (the discriminator outputs a logit) -----------
+
+def bce_d_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    """d_loss_factor x (BCE(D(x), 1) + BCE(D(G(z)), 0)); the reports' first GAN used a factor of 1/2."""
+    real_logit, fake_logit = model.discriminator(real), model.discriminator(fake)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    loss = params.get("d_loss_factor", 1.0) * (bce(real_logit, torch.ones_like(real_logit))
+                                               + bce(fake_logit, torch.zeros_like(fake_logit)))
+    return loss, {"d_loss": loss.detach(), "d_real": torch.sigmoid(real_logit).mean().detach(),
+                  "d_fake": torch.sigmoid(fake_logit).mean().detach()}
+
+
+def bce_g_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The non-saturating generator loss BCE(D(G(z)), 1)."""
+    logit = model.discriminator(fake)
+    loss = nn.functional.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+    return loss, {"g_loss": loss.detach()}
+
+
+@torch.no_grad()
+def bce_eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Both losses and D's mean outputs on held-out real images and fakes from a fixed z."""
+    fake = model.generator(fixed_noise(x.shape[0], model.latent_dim, x.device))
+    d_loss, d_stats = bce_d_loss(model, x, fake, params)
+    _, g_stats = bce_g_loss(model, fake, params)
+    return {**d_stats, **g_stats}
+
+
+BCE_METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}  # logged; not objectives

@@ -1,0 +1,72 @@
+"""WGAN-GP (Gulrajani et al. 2017): a Wasserstein critic with a gradient penalty.
+
+The critic is the DCGAN discriminator without BatchNorm (the penalty is per sample, which batch
+statistics would break) and without a sigmoid; the generator is DCGAN's (tanh output). Critic
+loss E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x_hat)|| - 1)^2] on random interpolates x_hat;
+generator loss -E[D(G(z))]; n_critic critic steps per generator step (d_steps, default 5);
+Adam(lr 1e-4, betas (0, 0.9)) as in the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from harness.adversarial import AdversarialPair, adversarial_space, adversarial_step, fixed_noise, init_normal, make_adam_pair
+from harness.space import FloatParam, IntParam
+from models.dcgan import Discriminator, Generator
+
+
+def gradient_penalty(model: AdversarialPair, real: Tensor, fake: Tensor) -> Tensor:
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.discriminator(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def critic_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    real_score, fake_score = model.discriminator(real).mean(), model.discriminator(fake).mean()
+    penalty = gradient_penalty(model, real, fake)
+    loss = fake_score - real_score + params["gp_weight"] * penalty
+    return loss, {"d_loss": loss.detach(), "d_real": real_score.detach(), "d_fake": fake_score.detach(),
+                  "gp": penalty.detach(), "wasserstein": (real_score - fake_score).detach()}
+
+
+def generator_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    loss = -model.discriminator(fake).mean()
+    return loss, {"g_loss": loss.detach()}
+
+
+SPACE = {
+    **adversarial_space(lr=1e-4, beta1=0.0, d_steps=5, latent_dim=100),
+    "gp_weight": FloatParam(1.0, 100.0, 10.0, log=True, limits=(0.0, 1e4), help="lambda, the gradient penalty weight"),
+    "width": IntParam(16, 128, 64, log=True, limits=(4, 1024), help="channels of G's last and the critic's first layer"),
+}
+METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None, "wasserstein": None}
+
+
+def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:
+    latent, width = int(params["latent_dim"]), int(params["width"])
+    critic = Discriminator(channels, image_size, width, float(params["d_dropout"]), batchnorm=False)
+    model = AdversarialPair(Generator(latent, channels, image_size, width), critic, latent, params)
+    model.apply(init_normal)
+    return model
+
+
+def make_optimizers(model: AdversarialPair, params: Mapping[str, Any]):
+    return make_adam_pair(model, params, beta2=0.9)
+
+
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any]) -> dict[str, Tensor]:
+    return adversarial_step(model, x, optimizers, params, critic_loss, generator_loss)
+
+
+@torch.no_grad()
+def eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Critic scores on held-out images and fakes from a fixed z (no penalty: it needs gradients)."""
+    fake = model.generator(fixed_noise(x.shape[0], model.latent_dim, x.device))
+    real_score, fake_score = model.discriminator(x).mean(), model.discriminator(fake).mean()
+    return {"d_loss": fake_score - real_score, "g_loss": -fake_score, "d_real": real_score, "d_fake": fake_score,
+            "wasserstein": real_score - fake_score}
