@@ -4,12 +4,17 @@ Data sampler: batches/second of the device-resident sampler (the whole set on th
 batch drawn by index) against a torch DataLoader over the same uint8 tensor (per-image indexing
 and collation, then a copy to the device), both ending in the model-range float batch a training
 step needs. 50,000 64x64 grayscale images, the size of the Cohn-Kanade set.
+
+Sample-quality evaluation: the seconds of one trial's final scores (vae_kl_sweep's data and
+protocol, the auto extractor) when the reference statistics must be computed and when they come
+from the cache.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,12 +59,40 @@ def bench_sampler(device: torch.device, n: int = 50_000, size: int = 64, batch_s
     return rows
 
 
-def run(device: torch.device, out_dir: Path, seconds: float = 2.0) -> str:
+def bench_evaluation(device: torch.device, cache_dir: Path) -> dict[str, Any]:
+    from harness.data import load_dataset
+    from harness.evaluation import SampleQuality, ScoreSettings
+    from harness.extractors import ExtractorContext, resolve_extractor
+    from harness.registry import get_family
+
+    data = load_dataset("synthfaces", {"n": 6000, "size": 32}).place(device)
+    extractor, reason = resolve_extractor("auto", ExtractorContext(data, device, cache_dir, download=False))
+    family = get_family("vae")
+    torch.manual_seed(0)
+    model = family.build({k: p.default for k, p in family.space.items()}, data.channels, data.image_size).to(device)
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("without_cache", "with_cache"):  # the second finds the first's statistics on disk
+            quality = SampleQuality(extractor, reason, data, ScoreSettings(), Path(tmp))
+            start = time.perf_counter()
+            quality.final_scores(family, model)
+            timings[label] = time.perf_counter() - start
+            timings[f"{label}_reference_sets_computed"] = quality.computed
+    return {"benchmark": "final sample-quality scores", "device": str(device), "extractor": extractor.name,
+            "generated": quality.final_samples, "reference": f"val {len(data.val)} + test {len(data.test)}",
+            "seconds_without_cache": timings["without_cache"], "seconds_with_cache": timings["with_cache"],
+            "reference_sets_computed": [timings["without_cache_reference_sets_computed"],
+                                        timings["with_cache_reference_sets_computed"]]}
+
+
+def run(device: torch.device, out_dir: Path, cache_dir: Path, seconds: float = 2.0) -> str:
     rows = bench_sampler(device, seconds=seconds)
+    evaluation = bench_evaluation(device, cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": rows}
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": rows,
+              "evaluation": evaluation}
     (out_dir / "bench.json").write_text(json.dumps(record, indent=2))
     lines = [f"data sampler on {record['device_name']} ({record['threads']} threads), {rows[0]['images']}, batches/s:",
              f"{'batch':>6} {'resident':>10} {'loader 0w':>10} {'loader 2w':>10} {'x vs 0w':>8} {'x vs 2w':>8}"]
@@ -67,5 +100,8 @@ def run(device: torch.device, out_dir: Path, seconds: float = 2.0) -> str:
         lines.append(f"{r['batch_size']:>6} {r['device_resident_batches_per_s']:>10.1f} "
                      f"{r['dataloader_0_workers_batches_per_s']:>10.1f} {r['dataloader_2_workers_batches_per_s']:>10.1f} "
                      f"{r['speedup_vs_0_workers']:>8.1f} {r['speedup_vs_2_workers']:>8.1f}")
+    lines.append(f"final sample-quality scores ({evaluation['extractor']} extractor, {evaluation['generated']} generated "
+                 f"vs {evaluation['reference']}): {evaluation['seconds_without_cache']:.2f} s computing the reference "
+                 f"statistics, {evaluation['seconds_with_cache']:.2f} s with them cached")
     lines.append(f"written to {out_dir / 'bench.json'}")
     return "\n".join(lines)

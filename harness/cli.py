@@ -75,7 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     settings.prepare()
-    print(run(resolve_device(args.device), settings.runs_dir / "bench", seconds=args.seconds))
+    print(run(resolve_device(args.device), settings.runs_dir / "bench", settings.runs_dir / "cache", seconds=args.seconds))
     return 0
 
 

@@ -27,7 +27,7 @@ from harness import loaders, synthfaces
 from harness.errors import UserError
 from harness.loaders import TEST, TRAIN, VAL, LoadedImages
 
-CACHE_VERSION = 1  # bump when a loader's output changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when a loader's output changes, so old caches are not reused
 SPLIT_OPTIONS = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}  # every dataset has these
 
 
@@ -39,6 +39,7 @@ class ImageSplits:
     labels: Mapping[str, Tensor] = field(default_factory=dict)  # split -> (N, F) float
     label_names: tuple[str, ...] = ()
     description: Mapping[str, Any] = field(default_factory=dict)  # logged with every run
+    label_classes: Mapping[str, int] = field(default_factory=dict)  # categorical label -> number of classes
     device: torch.device = torch.device("cpu")
     resident: bool = True  # the images live on the device: batches are drawn by index there
 
@@ -209,14 +210,15 @@ def _load_cached(spec: DatasetSpec, options: Mapping[str, Any], cache_dir: Path)
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             return LoadedImages(stored["images"], stored["split"], stored["labels"], tuple(stored["label_names"]),
-                                {**stored["source"], "cache": str(path)})
+                                {**stored["source"], "cache": str(path)}, dict(stored.get("label_classes", {})))
         except Exception as e:  # a cache file cut short by a crash: rebuild it
             loaders.warn(f"ignoring unreadable cache {path} ({type(e).__name__}); decoding the source again")
     loaded = spec.load(**options)
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"images": loaded.images, "split": loaded.split, "labels": loaded.labels,
-                "label_names": list(loaded.label_names), "source": loaded.source}, partial)
+                "label_names": list(loaded.label_names), "source": loaded.source,
+                "label_classes": loaded.label_classes}, partial)
     partial.replace(path)  # atomic: a reader never sees half a cache file
     loaded.source = {**loaded.source, "cache": str(path)}
     return loaded
@@ -234,7 +236,8 @@ def make_splits(name: str, loaded: LoadedImages, options: Mapping[str, Any]) -> 
                                                "test": loaded.labels[test]}
     description = {"dataset": name, "image_size": images.shape[-1], "channels": images.shape[1],
                    "n_train": len(train), "n_val": len(val), "n_test": len(test), "split": how, **loaded.source}
-    return ImageSplits(images[train], images[val], images[test], labels, loaded.label_names, description)
+    return ImageSplits(images[train], images[val], images[test], labels, loaded.label_names, description,
+                       label_classes=dict(loaded.label_classes))
 
 
 def assign_splits(name: str, loaded: LoadedImages, options: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor, str]:
@@ -288,7 +291,8 @@ def did_you_mean(word: str, choices: Mapping[str, Any] | list[str]) -> str:
 
 def _load_synthfaces(size: int, n: int, seed: int) -> LoadedImages:
     images, factors = synthfaces.generate(n, size, seed)
-    return LoadedImages(images, labels=factors, label_names=synthfaces.FACTORS, source={"generator": "synthfaces"})
+    return LoadedImages(images, labels=factors, label_names=synthfaces.FACTORS, source={"generator": "synthfaces"},
+                        label_classes={"expression": len(synthfaces.EXPRESSIONS)})
 
 
 def _check_synthfaces(options: Mapping[str, Any], where: str) -> None:

@@ -43,6 +43,7 @@ class LoadedImages:
     labels: Tensor | None = None  # float (N, F)
     label_names: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)  # what was read and how
+    label_classes: dict[str, int] = field(default_factory=dict)  # categorical label -> number of classes
 
 
 def warn(message: str) -> None:
@@ -283,7 +284,7 @@ def load_mnist(path: str, size: int, where: str = "dataset") -> LoadedImages:
     if size:
         images = resize_square(images, size)
     return LoadedImages(images, split, labels, ("digit",),
-                        {"files": ", ".join(str(p) for p in found.values()), "format": "idx"})
+                        {"files": ", ".join(str(p) for p in found.values()), "format": "idx"}, {"digit": 10})
 
 
 # ---- image files: CelebA and folders ------------------------------------------------------------

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from harness.data import ImageSplits, from_model_range, load_dataset, to_model_range
 from harness.errors import UserError
+from harness.evaluation import SCORE_OBJECTIVES, SampleQuality, reconstruction_scores
+from harness.extractors import ExtractorContext, resolve_extractor
 from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
 from harness.registry import Family, get_family
 from harness.settings import Settings, redact, resolve_device
@@ -35,10 +37,11 @@ from harness.space import suggest
 from harness.studyfile import StudySpec
 from harness.metrics import PIXEL_MMD_PROTOCOL
 from harness.tracking import Tracker
-from harness.training import Diverged, TrainResult, evaluate, fixed_samples, save_model, train
+from harness.training import Diverged, SampleScorer, TrainResult, evaluate, fixed_samples, save_model, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IDENTITY_ATTR = "genbench_identity"
+EXTRACTOR_ATTR = "genbench_extractor"
 N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
 
 
@@ -64,16 +67,17 @@ def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
         return 0
 
 
-def check_identity(study: optuna.Study, spec: StudySpec, storage_url: str) -> None:
-    """Refuse to mix trials of a changed study definition into an existing Optuna study."""
-    mine = json.loads(json.dumps(spec.identity()))
-    stored = study.user_attrs.get(IDENTITY_ATTR)
+def check_identity(study: optuna.Study, attr: str, mine: dict[str, Any], spec: StudySpec, storage_url: str) -> None:
+    """Refuse to mix trials of a changed study definition (or scored by another extractor) into an
+    existing Optuna study."""
+    stored = study.user_attrs.get(attr)
     if stored is None:
-        study.set_user_attr(IDENTITY_ATTR, mine)
+        study.set_user_attr(attr, mine)
         return
     if stored != mine:
         changed = ", ".join(f"{k} {_short(stored.get(k))} -> {_short(mine[k])}" for k in mine if stored.get(k) != mine[k])
-        raise UserError(f"study {spec.study_name} in {redact(storage_url)} was run with another definition "
+        what = "scored with another extractor" if attr == EXTRACTOR_ATTR else "run with another definition"
+        raise UserError(f"study {spec.study_name} in {redact(storage_url)} was {what} "
                         f"({changed}); bump version in {spec.path.name} to start a new study, or use another RUNS_DIR")
 
 
@@ -140,9 +144,13 @@ def _matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
 class TrialRunner:
     """The Optuna objective: sample a configuration, train it, log everything to a child run."""
 
-    def __init__(self, spec: StudySpec, data: ImageSplits, tracker: Tracker, parent_id: str):
-        self.spec, self.data, self.tracker, self.parent_id = spec, data, tracker, parent_id
+    def __init__(self, spec: StudySpec, data: ImageSplits, tracker: Tracker, parent_id: str, quality: SampleQuality):
+        self.spec, self.data, self.tracker, self.parent_id, self.quality = spec, data, tracker, parent_id, quality
         self.references = data.val[:N_GRID_IMAGES].to(data.device)  # uint8: the same images for every trial
+        self.scorers = [SampleScorer(data), quality.epoch_scores]
+        self.keys = [spec.scores.resolve(o.metric, quality.extractor) for o in spec.objectives]  # as logged
+        first = spec.objectives[0].metric
+        self.pruned_on = spec.scores.resolve("val_fd", quality.extractor) if first == "fd" else self.keys[0]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
@@ -154,25 +162,32 @@ class TrialRunner:
         run_id = self.tracker.start_run(
             f"trial-{trial.number}",
             params={**params, "family": family_name, "epochs": spec.epochs, "seed": spec.seed,
-                    "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **{f"data.{k}": v for k, v in self.data.description.items()}},
+                    "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **self.quality.protocol(),
+                    **{f"data.{k}": v for k, v in self.data.description.items()}},
             tags={"study": spec.study_name, "family": family_name, "dataset": spec.dataset,
                   "trial_number": trial.number, "state": "RUNNING", "device": str(self.data.train.device)},
             parent_id=self.parent_id)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("family", family_name)
+        computed_before = self.quality.computed
         try:
-            result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed,
+            result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed, scorers=self.scorers,
                            on_epoch=lambda epoch, metrics, model: self._on_epoch(trial, run_id, family, epoch, metrics, model),
                            progress=f"trial {trial.number}")
             self._log_artifacts(run_id, trial.number, family, params, result)
             if result.stopped_at is not None:
                 self.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
                 raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at}")
-            test = evaluate(family, result.model, self.data, "test", params)
-            self.tracker.log_metrics(run_id, {f"test_{k}": v for k, v in test.items()} | {"train_seconds": result.seconds},
-                                     step=spec.epochs)
-            self.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE"})
-            values = [result.history[-1][o.metric] for o in spec.objectives]
+            final = {f"test_{k}": v for k, v in evaluate(family, result.model, self.data, "test", params).items()}
+            final.update(self.quality.final_scores(family, result.model))
+            if hasattr(result.model, "encoder") and family.output_range == (0.0, 1.0):  # the VAEs
+                final.update(reconstruction_scores(family, result.model, self.data, "test", int(params["batch_size"])))
+            self.tracker.log_metrics(run_id, final | {"train_seconds": result.seconds}, step=spec.epochs)
+            reference = "computed" if self.quality.computed > computed_before else "cached"
+            self.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE", "score.reference_stats": reference})
+            trial.set_user_attr("reference_stats", reference)
+            scores = result.history[-1] | final
+            values = [scores[key] for key in self.keys]
             return values[0] if len(values) == 1 else values
         except optuna.TrialPruned:
             raise
@@ -200,9 +215,9 @@ class TrialRunner:
             path = Path(tmp) / f"epoch_{epoch:03d}.png"
             save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, self.data.device)), path)
             self.tracker.log_artifact(run_id, path, "samples")
-        if len(self.spec.objectives) > 1:
-            return False  # Optuna cannot prune multi-objective trials
-        trial.report(metrics[self.spec.objectives[0].metric], epoch)
+        if len(self.spec.objectives) > 1 or self.pruned_on not in metrics:
+            return False  # Optuna cannot prune multi-objective trials; final-only scores have nothing per epoch
+        trial.report(metrics[self.pruned_on], epoch)
         return trial.should_prune()
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str, status: str, details: str = "") -> None:
@@ -283,20 +298,27 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
         study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(stored_trials(storage, spec.study_name)),
         pruner=spec.make_pruner(),
         directions=[o.direction for o in spec.objectives], load_if_exists=True)
-    check_identity(study, spec, settings.storage_url)
+    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, settings.storage_url)
     to_run, enqueue, why = plan_trials(study, spec)
     if to_run == 0:
         best = _best_text(study, spec)
         return Outcome(0, why + (f"; best {best}" if best else ""))
-    for point in enqueue:
-        study.enqueue_trial(point)
 
-    data = load_dataset(spec.dataset, spec.dataset_options, settings.runs_dir / "cache")
+    cache = settings.runs_dir / "cache"
+    data = load_dataset(spec.dataset, spec.dataset_options, cache)
     print(f"study {spec.study_name}: {to_run} trial(s) to run, {spec.epochs} epoch(s) each, on {dev}; "
           f"{spec.dataset} {data.image_size}px x{data.channels}, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
     check_families_fit(spec, data)
     data = data.place(dev)
+    extractor, reason = resolve_extractor(spec.scores.extractor, ExtractorContext(
+        data, dev, cache, download=spec.scores.extractor == "inception"))
+    quality = SampleQuality(extractor, reason, data, spec.scores, cache)
+    quality.check([o.metric for o in spec.objectives])
+    check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(extractor.identity)), spec, settings.storage_url)
+    print(f"scores: {extractor.name} extractor ({reason})", flush=True)
+    for point in enqueue:
+        study.enqueue_trial(point)
     tracker = Tracker(settings, spec.study_name)
     parent_id = tracker.start_run(
         f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -306,17 +328,19 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
                 **{f"sampler.{k}": v for k, v in spec.sampler_options.items()},
                 "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
                 "trials": spec.trials, "epochs": spec.epochs, "seed": spec.seed,
-                "objective": ",".join(o.metric for o in spec.objectives), "device": str(dev)},
+                "objective": ",".join(o.metric for o in spec.objectives), "device": str(dev), **quality.protocol()},
         tags={"study": spec.study_name, "kind": "study", "optuna_study": spec.study_name,
               "optuna_storage": redact(settings.storage_url), "state": "RUNNING"})
     tracker.log_artifact(parent_id, spec.path)
+    if getattr(extractor, "path", None):  # the domain network: its weights, so its scores can be checked
+        tracker.log_artifact(parent_id, extractor.path, "extractor")
     with tempfile.TemporaryDirectory() as tmp:  # what the study trained on, at a glance
         save_png(image_grid(data.train[:64].float() / 255), Path(tmp) / "dataset.png")
         tracker.log_artifact(parent_id, Path(tmp) / "dataset.png")
     progress = Progress(spec, to_run)
     start = time.perf_counter()
     try:
-        study.optimize(TrialRunner(spec, data, tracker, parent_id), n_trials=to_run, catch=(Exception,),
+        study.optimize(TrialRunner(spec, data, tracker, parent_id, quality), n_trials=to_run, catch=(Exception,),
                        callbacks=[progress], gc_after_trial=False)
     except KeyboardInterrupt:
         progress.close()
@@ -329,7 +353,8 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
     tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
     if len(spec.objectives) == 1 and counts["complete"]:
         best = study.best_trial
-        tracker.log_metrics(parent_id, {f"best_{spec.objectives[0].metric}": best.value}, step=0)
+        tracker.log_metrics(parent_id, {f"best_{spec.scores.resolve(spec.objectives[0].metric, extractor)}": best.value},
+                            step=0)
         tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
     tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
 

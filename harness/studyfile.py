@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +18,7 @@ import optuna
 
 from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.errors import UserError
+from harness.evaluation import SCORE_OBJECTIVES, ScoreSettings, score_settings
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
 from harness.space import ChoiceParam, FixedParam, Param, describe
@@ -37,6 +38,8 @@ KEYS = {  # every key a study file may have, and what it means
     "epochs": "training epochs per trial",
     "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
     "seed": "seed of the sampler and of every trial's initialisation and batch order",
+    "scores": "[scores] extractor = auto|inception|domain, epoch_samples, final_samples, kid_subsets, "
+              "kid_subset_size, pr_k",
 }
 REQUIRED = ("name", "version", "dataset", "families", "trials", "epochs", "objective")
 
@@ -65,6 +68,7 @@ class StudySpec:
     epochs: int
     seed: int
     objectives: tuple[Objective, ...]
+    scores: ScoreSettings = ScoreSettings()
     variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
 
     @property
@@ -121,7 +125,7 @@ class StudySpec:
             "dataset": self.dataset, "dataset_options": dict(self.dataset_options), "families": list(self.families),
             "space": {f: {n: describe(p) for n, p in s.items()} for f, s in self.spaces.items()},
             "sampler": self.sampler, "objectives": [o.metric for o in self.objectives],
-            "epochs": self.epochs, "seed": self.seed,
+            "epochs": self.epochs, "seed": self.seed, "scores": asdict(self.scores),
         }
 
 
@@ -195,9 +199,13 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
     objectives = _objectives(data["objective"], families, at)
     if len(objectives) > 1 and pruner != "none":
         raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
+    if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in ("fd", "val_fd"):
+        raise UserError(f"{at}pruner: {objectives[0].metric} is only measured after training; pruning needs a score "
+                        "measured every epoch: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
+    scores = score_settings(_typed(data.get("scores", {}), dict, at + "scores"), at + "scores")
 
     spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
-                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives)
+                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives, scores)
     # Build both now so bad options are refused before anything runs.
     make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
     make_pruner(pruner, pruner_table, at + "pruner")
@@ -246,14 +254,17 @@ def _objectives(value: Any, families: tuple[str, ...], at: str) -> tuple[Objecti
     metrics = value if isinstance(value, list) else [value]
     if not metrics:
         raise UserError(f"{at}objective: empty; name at least one metric")
-    valid = [m for m in get_family(families[0]).objectives if all(m in get_family(f).objectives for f in families)]
+    shared = {m: d for m, d in get_family(families[0]).objectives.items()
+              if all(m in get_family(f).objectives for f in families)}
+    valid = {**SCORE_OBJECTIVES, **shared}
     objectives = []
     for metric in metrics:
         metric = _typed(metric, str, at + "objective")
         if metric not in valid:
-            raise UserError(f"{at}objective: {metric!r} is not a metric of {', '.join(families)}"
-                            f"{did_you_mean(metric, valid)}; valid: {', '.join(valid)}")
-        objectives.append(Objective(metric, get_family(families[0]).objectives[metric]))
+            hint = "; fid is fd when the extractor is inception" if metric in ("fid", "kid") else ""
+            raise UserError(f"{at}objective: {metric!r} is not a score or metric of {', '.join(families)}"
+                            f"{did_you_mean(metric, valid)}; valid: {', '.join(valid)}{hint}")
+        objectives.append(Objective(metric, valid[metric]))
     if len({o.metric for o in objectives}) != len(objectives):
         raise UserError(f"{at}objective: {metrics} names a metric twice")
     return tuple(objectives)

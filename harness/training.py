@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from harness.metrics import median_bandwidth, pixel_mmd
 from harness.registry import Family, get_family
 
 EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
+EpochScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each epoch
 CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
 N_SCORE_SAMPLES = 512  # fixed-z samples scored against as many validation images each epoch
 
@@ -83,7 +84,7 @@ class SampleScorer:
 
     def __call__(self, family: Family, model: nn.Module) -> dict[str, float]:
         samples = fixed_samples(family, model, len(self.references), self.references.device)
-        return {"pixel_mmd": pixel_mmd(samples, self.references, self.bandwidth)}
+        return {"val_pixel_mmd": pixel_mmd(samples, self.references, self.bandwidth)}
 
 
 def _first_bad(values: Mapping[str, float]) -> str | None:
@@ -91,13 +92,15 @@ def _first_bad(values: Mapping[str, float]) -> str | None:
 
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epochs: int, seed: int,
-          on_epoch: EpochCallback | None = None, progress: str | None = None) -> TrainResult:
-    """Train a fresh model; `on_epoch(epoch, metrics, model)` (epochs count from 1) returns True to stop early."""
+          on_epoch: EpochCallback | None = None, progress: str | None = None,
+          scorers: Sequence[EpochScorer] | None = None) -> TrainResult:
+    """Train a fresh model; `on_epoch(epoch, metrics, model)` (epochs count from 1) returns True to stop
+    early; `scorers` score the samples after every epoch (by default pixel MMD only)."""
+    scorers = [SampleScorer(data)] if scorers is None else scorers
     torch.manual_seed(seed)
     model = family.build(params, data.channels, data.image_size).to(data.device)
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
-    scorer = SampleScorer(data)
     result = TrainResult(model)
     start = time.perf_counter()
     bar = tqdm(range(1, epochs + 1), desc=progress, unit="epoch", leave=False,
@@ -127,7 +130,8 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
         if bad:
             raise Diverged(f"epoch {epoch}: {bad}", result.history)
         metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
-        metrics.update({f"val_{k}": v for k, v in scorer(family, model).items()})
+        for scorer in scorers:
+            metrics.update(scorer(family, model))
         bad = _first_bad(metrics)
         if bad:
             raise Diverged(f"epoch {epoch}: {bad}", result.history)

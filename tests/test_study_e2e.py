@@ -32,13 +32,17 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert sorted(t.params["kl_weight"] for t in trials) == [1e-3, 1e-2]
     assert all(len(t.intermediate_values) == 2 for t in trials)  # reported every epoch, for pruners
+    # Reference statistics: computed for the first trial, read from the cache by the second.
+    assert [t.user_attrs["reference_stats"] for t in trials] == ["computed", "cached"]
 
     parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}")
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"smoke.toml", "dataset.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"smoke.toml", "dataset.png", "extractor"}
+    (weights,) = client.list_artifacts(parent.info.run_id, "extractor")  # the domain network behind its scores
+    assert weights.path.startswith("extractor/domain-") and parent.data.params["score.extractor"] == "domain"
     assert parent.data.metrics["best_val_recon_mse"] == min(t.value for t in trials)
     for run in children:
         tags, params = run.data.tags, run.data.params
@@ -52,6 +56,12 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
         for key in ("train_loss", "train_kl", "val_kl", "val_loss"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 2
         assert "test_recon_mse" in run.data.metrics
+        metrics = run.data.metrics  # offline on a CPU: the domain extractor, and its scores named for it
+        assert {"val_fd_domain", "fd_domain", "kd_domain", "kd_domain_std", "precision_domain", "recall_domain",
+                "is_domain", "test_fd_domain", "test_bce", "test_elbo", "test_psnr", "test_ssim"} <= set(metrics)
+        assert not [k for k in metrics if "fid" in k or k in ("kid", "is")]
+        assert params["score.extractor"] == "domain" and params["score.generated_final"] == "2000"
+        assert len(client.get_metric_history(run.info.run_id, "val_fd_domain")) == 2
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
         assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
 
@@ -95,6 +105,7 @@ def test_interrupted_grid_finishes_its_missing_points(runs_dir, smoke_runs, caps
     parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
     assert (len(parents), len(children)) == (2, 2)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
+    assert [t.user_attrs["reference_stats"] for t in trials] == ["computed", "cached"]  # across invocations too
     # Same seed, same grid point, another RUNS_DIR: the same final validation loss, exactly.
     reference = {t.params["kl_weight"]: t.value for t in optuna_trials(smoke_runs)}
     assert {t.params["kl_weight"]: t.value for t in trials} == reference

@@ -51,7 +51,7 @@ def test_vae_kl_sweep_is_the_reports_grid():
     grid = spec.grid["kl_weight"]
     assert spec.sampler == "grid" and min(grid) == 5e-5 and max(grid) == 1e-2
     assert spec.trials == spec.grid_size >= 6
-    assert spec.objectives[0].metric == "val_recon_mse" and spec.objectives[0].direction == "minimize"
+    assert spec.objectives[0].metric == "fd" and spec.objectives[0].direction == "minimize"  # sample quality
 
 
 def test_a_valid_file_is_read_fully(tmp_path):
@@ -86,7 +86,11 @@ def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
     ("version = 1", "version = 0", "version: must be >= 1"),
     ("trials = 4", "trials = 0", "trials: must be >= 1"),
     ("trials = 4", 'trials = "many"', "trials: expected an integer"),
-    ('objective = "val_recon_mse"', 'objective = "val_fid"', r"objective: 'val_fid' is not a metric of vae.*valid: val_recon_mse, val_kl, val_loss"),
+    ('objective = "val_recon_mse"', 'objective = "val_fid"', r"objective: 'val_fid' is not a score or metric of vae \(did you mean 'val_fd'\?\); valid: fd, kd, precision, recall, is, val_fd, val_recon_mse"),
+    ('objective = "val_recon_mse"', 'objective = "fid"', r"fid is fd when the extractor is inception"),
+    ('name = "median"', 'name = "median"\n[scores]\nextractor = "clip"', r"scores.extractor: 'clip'; valid: auto, domain, inception"),
+    ('name = "median"', 'name = "median"\n[scores]\nepoch_sample = 10', r"scores: unknown key 'epoch_sample' \(did you mean 'epoch_samples'\?\)"),
+    ('name = "median"', 'name = "median"\n[scores]\nfinal_samples = 1', r"scores.final_samples: 1; give 0"),
     ('objective = "val_recon_mse"', 'objective = ["val_recon_mse", "val_recon_mse"]', "names a metric twice"),
     ("n = 200", "n = 200\nsize = 48", "dataset.size: synthfaces are drawn at 32 or 64 pixels, not 48"),
     ("n = 200", "n = 2", "dataset.n: synthfaces needs at least 3 images"),
@@ -121,6 +125,15 @@ def test_a_knob_that_cannot_apply_is_refused(tmp_path):
     with pytest.raises(UserError, match="d_threshold only applies when schedule = 'threshold', but schedule can only be 'ratio'"):
         load(tmp_path, text)
     assert load(tmp_path, text.replace('schedule = "ratio"', 'schedule = "threshold"')).spaces["dcgan"]["d_threshold"].value == 0.5
+
+
+def test_scores_as_objectives(tmp_path):
+    spec = load(tmp_path, BASE.replace('objective = "val_recon_mse"', 'objective = "fd"'))
+    assert spec.objectives[0].direction == "minimize" and spec.scores.extractor == "auto"
+    assert load(tmp_path, BASE.replace('objective = "val_recon_mse"', 'objective = "recall"').replace(
+        'name = "median"', 'name = "none"')).objectives[0].direction == "maximize"
+    with pytest.raises(UserError, match="kd is only measured after training; pruning needs a score measured every epoch"):
+        load(tmp_path, BASE.replace('objective = "val_recon_mse"', 'objective = "kd"'))
 
 
 def test_multi_objective_cannot_prune(tmp_path):

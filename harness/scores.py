@@ -1,0 +1,113 @@
+"""Sample-quality scores from features: Fréchet distance, kernel distance, precision/recall, IS.
+
+The networks that make the features live in harness/extractors.py; this file is the arithmetic,
+written to agree with torch-fidelity and torchmetrics on the same features (tests/test_scores.py):
+  - Fréchet distance: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), float64 statistics, unbiased
+    covariances, the trace of the square root from the eigenvalues of S1 S2 (as both libraries).
+  - kernel distance (KID's estimator): the unbiased MMD^2 with the cubic polynomial kernel
+    (x.y / d + 1)^3, averaged over random equal-size subsets drawn as torch-fidelity draws them
+    (numpy RandomState(seed).choice, generated set first); with subsets of the whole sets it is the
+    plain unbiased MMD^2, whatever the draw.
+  - precision and recall: the k-nearest-neighbour manifold estimate of Kynkäänniemi et al. 2019.
+  - inception score: exp E_x KL(p(y|x) || p(y)) over splits, for extractors with class outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+KID_SEED = 2020  # torch-fidelity's default rng_seed
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """What the scores need from one image set: mean and covariance (float64) and the features."""
+
+    mu: Tensor  # (D,)
+    sigma: Tensor  # (D, D)
+    features: Tensor  # (N, D), float64 on the CPU
+
+    @classmethod
+    def of(cls, features: Tensor) -> "FeatureStats":
+        x = features.detach().double().cpu()
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"features must be (N >= 2, D), got {tuple(x.shape)}")
+        mu = x.mean(dim=0)
+        centred = x - mu
+        return cls(mu, centred.T @ centred / (len(x) - 1), x)
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    diff = a.mu - b.mu
+    covmean_trace = torch.linalg.eigvals(a.sigma @ b.sigma).sqrt().real.sum()
+    return float(diff @ diff + a.sigma.trace() + b.sigma.trace() - 2 * covmean_trace)
+
+
+def _poly_mmd(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3; x and y have the same number of rows."""
+    m, d = len(x), x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2 * kxy.sum() / (m * m))
+
+
+def kernel_distance(generated: FeatureStats, reference: FeatureStats, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = KID_SEED) -> tuple[float, float]:
+    """(mean, std) of the MMD^2 over `subsets` random subsets of min(subset_size, both sizes) each."""
+    x, y = generated.features.numpy(), reference.features.numpy()
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError("the kernel distance needs at least 2 images on each side")
+    rng = np.random.RandomState(seed)
+    values = np.array([_poly_mmd(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+                       for _ in range(subsets)])
+    return float(values.mean()), float(values.std())
+
+
+def _kth_neighbour_radii(features: Tensor, k: int, block: int = 4096) -> Tensor:
+    """Distance from each point to its k-th nearest other point."""
+    radii = torch.empty(len(features), dtype=features.dtype)
+    for start in range(0, len(features), block):
+        distances = torch.cdist(features[start:start + block], features)
+        radii[start:start + block] = distances.kthvalue(k + 1, dim=1).values  # the 1st is the point itself
+    return radii
+
+
+def _coverage(points: Tensor, centres: Tensor, radii: Tensor, block: int = 4096) -> float:
+    """Share of `points` inside at least one ball (centre, radius)."""
+    inside = 0
+    for start in range(0, len(points), block):
+        distances = torch.cdist(points[start:start + block], centres)
+        inside += int((distances <= radii[None, :]).any(dim=1).sum())
+    return inside / len(points)
+
+
+def precision_recall(generated: FeatureStats, reference: FeatureStats, k: int = 3) -> tuple[float, float]:
+    """Precision: generated images inside the real manifold (k-NN balls of real features); recall:
+    real images inside the generated manifold."""
+    fake, real = generated.features, reference.features
+    if min(len(fake), len(real)) <= k:
+        raise ValueError(f"precision/recall with k = {k} needs more than {k} images on each side")
+    precision = _coverage(fake, real, _kth_neighbour_radii(real, k))
+    recall = _coverage(real, fake, _kth_neighbour_radii(fake, k))
+    return precision, recall
+
+
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over splits of exp(E_x KL(p(y|x) || p(y))), from class logits (N, K)."""
+    log_p = torch.log_softmax(logits.double().cpu(), dim=1)
+    values = []
+    for part in log_p.chunk(splits):
+        p = part.exp()
+        log_marginal = torch.logsumexp(part, dim=0) - np.log(len(part))
+        values.append(float(torch.exp((p * (part - log_marginal)).sum(dim=1).mean())))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Generated images in [0, 1] -> uint8, rounded and clamped: how real images are stored."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,286 @@
+"""Scores: agreement with torch-fidelity and torchmetrics, known answers, weights checks, reconstruction."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+from torch import nn
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from harness import extractors
+from harness.data import ImageSplits, load_dataset
+from harness.errors import UserError
+from harness.evaluation import SampleQuality, ScoreSettings, reconstruction_scores
+from harness.extractors import ExtractorContext, inception_weights, resolve_extractor
+from harness.registry import get_family
+from harness.scores import FeatureStats, frechet_distance, inception_score, kernel_distance, precision_recall, to_uint8
+
+# ---- agreement on identical features ---------------------------------------------------------------
+
+PROJECTION = torch.randn(3 * 16 * 16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 40
+
+
+class Projection(nn.Module):
+    """A fixed network: uint8 images (N, 3, 16, 16) -> 12 features (a tanh of a random projection)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x.flatten(1).double() / 255 @ PROJECTION).to(self.dtype)
+
+
+class ProjectionForFidelity(FeatureExtractorBase):
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        self.net = Projection()
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("projection",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "projection"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return None
+
+    def forward(self, x):
+        return (self.net(x),)
+
+
+torch_fidelity.register_feature_extractor("genbench-test-projection", ProjectionForFidelity)
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def image_sets(n=200):
+    g = torch.Generator().manual_seed(1)
+    real = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    fake = (real.float() * 0.7 + 40 + torch.randint(0, 30, real.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    return fake, real
+
+
+def fidelity(fake, real, **kwargs):
+    return torch_fidelity.calculate_metrics(input1=Images(fake), input2=Images(real), cuda=False, verbose=False,
+                                            cache=False, save_cpu_ram=True, feature_extractor="genbench-test-projection",
+                                            **kwargs)
+
+
+def test_frechet_distance_agrees_with_torch_fidelity_and_torchmetrics():
+    fake, real = image_sets()
+    ours = frechet_distance(FeatureStats.of(Projection()(fake)), FeatureStats.of(Projection()(real)))
+    theirs = fidelity(fake, real, fid=True)["frechet_inception_distance"]
+    metric = FrechetInceptionDistance(feature=Projection(), input_img_size=(3, 16, 16))
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    assert ours > 0.01
+    assert ours == pytest.approx(theirs, rel=1e-6) and ours == pytest.approx(metric.compute().item(), rel=1e-6)
+    metric32 = FrechetInceptionDistance(feature=Projection(torch.float32), input_img_size=(3, 16, 16))
+    metric32.update(real, real=True)
+    metric32.update(fake, real=False)
+    ours32 = frechet_distance(FeatureStats.of(Projection(torch.float32)(fake)), FeatureStats.of(Projection(torch.float32)(real)))
+    assert ours32 == pytest.approx(metric32.compute().double().item(), rel=1e-6)
+
+
+def test_kernel_distance_agrees_with_torch_fidelity_and_torchmetrics():
+    fake, real = image_sets()
+    a, b = FeatureStats.of(Projection()(fake)), FeatureStats.of(Projection()(real))
+    whole, _ = kernel_distance(a, b, subsets=1, subset_size=len(fake))
+    theirs = fidelity(fake, real, kid=True, kid_subsets=1, kid_subset_size=len(fake))["kernel_inception_distance_mean"]
+    metric = KernelInceptionDistance(feature=Projection(), subsets=1, subset_size=len(fake))
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    assert whole > 1e-4
+    assert whole == pytest.approx(theirs, rel=1e-6) and whole == pytest.approx(metric.compute()[0].item(), rel=1e-6)
+    # With subsets smaller than the sets, we draw them as torch-fidelity does: the same subsets, the same value.
+    mean, std = kernel_distance(a, b, subsets=10, subset_size=50)
+    theirs = fidelity(fake, real, kid=True, kid_subsets=10, kid_subset_size=50)
+    assert mean == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
+    assert std == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-6)
+
+
+# ---- the arithmetic on its own -----------------------------------------------------------------------
+
+def test_score_arithmetic_known_answers():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 4, generator=g, dtype=torch.float64)
+    stats = FeatureStats.of(x)
+    assert abs(frechet_distance(stats, stats)) < 1e-9
+    shifted = FeatureStats.of(x + torch.tensor([3.0, 0, 0, 4.0], dtype=torch.float64))
+    assert frechet_distance(stats, shifted) == pytest.approx(25.0, rel=1e-9)  # only the means moved, by 5
+    precision, recall = precision_recall(stats, stats)
+    assert precision == recall == 1.0
+    far = FeatureStats.of(x + 100)
+    assert precision_recall(far, stats) == (0.0, 0.0)
+    assert kernel_distance(stats, FeatureStats.of(torch.randn(500, 4, generator=g, dtype=torch.float64)))[0] < 0.01
+    assert inception_score(torch.zeros(100, 5))[0] == pytest.approx(1.0)  # every image unsure: IS 1
+    confident = torch.eye(5).repeat(20, 1) * 50  # sure and balanced over 5 classes: IS 5
+    assert inception_score(confident, splits=1)[0] == pytest.approx(5.0, rel=1e-6)
+    assert to_uint8(torch.tensor([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
+
+
+# ---- the domain extractor ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    data = load_dataset("synthfaces", {"n": 3000, "size": 32})
+    cache = tmp_path_factory.mktemp("cache")
+    extractor, reason = resolve_extractor("auto", ExtractorContext(data, torch.device("cpu"), cache, download=False))
+    return data, extractor, cache
+
+
+def fd_against_test(data, extractor, images):
+    return frechet_distance(FeatureStats.of(extractor(images)[0]), FeatureStats.of(extractor(data.test)[0]))
+
+
+def blur(images, sigma):
+    import torchvision.transforms.v2.functional as TF
+    return TF.gaussian_blur(images, [7, 7], [sigma, sigma]) if sigma else images
+
+
+def test_domain_scores_know_real_from_noise_and_grow_with_damage(synth):
+    data, extractor, _ = synth
+    assert extractor.name == "domain" and extractor.has_classes  # synthfaces have labels: a classifier
+    assert extractor.score_name("fd") == "fd_domain" and extractor.score_name("is") == "is_domain"
+    real = fd_against_test(data, extractor, data.val)
+    noise = fd_against_test(data, extractor, torch.randint(0, 256, data.val.shape, dtype=torch.uint8,
+                                                           generator=torch.Generator().manual_seed(3)))
+    assert real < noise / 20
+    blurred = [fd_against_test(data, extractor, blur(data.val, s)) for s in (0, 0.6, 1.2, 2.4)]
+    assert blurred == sorted(blurred) and blurred[-1] > 2 * blurred[0]
+    g = torch.Generator().manual_seed(4)
+    noisy = [fd_against_test(data, extractor, (data.val.float() + s * torch.randn(data.val.shape, generator=g))
+                             .round().clamp(0, 255).to(torch.uint8)) for s in (0, 10, 20, 40)]
+    assert noisy == sorted(noisy) and noisy[-1] > 2 * noisy[0]
+
+
+def test_domain_scores_do_not_depend_on_the_batch_size(synth):
+    data, extractor, _ = synth
+    images = data.val[:200]
+    whole = FeatureStats.of(extractor(images)[0])
+    single = FeatureStats.of(torch.cat([extractor(images[i:i + 1])[0] for i in range(len(images))]))
+    reference = FeatureStats.of(extractor(data.test)[0])
+    assert frechet_distance(single, reference) == pytest.approx(frechet_distance(whole, reference), rel=1e-5)
+
+
+def test_the_domain_extractor_is_trained_once_per_dataset(synth):
+    data, extractor, cache = synth
+    again, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), cache, download=False))
+    assert again.path == extractor.path and again.weights_sha256 == extractor.weights_sha256
+    images = data.val[:16]
+    assert torch.equal(again(images)[0], extractor(images)[0])
+    other = load_dataset("synthfaces", {"n": 3000, "size": 32, "seed": 1})
+    assert resolve_extractor("domain", ExtractorContext(other, torch.device("cpu"), cache, download=False))[0].path != extractor.path
+
+
+def test_without_labels_the_domain_extractor_autoencodes(tmp_path):
+    data = load_dataset("synthfaces", {"n": 300})
+    unlabelled = ImageSplits(data.train, data.val, data.test, description=data.description)
+    extractor, _ = resolve_extractor("domain", ExtractorContext(unlabelled, torch.device("cpu"), tmp_path, download=False))
+    assert not extractor.has_classes and extractor.identity["task"] == "autoencode"
+    features, logits = extractor(data.val[:5])
+    assert features.shape == (5, 128) and logits is None
+
+
+def test_reference_statistics_are_cached_on_disk(synth):
+    data, extractor, cache = synth
+    quality = SampleQuality(extractor, "test", data, ScoreSettings(), cache)
+    first = quality.reference("val", 300)
+    assert quality.computed == 1 and quality.reference("val", 300) is first  # memory
+    fresh = SampleQuality(extractor, "test", data, ScoreSettings(), cache)
+    again = fresh.reference("val", 300)
+    assert fresh.computed == 0 and torch.equal(again.sigma, first.sigma)  # disk
+    fresh.reference("val", 200)
+    assert fresh.computed == 1  # another count, another entry
+
+
+# ---- Inception weights --------------------------------------------------------------------------------
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("INCEPTION_WEIGHTS", raising=False)
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_weights_with_the_wrong_hash_are_refused(hub, tmp_path, monkeypatch):
+    hub.mkdir(parents=True)
+    (hub / extractors.INCEPTION_FILE).write_bytes(b"not the official weights")
+    with pytest.raises(UserError, match=r"has sha256 .*, not the official 6726825d0af5f729.*delete it or set INCEPTION_WEIGHTS"):
+        inception_weights(download=False)
+    fake = tmp_path / "mine.pth"
+    fake.write_bytes(b"also not them")
+    monkeypatch.setenv("INCEPTION_WEIGHTS", str(fake))
+    with pytest.raises(UserError, match="mine.pth has sha256"):
+        inception_weights(download=False)
+    monkeypatch.setenv("INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
+    with pytest.raises(UserError, match="INCEPTION_WEIGHTS=.*absent.pth does not exist"):
+        inception_weights(download=False)
+
+
+def test_offline_without_weights(hub, monkeypatch, capsys):
+    assert inception_weights(download=False) is None
+
+    def offline(url, dst, progress=True):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert inception_weights(download=True) is None and "could not download the Inception weights" in capsys.readouterr().err
+    data = load_dataset("synthfaces", {"n": 300})
+    with pytest.raises(UserError, match="no Inception weights: put weights-inception-2015-12-05-6726825d.pth in .*offline, use extractor = 'domain'"):
+        resolve_extractor("inception", ExtractorContext(data, torch.device("cpu"), hub.parent, download=True))
+
+
+def test_extractor_registry_refuses_bad_names():
+    with pytest.raises(ValueError, match="already registered"):
+        extractors.register_extractor("domain", lambda context: None)
+    with pytest.raises(ValueError, match="must match"):
+        extractors.register_extractor("auto", lambda context: None)
+
+
+# ---- reconstruction scores ------------------------------------------------------------------------------
+
+class HalfGray(nn.Module):
+    """A 'VAE' that encodes everything to N(0, I) and decodes to 0.5: its scores are known."""
+
+    latent_dim = 2
+
+    def encoder(self, x):
+        return torch.zeros(len(x), 2), torch.zeros(len(x), 2)
+
+    def decoder(self, z):
+        return torch.full((len(z), 1, 32, 32), 0.5)
+
+
+def test_reconstruction_scores_known_answers():
+    data = load_dataset("synthfaces", {"n": 300})
+    scores = reconstruction_scores(get_family("vae"), HalfGray(), data, "test", 64)
+    x = data.test.float() / 255
+    assert scores["test_bce"] == pytest.approx(math.log(2), rel=1e-4)  # every pixel predicted at 1/2
+    assert scores["test_elbo"] == pytest.approx(-1024 * math.log(2), rel=1e-4)  # KL 0, 1024 pixels
+    mse = ((x - 0.5) ** 2).mean(dim=(1, 2, 3))
+    assert scores["test_psnr"] == pytest.approx((10 * torch.log10(1 / mse)).mean().item(), rel=1e-4)
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    whole = structural_similarity_index_measure(torch.full_like(x, 0.5), x, data_range=1.0).item()
+    assert scores["test_ssim"] == pytest.approx(whole, rel=1e-4) and scores["test_ssim"] < 0.5  # batched = whole
