@@ -284,3 +284,26 @@ def test_reconstruction_scores_known_answers():
     from torchmetrics.functional.image import structural_similarity_index_measure
     whole = structural_similarity_index_measure(torch.full_like(x, 0.5), x, data_range=1.0).item()
     assert scores["test_ssim"] == pytest.approx(whole, rel=1e-4) and scores["test_ssim"] < 0.5  # batched = whole
+
+
+@pytest.mark.slow
+def test_the_inception_path_with_stand_in_weights(tmp_path, monkeypatch):
+    """The real weights cannot be downloaded here: a randomly initialised network of the same
+    architecture, whose file hash we declare official for the test, exercises the plumbing."""
+    from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
+
+    class Untrained(tf_inception.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            return None if state_dict == "skip" else super().load_state_dict(state_dict, *args, **kwargs)
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: "skip")
+    weights = tmp_path / "stand-in.pth"
+    torch.save(Untrained("inception-v3-compat", ["2048"]).state_dict(), weights)
+    monkeypatch.setattr(extractors, "INCEPTION_SHA256", extractors.sha256_of(weights))
+    monkeypatch.setenv("INCEPTION_WEIGHTS", str(weights))
+    data = load_dataset("synthfaces", {"n": 300})
+    extractor, reason = resolve_extractor("inception", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
+    assert reason == "named in the study" and extractor.has_classes
+    features, logits = extractor(data.val[:3])  # grayscale, 32 px: replicated to 3 channels, resized to 299
+    assert features.shape == (3, 2048) and logits.shape == (3, 1008)
+    assert [extractor.score_name(k) for k in ("fd", "kd", "is", "precision")] == ["fid", "kid", "is", "precision"]
