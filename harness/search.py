@@ -14,30 +14,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
-import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from harness.data import ImageSplits, from_model_range, load_dataset, to_model_range
 from harness.errors import UserError
-from harness.evaluation import SCORE_OBJECTIVES, SampleQuality, reconstruction_scores
-from harness.extractors import ExtractorContext, resolve_extractor
-from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
-from harness.registry import Family, get_family
+from harness.runs import ConfigRunner, Session, open_session
 from harness.settings import Settings, redact, resolve_device
 from harness.space import suggest
 from harness.studyfile import StudySpec
-from harness.metrics import PIXEL_MMD_PROTOCOL
-from harness.tracking import Tracker
-from harness.training import Diverged, SampleScorer, TrainResult, evaluate, fixed_samples, save_model, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IDENTITY_ATTR = "genbench_identity"
@@ -86,17 +75,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:
-    """Build each family once for these images, so a size it cannot take fails now, not in every trial."""
-    for name in spec.families:
-        defaults = {param: p.default for param, p in spec.spaces[name].items()}
-        try:
-            get_family(name).build(defaults, data.channels, data.image_size)
-        except ValueError as e:
-            raise UserError(f"family {name} cannot take the {spec.dataset} images ({data.channels} channel(s), "
-                            f"{data.image_size}x{data.image_size}): {e}; set the dataset's size option") from None
-
-
 def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[str, Any]], str]:
     """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
     done = study.get_trials(deepcopy=False, states=FINISHED)
@@ -142,105 +120,38 @@ def _matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
 
 
 class TrialRunner:
-    """The Optuna objective: sample a configuration, train it, log everything to a child run."""
+    """The Optuna objective: sample a configuration, then train and score it into a child run."""
 
-    def __init__(self, spec: StudySpec, data: ImageSplits, tracker: Tracker, parent_id: str, quality: SampleQuality):
-        self.spec, self.data, self.tracker, self.parent_id, self.quality = spec, data, tracker, parent_id, quality
-        self.references = data.val[:N_GRID_IMAGES].to(data.device)  # uint8: the same images for every trial
-        self.scorers = [SampleScorer(data), quality.epoch_scores]
-        self.keys = [spec.scores.resolve(o.metric, quality.extractor) for o in spec.objectives]  # as logged
-        first = spec.objectives[0].metric
-        self.pruned_on = spec.scores.resolve("val_fd", quality.extractor) if first == "fd" else self.keys[0]
+    def __init__(self, session: Session, parent_id: str):
+        self.session, self.parent_id, self.runner = session, parent_id, ConfigRunner(session)
+        self.keys = session.objective_keys
+        first = session.spec.objectives[0].metric
+        self.pruned_on = session.spec.scores.resolve("val_fd", session.quality.extractor) if first == "fd" else self.keys[0]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        spec = self.spec
+        spec = self.session.spec
         several = len(spec.families) > 1
-        family_name = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
-        family = get_family(family_name)
-        prefix = f"{family_name}." if several else ""  # keeps each family's distributions apart in Optuna
-        params = suggest(trial, spec.spaces[family_name], prefix)
-        run_id = self.tracker.start_run(
-            f"trial-{trial.number}",
-            params={**params, "family": family_name, "epochs": spec.epochs, "seed": spec.seed,
-                    "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **self.quality.protocol(),
-                    **{f"data.{k}": v for k, v in self.data.description.items()}},
-            tags={"study": spec.study_name, "family": family_name, "dataset": spec.dataset,
-                  "trial_number": trial.number, "state": "RUNNING", "device": str(self.data.train.device)},
-            parent_id=self.parent_id)
+        family = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
+        prefix = f"{family}." if several else ""  # keeps each family's distributions apart in Optuna
+        params = suggest(trial, spec.spaces[family], prefix)
+        run_id = self.runner.start(family, params, spec.seed, f"trial-{trial.number}",
+                                   {"trial_number": trial.number}, self.parent_id)
         trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("family", family_name)
-        computed_before = self.quality.computed
-        try:
-            result = train(family, params, self.data, epochs=spec.epochs, seed=spec.seed, scorers=self.scorers,
-                           on_epoch=lambda epoch, metrics, model: self._on_epoch(trial, run_id, family, epoch, metrics, model),
-                           progress=f"trial {trial.number}")
-            self._log_artifacts(run_id, trial.number, family, params, result)
-            if result.stopped_at is not None:
-                self.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
-                raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at}")
-            final = {f"test_{k}": v for k, v in evaluate(family, result.model, self.data, "test", params).items()}
-            final.update(self.quality.final_scores(family, result.model))
-            if hasattr(result.model, "encoder") and family.output_range == (0.0, 1.0):  # the VAEs
-                final.update(reconstruction_scores(family, result.model, self.data, "test", int(params["batch_size"])))
-            self.tracker.log_metrics(run_id, final | {"train_seconds": result.seconds}, step=spec.epochs)
-            reference = "computed" if self.quality.computed > computed_before else "cached"
-            self.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE", "score.reference_stats": reference})
-            trial.set_user_attr("reference_stats", reference)
-            scores = result.history[-1] | final
-            values = [scores[key] for key in self.keys]
-            return values[0] if len(values) == 1 else values
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            self._fail(trial, run_id, "interrupted (Ctrl-C)", "KILLED")
-            raise
-        except Diverged as e:
-            if e.history:
-                with tempfile.TemporaryDirectory() as tmp:
-                    loss_curves(e.history, Path(tmp) / "loss_curves.png", f"{spec.study_name} trial {trial.number} "
-                                f"({family_name}), diverged after epoch {len(e.history)}")
-                    self.tracker.log_artifact(run_id, Path(tmp) / "loss_curves.png")
-            self.tracker.set_tags(run_id, {"last_good_epoch": len(e.history)})
-            self._fail(trial, run_id, f"Diverged: {e}", "FAILED")
-            raise
-        except Exception as e:
-            self._fail(trial, run_id, f"{type(e).__name__}: {e}", "FAILED", traceback.format_exc())
-            raise
+        trial.set_user_attr("family", family)
+        computed_before = self.session.quality.computed
+        scores = self.runner.run(run_id, family, params, spec.seed, f"trial {trial.number}",
+                                 report=lambda epoch, metrics: self._report(trial, epoch, metrics),
+                                 on_failure=lambda reason: trial.set_user_attr("failure_reason", reason))
+        trial.set_user_attr("reference_stats", "computed" if self.session.quality.computed > computed_before else "cached")
+        values = [scores[key] for key in self.keys]
+        return values[0] if len(values) == 1 else values
 
-    def _on_epoch(self, trial: optuna.Trial, run_id: str, family: Family, epoch: int, metrics: dict[str, float],
-                  model: torch.nn.Module) -> bool:
-        """Log the epoch and its sample grid; report to the pruner; True asks the loop to stop (pruned)."""
-        self.tracker.log_metrics(run_id, metrics, step=epoch)
-        with tempfile.TemporaryDirectory() as tmp:  # the same z every epoch, so epochs are comparable
-            path = Path(tmp) / f"epoch_{epoch:03d}.png"
-            save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, self.data.device)), path)
-            self.tracker.log_artifact(run_id, path, "samples")
-        if len(self.spec.objectives) > 1 or self.pruned_on not in metrics:
+    def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> bool:
+        """The per-epoch score to the pruner; True asks the loop to stop (pruned)."""
+        if len(self.session.spec.objectives) > 1 or self.pruned_on not in metrics:
             return False  # Optuna cannot prune multi-objective trials; final-only scores have nothing per epoch
         trial.report(metrics[self.pruned_on], epoch)
         return trial.should_prune()
-
-    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, status: str, details: str = "") -> None:
-        trial.set_user_attr("failure_reason", reason)
-        if details:
-            self.tracker.client.log_text(run_id, details, "error.txt")
-        self.tracker.end_run(run_id, status, {"state": "FAIL", "failure_reason": reason[:5000]})
-
-    def _log_artifacts(self, run_id: str, number: int, family: Family, params: Mapping[str, Any],
-                       result: TrainResult) -> None:
-        """Reconstruction grid (autoencoders), samples from a fixed z ~ N(0, I), loss curves, weights."""
-        model, value_range = result.model.eval(), family.output_range
-        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-            folder = Path(tmp)
-            if hasattr(model, "reconstruct"):
-                x = to_model_range(self.references, value_range)
-                save_png(reconstruction_grid(from_model_range(x, value_range),
-                                             from_model_range(model.reconstruct(x), value_range)),
-                         folder / "reconstructions.png")
-            save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, self.data.device)), folder / "samples.png")
-            loss_curves(result.history, folder / "loss_curves.png", f"{self.spec.study_name} trial {number} ({family.name})")
-            save_model(model, family.name, params, self.data.channels, self.data.image_size, folder)
-            self.tracker.log_artifacts(run_id, folder)
 
 
 class Progress:
@@ -291,56 +202,30 @@ def _best_text(study: optuna.Study, spec: StudySpec) -> str:
 
 def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outcome:
     settings.prepare()
-    dev = resolve_device(device)
+    resolve_device(device)  # a device that is not there is refused before anything is written
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     storage = open_storage(settings.storage_url)
     study = optuna.create_study(
         study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(stored_trials(storage, spec.study_name)),
-        pruner=spec.make_pruner(),
-        directions=[o.direction for o in spec.objectives], load_if_exists=True)
+        pruner=spec.make_pruner(), directions=[o.direction for o in spec.objectives], load_if_exists=True)
     check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, settings.storage_url)
     to_run, enqueue, why = plan_trials(study, spec)
     if to_run == 0:
         best = _best_text(study, spec)
         return Outcome(0, why + (f"; best {best}" if best else ""))
 
-    cache = settings.runs_dir / "cache"
-    data = load_dataset(spec.dataset, spec.dataset_options, cache)
-    print(f"study {spec.study_name}: {to_run} trial(s) to run, {spec.epochs} epoch(s) each, on {dev}; "
-          f"{spec.dataset} {data.image_size}px x{data.channels}, "
-          f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
-    check_families_fit(spec, data)
-    data = data.place(dev)
-    extractor, reason = resolve_extractor(spec.scores.extractor, ExtractorContext(
-        data, dev, cache, download=spec.scores.extractor == "inception"))
-    quality = SampleQuality(extractor, reason, data, spec.scores, cache)
-    quality.check([o.metric for o in spec.objectives])
+    session = open_session(spec, settings, device,
+                           f"study {spec.study_name}: {to_run} trial(s) to run, {spec.epochs} epoch(s) each")
+    extractor = session.quality.extractor
     check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(extractor.identity)), spec, settings.storage_url)
-    print(f"scores: {extractor.name} extractor ({reason})", flush=True)
     for point in enqueue:
         study.enqueue_trial(point)
-    tracker = Tracker(settings, spec.study_name)
-    parent_id = tracker.start_run(
-        f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        params={"study": spec.name, "version": spec.version, "dataset": spec.dataset,
-                **{f"dataset.{k}": v for k, v in spec.dataset_options.items()},
-                "families": ",".join(spec.families), "sampler": spec.sampler,
-                **{f"sampler.{k}": v for k, v in spec.sampler_options.items()},
-                "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
-                "trials": spec.trials, "epochs": spec.epochs, "seed": spec.seed,
-                "objective": ",".join(o.metric for o in spec.objectives), "device": str(dev), **quality.protocol()},
-        tags={"study": spec.study_name, "kind": "study", "optuna_study": spec.study_name,
-              "optuna_storage": redact(settings.storage_url), "state": "RUNNING"})
-    tracker.log_artifact(parent_id, spec.path)
-    if getattr(extractor, "path", None):  # the domain network: its weights, so its scores can be checked
-        tracker.log_artifact(parent_id, extractor.path, "extractor")
-    with tempfile.TemporaryDirectory() as tmp:  # what the study trained on, at a glance
-        save_png(image_grid(data.train[:64].float() / 255), Path(tmp) / "dataset.png")
-        tracker.log_artifact(parent_id, Path(tmp) / "dataset.png")
+    tracker = session.tracker
+    parent_id = session.start_parent(spec.name, "study")
     progress = Progress(spec, to_run)
     start = time.perf_counter()
     try:
-        study.optimize(TrialRunner(spec, data, tracker, parent_id, quality), n_trials=to_run, catch=(Exception,),
+        study.optimize(TrialRunner(session, parent_id), n_trials=to_run, catch=(Exception,),
                        callbacks=[progress], gc_after_trial=False)
     except KeyboardInterrupt:
         progress.close()
@@ -353,8 +238,7 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
     tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
     if len(spec.objectives) == 1 and counts["complete"]:
         best = study.best_trial
-        tracker.log_metrics(parent_id, {f"best_{spec.scores.resolve(spec.objectives[0].metric, extractor)}": best.value},
-                            step=0)
+        tracker.log_metrics(parent_id, {f"best_{session.objective_keys[0]}": best.value}, step=0)
         tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
     tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
 

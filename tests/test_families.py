@@ -4,7 +4,7 @@ import optuna
 import pytest
 import torch
 
-from harness.data import ImageSplits, to_model_range
+from harness.data import to_model_range
 from harness.registry import family_names, get_family
 from harness.space import suggest
 

@@ -14,7 +14,7 @@ from PIL import Image
 from harness.data import (ImageSplits, from_model_range, get_dataset, infer_dataset, load_dataset, load_images,
                           resolve_options, to_model_range)
 from harness.errors import UserError
-from harness.loaders import TEST, TRAIN, VAL
+from harness.loaders import TEST, TRAIN
 
 from conftest import SHARED_DATA
 

@@ -121,7 +121,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("harness.search.train", train_then_interrupt)
+    monkeypatch.setattr("harness.runs.train", train_then_interrupt)
     assert main(["study", "smoke"]) == 130
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
@@ -130,7 +130,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
 
-    monkeypatch.setattr("harness.search.train", real_train)
+    monkeypatch.setattr("harness.runs.train", real_train)
     assert main(["study", "smoke"]) == 0
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
