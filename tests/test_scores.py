@@ -183,8 +183,10 @@ def test_domain_scores_do_not_depend_on_the_batch_size(synth):
     assert frechet_distance(single, reference) == pytest.approx(frechet_distance(whole, reference), rel=1e-5)
 
 
-def test_the_domain_extractor_is_trained_once_per_dataset(synth):
+def test_the_domain_extractor_is_trained_once_per_dataset(synth, tmp_path):
     data, extractor, cache = synth
+    elsewhere, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
+    assert elsewhere.weights_sha256 == extractor.weights_sha256  # the recipe and seed make the same network
     again, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), cache, download=False))
     assert again.path == extractor.path and again.weights_sha256 == extractor.weights_sha256
     images = data.val[:16]
