@@ -12,6 +12,8 @@ EPOCHS ?=
 DEVICE ?= auto
 PORT ?= 5000
 PYTEST_ARGS ?=
+SEEDS ?= 5
+TOP ?= 1
 DATASET ?=
 DATA ?=
 KEY ?=
@@ -20,7 +22,7 @@ EXPORT ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test ui list data-check bench
+.PHONY: help setup study test ui list data-check bench report confirm
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -42,8 +44,8 @@ study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n
 test: setup ## run the tests (GPU tests skip without CUDA); PYTEST_ARGS="-m 'not slow'" for the quick ones
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000)
-	$(PY) -m harness ui --port $(PORT)
+ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000); STUDY=name prints its link
+	$(PY) -m harness ui --port $(PORT) $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
 
 list: setup ## list families (with their spaces), datasets and studies; checks every study file
 	$(PY) -m harness list
@@ -51,6 +53,13 @@ list: setup ## list families (with their spaces), datasets and studies; checks e
 data-check: setup ## inspect data as the harness loads it: make data-check DATA=file.mat [KEY=name EXPORT=out.npz DATASET=...]
 	@test -n "$(DATA)" || { echo "give DATA=path (a .mat/.npz file, a folder, or a dataset name such as synthfaces)"; exit 2; }
 	$(PY) -m harness data check "$(DATA)" $(if $(DATASET),--dataset $(DATASET)) $(if $(KEY),--key $(KEY)) $(if $(EXPORT),--export "$(EXPORT)")
+
+confirm: setup ## re-train a study's best configurations with fresh seeds: make confirm STUDY=name [SEEDS=5 TOP=1]
+	$(PY) -m harness confirm $(STUDY) --seeds $(SEEDS) --top $(TOP) --device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
+
+report: setup ## tables, plots and HTML per study in reports/ (all studies, or STUDY=name)
+	$(PY) -m harness report $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
 
 bench: setup ## measure speeds (data sampler vs DataLoader); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)

@@ -79,6 +79,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indexes_or_label(text: str | None) -> list[int] | str | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else text
+
+
+def cmd_latent(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from harness import latent
+    from harness.figures import save_png
+    from harness.runs import load_run
+    from harness.settings import Settings, resolve_device
+    from harness.tracking import Tracker
+
+    settings = Settings.from_env()
+    settings.prepare()
+    out = args.out or settings.runs_dir / "latent" / args.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        model, family, data = load_run(settings, args.run_id, resolve_device(args.device), Path(tmp))
+    source, target, apply = (_indexes_or_label(x) for x in (args.source, args.target, args.apply))
+    groups = (source, target) if isinstance(source, str) and isinstance(target, str) else ("neutral", "happy")
+    written = latent.make_all(model, family, data, out, args.variance, groups)
+    if isinstance(source, list) or isinstance(target, list) or apply is not None:
+        if not (isinstance(source, list) and isinstance(target, list) and isinstance(apply, list)):
+            raise UserError("--from, --to and --apply take comma-separated test-split indexes together, e.g. "
+                            "--from 3,7 --to 1,4 --apply 10,11,12")
+        save_png(latent.arithmetic(model, family, data, source, target, apply), out / "arithmetic_chosen.png")
+        written.append(out / "arithmetic_chosen.png")
+    tracker = Tracker(settings, None)
+    for path in written:
+        tracker.client.log_artifact(args.run_id, str(path), "latent")
+    print("\n".join(f"wrote {p} (and to run {args.run_id} under latent/)" for p in written))
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from harness.confirm import run_confirm
+    from harness.settings import Settings
+    from harness.studyfile import load_study
+
+    spec = load_study(args.study).with_overrides(epochs=args.epochs).with_dataset(args.dataset, args.data)
+    outcome = run_confirm(spec, Settings.from_env(), args.seeds, args.top, device=args.device)
+    print(outcome.message)
+    return outcome.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build
+    from harness.settings import Settings
+
+    settings = Settings.from_env()
+    pages = build(settings, args.studies or None, args.out)
+    print("\n".join(f"wrote {p}" for p in pages))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from harness.settings import Settings
 
@@ -92,6 +150,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if settings.artifact_root is not None:
         command += ["--default-artifact-root", settings.artifact_root.as_uri()]
     print(f"MLflow UI for {settings.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    if args.study:
+        from harness.studyfile import load_study
+        from harness.tracking import Tracker
+
+        name = load_study(args.study).study_name
+        found = Tracker(settings, None).client.get_experiment_by_name(name)
+        if found is None:
+            raise UserError(f"no MLflow experiment {name} under {settings.runs_dir}; run the study first")
+        print(f"study {name}: http://{args.host}:{args.port}/#/experiments/{found.experiment_id}/runs", flush=True)
     os.execv(mlflow, command)  # the server replaces us, so Ctrl-C reaches it directly
     return 0  # not reached
 
@@ -153,9 +220,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     bench.set_defaults(run=cmd_bench)
 
+    latent = commands.add_parser("latent", help="latent-space pictures of a finished run: interpolation, "
+                                 "low-variance sampling, vector arithmetic, traversals")
+    latent.add_argument("run_id", help="the MLflow run of a COMPLETE trial")
+    latent.add_argument("--variance", type=float, default=0.05, help="low-variance sampling around mu ~ U(-1, 1)")
+    latent.add_argument("--from", dest="source", help="a label value (neutral) or test-split indexes (3,7,9)")
+    latent.add_argument("--to", dest="target", help="a label value (happy) or test-split indexes")
+    latent.add_argument("--apply", help="test-split indexes of the faces to move by the vector")
+    latent.add_argument("--out", type=Path, help="folder for the PNGs (default RUNS_DIR/latent/RUN_ID)")
+    latent.add_argument("--device", default="auto")
+    latent.set_defaults(run=cmd_latent)
+
+    confirm = commands.add_parser("confirm", help="re-train a study's best configurations with fresh seeds")
+    confirm.add_argument("study", help="the study (as for `study`)")
+    confirm.add_argument("--seeds", type=_positive_int, default=5, help="fresh seeds per configuration (default 5)")
+    confirm.add_argument("--top", type=_positive_int, default=1, help="best configurations per family (default 1)")
+    confirm.add_argument("--epochs", type=_positive_int, help="the study's epochs, if it was run with EPOCHS=")
+    confirm.add_argument("--device", default="auto")
+    confirm.add_argument("--dataset", help="as given to `study`, for a study run on other data")
+    confirm.add_argument("--data", help="as given to `study`")
+    confirm.set_defaults(run=cmd_confirm)
+
+    report = commands.add_parser("report", help="tables, plots and an HTML page per study, from RUNS_DIR")
+    report.add_argument("studies", nargs="*", help="study names (e.g. vae_kl_sweep); all studies when none")
+    report.add_argument("--out", type=Path, default=Path("reports"), help="where to write (default ./reports)")
+    report.set_defaults(run=cmd_report)
+
     ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("study", nargs="?", help="print the link to this study's runs")
     ui.set_defaults(run=cmd_ui)
 
     listing = commands.add_parser("list", help="families, datasets and studies (each study file is validated)")

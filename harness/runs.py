@@ -9,6 +9,7 @@ seed re-runs (harness/confirm.py) both use it.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import traceback
@@ -93,6 +94,55 @@ def open_session(spec: StudySpec, settings: Settings, device: str, headline: str
     return Session(spec, settings, dev, data, quality, Tracker(settings, spec.study_name))
 
 
+def load_run(settings: Settings, run_id: str, device: torch.device, folder: Path) -> tuple[torch.nn.Module, Family, ImageSplits]:
+    """A finished run's model (its weights artifact) and the data it was trained on (from the cache)."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.training import load_model
+
+    tracker = Tracker(settings, None)
+    try:
+        run = tracker.client.get_run(run_id)
+        local = Path(tracker.client.download_artifacts(run_id, "", str(folder)))
+    except MlflowException as e:
+        raise UserError(f"no run {run_id} with artifacts in {redact(settings.tracking_uri)} ({e.message.splitlines()[0]}); "
+                        "copy the run id from the MLflow UI") from None
+    if not (local / "model.pt").is_file() or "data.source" not in run.data.params:
+        raise UserError(f"run {run_id} has no trained model (model.pt) and data description; pick a COMPLETE trial's run")
+    source = json.loads(run.data.params["data.source"])
+    data = load_dataset(source["dataset"], source["options"], settings.runs_dir / "cache").place(device)
+    model = load_model(local).to(device)
+    return model, get_family(run.data.params["family"]), data
+
+
+def finish_study(session: Session, parent_id: str) -> None:
+    """After a study: the report's tables and key plots into the parent run (for the MLflow UI), and
+    latent-space pictures of each family's best trial into that trial's run. A failure here is a
+    warning: the trials are recorded already."""
+    from harness import latent
+    from harness.loaders import warn
+    from harness.report import best_per_family, load_studies, write_study_report
+    from harness.training import load_model
+
+    tracker = session.tracker
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (record,) = load_studies(session.settings, [session.spec.study_name])
+            write_study_report(record, tracker.client, Path(tmp) / "report")
+            for path in sorted((Path(tmp) / "report").glob("*")):
+                if path.is_file() and path.suffix in (".md", ".csv", ".png", ".html"):
+                    tracker.log_artifact(parent_id, path, "report")
+            for _, best in best_per_family(record).iterrows():
+                folder = Path(tmp) / "runs" / best["run_id"]
+                for name in ("model.pt", "model.json"):
+                    tracker.client.download_artifacts(best["run_id"], name, str(folder))
+                model = load_model(folder).to(session.device)
+                for path in latent.make_all(model, get_family(best["family"]), session.data, folder / "latent"):
+                    tracker.log_artifact(best["run_id"], path, "latent")
+    except Exception as e:  # noqa: BLE001 - the study's results stand without these extras
+        warn(f"the study's report artifacts could not be written ({type(e).__name__}: {e}); `make report` retries")
+
+
 def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:
     """Build each family once for these images, so a size it cannot take fails now, not in every trial."""
     for name in spec.families:
@@ -117,6 +167,7 @@ class ConfigRunner:
         return s.tracker.start_run(
             name, params={**params, "family": family, "epochs": s.spec.epochs, "seed": seed,
                           "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(),
+                          "data.source": json.dumps({"dataset": s.spec.dataset, "options": dict(s.spec.dataset_options)}),
                           **{f"data.{k}": v for k, v in s.data.description.items()}},
             tags={"study": s.spec.study_name, "family": family, "dataset": s.spec.dataset, "state": "RUNNING",
                   "device": str(s.device), "objective": ",".join(s.objective_keys), **tags},

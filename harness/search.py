@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from harness.errors import UserError
-from harness.runs import ConfigRunner, Session, open_session
+from harness.runs import ConfigRunner, Session, finish_study, open_session
 from harness.settings import Settings, redact, resolve_device
 from harness.space import suggest
 from harness.studyfile import StudySpec
@@ -240,6 +240,8 @@ def run_study(spec: StudySpec, settings: Settings, device: str = "auto") -> Outc
         best = study.best_trial
         tracker.log_metrics(parent_id, {f"best_{session.objective_keys[0]}": best.value}, step=0)
         tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    if counts["complete"]:
+        finish_study(session, parent_id)
     tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
 
     ran = progress.counts

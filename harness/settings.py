@@ -22,6 +22,7 @@ from harness.errors import UserError
 
 # No network here, and nobody asked to be counted: keep MLflow from phoning home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per artifact download is noise
 
 
 @dataclass(frozen=True)

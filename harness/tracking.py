@@ -25,8 +25,11 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO lines abou
 
 
 class Tracker:
-    def __init__(self, settings: Settings, experiment: str):
+    def __init__(self, settings: Settings, experiment: str | None):
+        """experiment None: a client only, for reading runs."""
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
+        if experiment is None:
+            return
         try:
             self.experiment_id = self._experiment(experiment, settings.artifact_root)
         except MlflowException as e:

@@ -40,7 +40,7 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}")
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"smoke.toml", "dataset.png", "extractor"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"smoke.toml", "dataset.png", "extractor", "report"}
     (weights,) = client.list_artifacts(parent.info.run_id, "extractor")  # the domain network behind its scores
     assert weights.path.startswith("extractor/domain-") and parent.data.params["score.extractor"] == "domain"
     assert parent.data.metrics["best_val_recon_mse"] == min(t.value for t in trials)
@@ -62,7 +62,8 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
         assert not [k for k in metrics if "fid" in k or k in ("kid", "is")]
         assert params["score.extractor"] == "domain" and params["score.generated_final"] == "2000"
         assert len(client.get_metric_history(run.info.run_id, "val_fd_domain")) == 2
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
+        extra = {"latent"} if run.info.run_id == parent.data.tags["best_run_id"] else set()  # the best trial's pictures
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS | extra
         assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
 
         folder = Path(client.download_artifacts(run.info.run_id, ""))

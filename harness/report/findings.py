@@ -1,0 +1,166 @@
+"""Paragraphs of findings, generated from a study's numbers: no hand-written claims.
+
+Every study gets a summary (how many trials, the best one). The studies that repeat the seed
+reports' experiments get a paragraph that puts our measurement next to what the report said.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from harness.report import StudyRecord
+
+
+def _g(value: float) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) and not math.isnan(value) else "n/a"
+
+
+def _metric(row: pd.Series, key: str) -> float:
+    for column in (key, f"metrics.{key}"):
+        if column in row and pd.notna(row[column]):
+            return float(row[column])
+    return math.nan
+
+
+def summary(record: "StudyRecord") -> str:
+    states = record.table["state"].value_counts()
+    text = (f"{len(record.table)} trials: {states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
+            f"{states.get('FAIL', 0)} failed.")
+    done = record.complete
+    if done.empty:
+        return text + " No trial completed, so nothing is ranked."
+    best = done.iloc[0]
+    params = ", ".join(f"{p} = {_g(best[f'params.{p}']) if isinstance(best[f'params.{p}'], float) else best[f'params.{p}']}"
+                       for p in record.swept if f"params.{p}" in best and pd.notna(best[f"params.{p}"]))
+    text += (f" Best {record.objective} ({record.directions[0]}): {_g(best[record.objective])}, trial {int(best['number'])}"
+             f" ({best['family']}{', ' + params if params else ''}); the complete trials ranged from "
+             f"{_g(done[record.objective].min())} to {_g(done[record.objective].max())}.")
+    if not record.confirm.empty:
+        text += " " + seeds(record)
+    return text
+
+
+def seeds(record: "StudyRecord") -> str:
+    """The seed re-runs: mean ± 95% CI per configuration, and which differences the intervals support."""
+    from harness.report import confidence
+
+    rows = []
+    for config, group in record.confirm.groupby("tags.config"):
+        mean, half, n = confidence(group[record.objective])
+        rows.append((group["tags.family"].iloc[0], config, mean, half, n))
+    rows.sort(key=lambda r: r[2], reverse=not record.minimize)
+    parts = [f"{family} ({config}): {_g(mean)} ± {_g(half)} over {n} seeds" for family, config, mean, half, n in rows]
+    text = "Re-trained with fresh seeds (mean ± 95% CI): " + "; ".join(parts) + "."
+    if len(rows) > 1:
+        top = rows[0]
+        verdicts = []
+        for other in rows[1:]:
+            apart = (top[2] + top[3] < other[2] - other[3]) if record.minimize else (top[2] - top[3] > other[2] + other[3])
+            verdicts.append(f"{top[0]} vs {other[0]}: {'significant' if apart else 'not significant'}")
+        text += " Intervals that do not overlap are called significant: " + "; ".join(verdicts) + "."
+    return text
+
+
+def _at(done: pd.DataFrame, param: str, value: float) -> pd.Series | None:
+    column = f"params.{param}"
+    if column not in done:
+        return None
+    rows = done[(done[column].astype(float) - value).abs() <= 1e-12 * max(1.0, abs(value))]
+    return rows.iloc[0] if len(rows) else None
+
+
+def vae_kl_sweep(record: "StudyRecord") -> str:
+    done = record.complete
+    low, high = _at(done, "kl_weight", 1e-3), _at(done, "kl_weight", 1e-2)
+    if low is None or high is None:
+        return "The sweep has no complete trials at KL weights 1e-3 and 1e-2 to compare with the reports."
+    text = (f"The reports found that raising the KL weight from 1e-3 to 1e-2 drops the KL from about 4 to about 0.5 "
+            f"and worsens reconstruction. Here it moved the validation KL from {_g(_metric(low, 'val_kl'))} to "
+            f"{_g(_metric(high, 'val_kl'))} and the validation reconstruction MSE from "
+            f"{_g(_metric(low, 'val_recon_mse'))} to {_g(_metric(high, 'val_recon_mse'))}")
+    if record.objective not in ("val_recon_mse", "val_kl"):
+        text += f"; {record.objective} went from {_g(_metric(low, record.objective))} to {_g(_metric(high, record.objective))}"
+    ordered = done.sort_values("params.kl_weight")
+    kl = ordered["metrics.val_kl"].astype(float)
+    trend = "fell at every step up the grid" if kl.is_monotonic_decreasing else "did not fall at every step up the grid"
+    return text + f". Over the whole grid ({len(done)} points) the validation KL {trend}."
+
+
+def gan_k_sweep(record: "StudyRecord") -> str:
+    done = record.complete
+    if "params.d_steps" not in done or done.empty:
+        return ""
+    by_k = done.groupby("params.d_steps")[record.objective].mean()
+    text = ("Mean " + record.objective + " by D steps per G step (k): " +
+            ", ".join(f"k={int(k)}: {_g(v)}" for k, v in by_k.items()) + ".")
+    if "params.d_loss_factor" in done and done["params.d_loss_factor"].nunique() > 1:
+        pivot = done.pivot_table(index="params.d_steps", columns="params.d_loss_factor", values=record.objective)
+        change = (pivot.max(axis=1) - pivot.min(axis=1)) / pivot.min(axis=1).abs()
+        text += (f" At equal k, changing the D loss factor between {', '.join(_g(float(c)) for c in pivot.columns)} "
+                 f"changed {record.objective} by at most {100 * change.max():.1f}%.")
+    return text
+
+
+def dcgan_lr_sweep(record: "StudyRecord") -> str:
+    done = record.complete
+    if done.empty:
+        return ""
+    best = done.iloc[0]
+    text = (f"Best learning rates: G {_g(best.get('params.lr_g'))}, D {_g(best.get('params.lr_d'))}, beta1 "
+            f"{_g(best.get('params.beta1'))} ({record.objective} {_g(best[record.objective])}).")
+    if "params.beta1" in done and done["params.beta1"].nunique() > 1:
+        by_beta = done.groupby("params.beta1")[record.objective].agg(["min", "count"])
+        text += " Best " + record.objective + " by beta1: " + ", ".join(
+            f"{_g(float(b))}: {_g(r['min'])} ({int(r['count'])} complete)" for b, r in by_beta.iterrows()) + "."
+    pruned = int((record.table["state"] == "PRUNED").sum())
+    return text + f" {pruned} trial(s) were pruned by their per-epoch score."
+
+
+def resnet_vae_latent_sweep(record: "StudyRecord") -> str:
+    done = record.complete
+    if "params.latent_dim" not in done or done.empty:
+        return ""
+    ordered = done.sort_values("params.latent_dim")
+    parts = ", ".join(f"{int(r['params.latent_dim'])}: {_g(r[record.objective])}" for _, r in ordered.iterrows())
+    best = done.iloc[0]
+    return (f"{record.objective} by latent size: {parts}. The best latent size was {int(best['params.latent_dim'])} "
+            "(the report compared 32 to 512).")
+
+
+def families_compare(record: "StudyRecord") -> str:
+    done = record.complete
+    if done.empty:
+        return ""
+    best = done.groupby("family")[record.objective].min() if record.minimize else done.groupby("family")[record.objective].max()
+    ranked = best.sort_values(ascending=record.minimize)
+    return ("Best " + record.objective + " per family, best first: " +
+            ", ".join(f"{f} {_g(v)}" for f, v in ranked.items()) +
+            (". One trial per configuration is not evidence of a difference; `make confirm` re-trains the best ones "
+             "with fresh seeds." if record.confirm.empty else "."))
+
+
+def vae_pareto(record: "StudyRecord") -> str:
+    front = record.study.best_trials
+    if not front or len(record.objectives) < 2:
+        return ""
+    a, b = record.objectives[:2]
+    ends = sorted(front, key=lambda t: t.values[0])
+    return (f"{len(front)} trial(s) on the Pareto front of {a} and {b}; at its ends trial {ends[0].number} has "
+            f"{a} {_g(ends[0].values[0])} with {b} {_g(ends[0].values[1])}, and trial {ends[-1].number} has {a} "
+            f"{_g(ends[-1].values[0])} with {b} {_g(ends[-1].values[1])}.")
+
+
+BY_STUDY: dict[str, Callable[["StudyRecord"], str]] = {
+    "vae_kl_sweep": vae_kl_sweep, "gan_k_sweep": gan_k_sweep, "dcgan_lr_sweep": dcgan_lr_sweep,
+    "resnet_vae_latent_sweep": resnet_vae_latent_sweep, "families_compare": families_compare, "vae_pareto": vae_pareto,
+}
+
+
+def findings(record: "StudyRecord") -> list[str]:
+    base = record.name.split("-v")[0]
+    specific = BY_STUDY.get(base, lambda r: "")(record)
+    return [summary(record)] + ([specific] if specific else [])

@@ -1,0 +1,207 @@
+"""`make report`, `make confirm`, the latent tools and the pages in a browser, on a small real study."""
+
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from harness.cli import main
+from harness.report import StudyRecord, confidence, pareto_mask
+from harness.report.findings import vae_kl_sweep
+
+from conftest import REPO, mlflow_runs, split_runs, write_study
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser test leaves for people to look at
+STUDY = """
+name = "report_demo"
+version = 1
+families = ["vae"]
+trials = 3
+epochs = 2
+seed = 0
+objective = "fd"
+[dataset]
+name = "synthfaces"
+n = 600
+[sampler]
+name = "random"
+[space.vae]
+kl_weight = {low = 1e-4, high = 1e-1, log = true}
+latent_dim = 16
+batch_size = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """A small real study (3 random trials), its best configuration re-run with 2 seeds, and the report."""
+    root = tmp_path_factory.mktemp("report")
+    runs, reports = root / "runs", root / "reports"
+    study_file = write_study(root / "studies", "report_demo", STUDY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNS_DIR", str(runs))
+        mp.delenv("STORAGE", raising=False)
+        mp.delenv("TRACKING_URI", raising=False)
+        assert main(["study", str(study_file)]) == 0
+        assert main(["confirm", str(study_file), "--seeds", "2"]) == 0
+        assert main(["report", "--out", str(reports)]) == 0
+    return runs, reports / "report_demo-v1", study_file
+
+
+@pytest.mark.slow
+def test_tables_match_the_study(studied):
+    runs, folder, _ = studied
+    study = optuna.load_study(study_name="report_demo-v1", storage=f"sqlite:///{runs / 'optuna.db'}")
+    best = pd.read_csv(folder / "best_per_family.csv")
+    assert list(best["family"]) == ["vae"] and int(best["trial"][0]) == study.best_trial.number
+    assert best["fd_domain"][0] == pytest.approx(study.best_trial.value, rel=1e-6)
+    confirm = [r for r in split_runs(mlflow_runs(runs, "report_demo-v1"))[1] if r.data.tags.get("confirm") == "true"]
+    values = [r.data.metrics["fd_domain"] for r in confirm]
+    assert len(values) == 2 and int(best["seeds"][0]) == 2
+    mean, half, _ = confidence(pd.Series(values))
+    assert best["fd_domain over seeds"][0] == f"{mean:.4g} ± {half:.2g}"
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 3 and list(trials["fd_domain"]) == sorted(trials["fd_domain"])
+    assert "Re-trained with fresh seeds" in (folder / "tables.md").read_text()
+    assert (folder.parent / "cross_study.csv").is_file() and "vae" in (folder.parent / "cross_study.csv").read_text()
+
+
+@pytest.mark.slow
+def test_every_plot_is_a_png_and_the_page_is_self_contained(studied):
+    _, folder, _ = studied
+    pngs = list(folder.rglob("*.png"))
+    assert {"vs_kl_weight.png", "curves_vae.png", "wall_times.png", "confirm.png", "importances.png"} <= {p.name for p in pngs}
+    for path in pngs:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        Image.open(path).verify()
+    page = (folder / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= len([p for p in pngs if p.parent == folder]) + 2  # + grids
+    assert 'src="data:' in page and 'src="http' not in page and "Best trial per family" in page
+
+
+@pytest.mark.slow
+def test_the_study_leaves_its_report_and_latent_pictures_in_mlflow(studied):
+    runs, _, _ = studied
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    parents, children = split_runs(mlflow_runs(runs, "report_demo-v1"))
+    study_parent = next(p for p in parents if p.data.tags["kind"] == "study")
+    assert {"report/tables.md", "report/trials.csv", "report/vs_kl_weight.png"} <= \
+        {a.path for a in client.list_artifacts(study_parent.info.run_id, "report")}
+    best_run = study_parent.data.tags["best_run_id"]
+    assert {"latent/interpolation.png", "latent/low_variance.png", "latent/traversal.png",
+            "latent/arithmetic_happy_minus_neutral.png"} <= {a.path for a in client.list_artifacts(best_run, "latent")}
+    assert all(c.data.tags.get("objective") == "fd_domain" for c in children)  # for the UI's compare view
+
+
+@pytest.mark.slow
+def test_latent_command_with_chosen_images(studied, monkeypatch, tmp_path):
+    runs, _, _ = studied
+    monkeypatch.setenv("RUNS_DIR", str(runs))
+    parents, _ = split_runs(mlflow_runs(runs, "report_demo-v1"))
+    best_run = next(p for p in parents if p.data.tags["kind"] == "study").data.tags["best_run_id"]
+    assert main(["latent", best_run, "--from", "0,1,2", "--to", "3,4", "--apply", "5,6,7", "--out", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "arithmetic_chosen.png").size[0] > 0
+    assert main(["latent", best_run, "--from", "0,1", "--out", str(tmp_path)]) == 2  # --to and --apply missing
+    assert main(["latent", best_run, "--from", "0", "--to", "1", "--apply", "9999", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_confirm_again_trains_nothing_and_report_refuses_unknown_studies(studied, monkeypatch, capsys):
+    runs, _, study_file = studied
+    monkeypatch.setenv("RUNS_DIR", str(runs))
+    assert main(["confirm", str(study_file), "--seeds", "2"]) == 0
+    assert "already has runs for seeds [1, 2]" in capsys.readouterr().out
+    assert main(["report", "no_such_study"]) == 2
+    assert "no study 'no_such_study'" in capsys.readouterr().err
+
+
+def test_confidence_intervals_and_pareto_fronts():
+    mean, half, n = confidence(pd.Series([1.0, 2.0, 3.0]))
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) x sd / sqrt(n)
+    assert math.isnan(confidence(pd.Series([1.0]))[1])
+    x, y = np.array([1.0, 2.0, 3.0, 2.5]), np.array([3.0, 2.0, 1.0, 2.5])
+    assert pareto_mask(x, y).tolist() == [True, True, True, False]
+
+
+def test_the_kl_sweep_paragraph_states_our_numbers():
+    table = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE"] * 2, "family": ["vae"] * 2,
+                          "params.kl_weight": [1e-3, 1e-2], "metrics.val_kl": [4.2, 0.43],
+                          "metrics.val_recon_mse": [0.01, 0.02], "val_recon_mse": [0.01, 0.02]})
+    record = StudyRecord("vae_kl_sweep-v1", None, table, pd.DataFrame(), ["val_recon_mse"], ["minimize"],
+                         {"kl_weight": True}, {}, "synthfaces")
+    text = vae_kl_sweep(record)
+    assert "from 4.2 to 0.43" in text and "from 0.01 to 0.02" in text and "fell at every step" in text
+
+
+def visible_text(dom: str) -> str:
+    import re
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def headless(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                           f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="no chromium: .ci/run installs Debian's chromium; elsewhere apt-get install chromium")
+def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
+    runs, folder, _ = studied
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = (folder / "index.html").as_uri()
+    dom = headless("--dump-dom", page, profile=tmp_path / "p1").stdout
+    assert "report_demo-v1" in dom and "Best trial per family" in dom and dom.count("<img") >= 5
+    headless(f"--screenshot={ARTIFACTS / 'report.png'}", "--window-size=1280,2200", page, profile=tmp_path / "p2")
+    assert Image.open(ARTIFACTS / "report.png").size == (1280, 2200)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=REPO,
+                              env={**__import__("os").environ, "RUNS_DIR": str(runs)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import urllib.request
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the MLflow UI did not start"
+                time.sleep(0.5)
+        experiment = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").get_experiment_by_name("report_demo-v1")
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        every = mlflow_runs(runs, "report_demo-v1")
+        parents = [r for r in every if r.data.tags.get("kind") in ("study", "confirm")]
+        dom = ""
+        for _ in range(3):  # the page fetches the runs after it loads
+            dom = visible_text(headless("--virtual-time-budget=30000", "--dump-dom", url, profile=tmp_path / "p3").stdout)
+            if all(p.info.run_name in dom for p in parents):
+                break
+        assert all(p.info.run_name in dom for p in parents)  # the study's parent runs are listed
+        assert f"{len(every)} matching runs" in dom  # parents and, nested under them, every trial and seed run
+        headless("--virtual-time-budget=30000", f"--screenshot={ARTIFACTS / 'mlflow_ui.png'}", "--window-size=1400,900",
+                 url, profile=tmp_path / "p4")
+        assert (ARTIFACTS / "mlflow_ui.png").stat().st_size > 10_000
+    finally:
+        import os
+        import signal
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
