@@ -5,10 +5,14 @@ running "all finite" flag is read every CHECK_EVERY steps, so the loop rarely wa
 A loss that becomes NaN or infinite, or a parameter that does, stops the trial within those steps
 (`Diverged`, carrying the history of the good epochs). With the same seed on the CPU, a trial
 reproduces its losses exactly: the seed sets the initial weights, the batch order and the noise.
+A checkpoint holds everything that decides the rest of the run (weights, optimiser states, every
+random generator, the epoch, the history, the best score), so a resumed run on the CPU ends with
+the same numbers as one that was never stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -26,6 +30,7 @@ from harness.registry import Family, get_family
 
 EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
 EpochScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each epoch
+Checkpoint = dict[str, Any]  # see `train`: model, optimizers, rng, epoch, history, best
 CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
 N_SCORE_SAMPLES = 512  # fixed-z samples scored against as many validation images each epoch
 
@@ -93,17 +98,25 @@ def _first_bad(values: Mapping[str, float]) -> str | None:
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epochs: int, seed: int,
           on_epoch: EpochCallback | None = None, progress: str | None = None,
-          scorers: Sequence[EpochScorer] | None = None) -> TrainResult:
-    """Train a fresh model; `on_epoch(epoch, metrics, model)` (epochs count from 1) returns True to stop
-    early; `scorers` score the samples after every epoch (by default pixel MMD only)."""
+          scorers: Sequence[EpochScorer] | None = None, checkpoint_every: int = 0,
+          save_checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None,
+          objective: str | None = None, minimize: bool = True) -> TrainResult:
+    """Train a fresh model, or go on from `resume`. `on_epoch(epoch, metrics, model)` (epochs count
+    from 1) returns True to stop early; `scorers` score the samples after every epoch (by default pixel
+    MMD only); every `checkpoint_every` epochs `save_checkpoint` gets the state (best = the best
+    `objective` so far)."""
     scorers = [SampleScorer(data)] if scorers is None else scorers
     torch.manual_seed(seed)
     model = family.build(params, data.channels, data.image_size).to(data.device)
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
+    first, best = 1, None
+    if resume is not None:
+        first, best = _restore(resume, model, optimizers, order, data.device), resume.get("best")
+        result.history = list(resume["history"])
     start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=progress, unit="epoch", leave=False,
+    bar = tqdm(range(first, epochs + 1), desc=progress, unit="epoch", leave=False,
                disable=True if progress is None else None)  # None: shown on a terminal only
     for epoch in bar:
         t0 = time.perf_counter()
@@ -139,12 +152,40 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
         metrics.update(epoch_seconds=seconds, train_images_per_s=seen / seconds)
         result.history.append(metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.startswith("val_")})
+        if objective in metrics and (best is None or (metrics[objective] < best) == minimize):
+            best = metrics[objective]
         if on_epoch is not None and on_epoch(epoch, metrics, model):
             result.stopped_at = epoch
             break
+        if save_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
+            save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
     bar.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], order: torch.Generator, epoch: int,
+           history: list[dict[str, float]], best: float | None, device: torch.device) -> Checkpoint:
+    """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place."""
+    return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
+                                    for k, v in model.state_dict().items()}),
+            "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
+            "rng": {"torch": torch.get_rng_state(), "order": order.get_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "epoch": epoch, "history": list(history), "best": best}
+
+
+def _restore(state: Checkpoint, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+             order: torch.Generator, device: torch.device) -> int:
+    """Put a checkpoint back; the epoch to go on with."""
+    model.load_state_dict(state["model"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    torch.set_rng_state(state["rng"]["torch"])
+    order.set_state(state["rng"]["order"])
+    if device.type == "cuda" and state["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return int(state["epoch"]) + 1
 
 
 def save_model(model: nn.Module, family: str, params: Mapping[str, Any], channels: int, image_size: int,

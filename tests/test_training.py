@@ -90,3 +90,32 @@ def test_a_trial_trains_the_same_through_a_dataloader(data):
     resident = train(vae, PARAMS, data, epochs=1, seed=4).history[-1]
     streamed = train(vae, PARAMS, data.place(torch.device("cpu"), max_bytes=0), epochs=1, seed=4).history[-1]
     assert streamed["val_recon_mse"] == resident["val_recon_mse"]
+
+
+def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
+    vae = get_family("vae")
+    straight = train(vae, PARAMS, data, epochs=4, seed=5).history
+    saved = []
+
+    train(vae, PARAMS, data, epochs=4, seed=5, checkpoint_every=2, save_checkpoint=saved.append,
+          on_epoch=lambda epoch, metrics, model: False, objective="val_recon_mse")
+    assert [c["epoch"] for c in saved] == [2]  # every 2 epochs, not after the last
+    torch.save(saved[0], tmp_path / "last.pt")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # plain tensors and numbers only
+    assert state["best"] == min(h["val_recon_mse"] for h in straight[:2])
+    resumed = train(vae, PARAMS, data, epochs=4, seed=5, resume=state).history
+    timing = ("epoch_seconds", "train_images_per_s")
+    assert len(resumed) == 4 and [{k: v for k, v in h.items() if k not in timing} for h in resumed[:2]] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in straight[:2]]
+    assert resumed[-1]["val_recon_mse"] == straight[-1]["val_recon_mse"]  # bit for bit on the CPU
+    assert resumed[-1]["val_pixel_mmd"] == straight[-1]["val_pixel_mmd"]
+
+
+def test_adversarial_runs_resume_with_their_schedule(data):
+    gan = get_family("gan")
+    params = {k: p.default for k, p in gan.space.items()} | {"batch_size": 32, "d_steps": 3}
+    straight = train(gan, params, data, epochs=3, seed=1).history
+    saved = []
+    train(gan, params, data, epochs=3, seed=1, checkpoint_every=1, save_checkpoint=saved.append)
+    resumed = train(gan, params, data, epochs=3, seed=1, resume=saved[0]).history
+    assert resumed[-1]["train_g_loss"] == straight[-1]["train_g_loss"]
