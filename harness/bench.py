@@ -105,3 +105,57 @@ def run(device: torch.device, out_dir: Path, cache_dir: Path, seconds: float = 2
                  f"statistics, {evaluation['seconds_with_cache']:.2f} s with them cached")
     lines.append(f"written to {out_dir / 'bench.json'}")
     return "\n".join(lines)
+
+
+WORKER_STUDY = """
+name = "{name}"
+version = 1
+description = "make bench-workers: the same 8 trials at each worker count"
+families = ["vae"]
+trials = 8
+epochs = {epochs}
+seed = 0
+objective = "val_recon_mse"
+checkpoint_every = 0
+[dataset]
+name = "synthfaces"
+n = 2000
+[sampler]
+name = "grid"
+[space.vae]
+kl_weight = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+"""
+
+
+def bench_workers(counts: list[int], out_dir: Path, device: str, epochs: int = 3) -> str:
+    """Trials/hour of one 8-trial study for each worker count: wall time end to end (start-up, the
+    trials, the report at the end), in one RUNS_DIR whose caches a warm-up study fills first."""
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "RUNS_DIR": str(Path(tmp) / "runs"), "STORAGE": "", "TRACKING_URI": ""}
+
+        def study(name: str, workers: int, trials: int | None = None) -> float:
+            path = Path(tmp) / f"{name}.toml"
+            path.write_text(WORKER_STUDY.format(name=name, epochs=epochs))
+            command = [sys.executable, "-m", "harness", "study", str(path), "--workers", str(workers), "--device", device]
+            command += ["--trials", str(trials)] if trials else []
+            start = time.perf_counter()
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+        study("warmup", 1, trials=1)  # the data, the domain extractor and its reference statistics, cached
+        for count in counts:
+            seconds = study(f"workers{count}", count)
+            rows.append({"workers": count, "trials": 8, "epochs": epochs, "seconds": seconds, "trials_per_hour": 8 * 3600 / seconds})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"machine": platform.node(), "cpus": os.cpu_count(), "device": device,
+              "gpus": torch.cuda.device_count(), "rows": rows}
+    (out_dir / "workers.json").write_text(json.dumps(record, indent=2))
+    lines = [f"one study of 8 trials x {epochs} epochs (conv VAE, 1,600 training images), {os.cpu_count()} CPUs, "
+             f"{torch.cuda.device_count()} GPU(s):", f"{'workers':>8} {'seconds':>9} {'trials/hour':>12}"]
+    lines += [f"{r['workers']:>8} {r['seconds']:>9.1f} {r['trials_per_hour']:>12.0f}" for r in rows]
+    return "\n".join(lines + [f"written to {out_dir / 'workers.json'}"])

@@ -37,9 +37,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     if spec.grid is not None and spec.trials > spec.grid_size:
         print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
         spec = spec.with_overrides(trials=spec.grid_size)
-    outcome = run_study(spec, Settings.from_env(), device=args.device)
+    outcome = run_study(spec, Settings.from_env(), device=args.device, workers=args.workers)
     print(outcome.message)
     return outcome.exit_code
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.search import run_worker
+    from harness.settings import Settings
+    from harness.studyfile import load_study
+
+    spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
+    spec = spec.with_dataset(args.dataset, args.data)
+    return run_worker(spec, Settings.from_env(), args.device, args.parent_run, args.share, args.index)
 
 
 def _option_value(text: str) -> Any:
@@ -75,6 +85,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     settings.prepare()
+    if args.workers:
+        from harness.bench import bench_workers
+        counts = [int(c) for c in args.workers.split(",")]
+        print(bench_workers(counts, settings.runs_dir / "bench", args.device))
+        return 0
     print(run(resolve_device(args.device), settings.runs_dir / "bench", settings.runs_dir / "cache", seconds=args.seconds))
     return 0
 
@@ -137,18 +152,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from harness.settings import Settings
-
-    settings = Settings.from_env()
-    settings.prepare()
+def _mlflow_server(backend: str, artifacts: str, host: str, port: int, workers: int) -> None:
+    """Replace this process with `mlflow server`; the store URIs go through the environment, so a
+    password in them never shows in the process list. Ctrl-C reaches the server directly."""
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow is None:
         raise UserError("the mlflow command is not installed; run `make setup`")
-    command = [mlflow, "server", "--backend-store-uri", settings.tracking_uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    if settings.artifact_root is not None:
-        command += ["--default-artifact-root", settings.artifact_root.as_uri()]
+    os.environ.update(MLFLOW_BACKEND_STORE_URI=backend, MLFLOW_ARTIFACTS_DESTINATION=artifacts)
+    os.execv(mlflow, [mlflow, "server", "--serve-artifacts", "--host", host, "--port", str(port),
+                      "--workers", str(workers)])
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from harness.settings import Settings, redact
+
+    settings = Settings.from_env()
+    settings.prepare()
+    backend = args.backend_store_uri or f"sqlite:///{settings.runs_dir / 'mlflow.db'}"
+    artifacts = args.artifacts_destination or (settings.runs_dir / "artifacts").as_uri()
+    print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
+          f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)
+    _mlflow_server(backend, artifacts, args.host, args.port, args.workers)
+    return 0  # not reached
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness.settings import Settings, redact
+
+    settings = Settings.from_env()
+    settings.prepare()
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        print(f"TRACKING_URI is a tracking server: its UI is at {redact(settings.tracking_uri)}")
+        return 0
     print(f"MLflow UI for {settings.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     if args.study:
         from harness.studyfile import load_study
@@ -159,7 +194,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if found is None:
             raise UserError(f"no MLflow experiment {name} under {settings.runs_dir}; run the study first")
         print(f"study {name}: http://{args.host}:{args.port}/#/experiments/{found.experiment_id}/runs", flush=True)
-    os.execv(mlflow, command)  # the server replaces us, so Ctrl-C reaches it directly
+    _mlflow_server(settings.tracking_uri, (settings.artifact_root or settings.runs_dir / "artifacts").as_uri(),
+                   args.host, args.port, 1)
     return 0  # not reached
 
 
@@ -201,7 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
     study.add_argument("--dataset", help="run on this dataset instead of the study's (e.g. ck, celeba, mnist)")
     study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
+    study.add_argument("--workers", type=_positive_int, default=1,
+                       help="worker processes on this machine (one per GPU when there are GPUs)")
     study.set_defaults(run=cmd_study)
+
+    worker = commands.add_parser("worker")  # started by `study --workers N`, not by hand
+    worker.add_argument("study")
+    for flag in ("--parent-run", "--device", "--dataset", "--data"):
+        worker.add_argument(flag)
+    for flag in ("--share", "--index", "--trials", "--epochs"):
+        worker.add_argument(flag, type=int)
+    worker.set_defaults(run=cmd_worker)
 
     data = commands.add_parser("data", help="inspect datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -218,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    bench.add_argument("--workers", help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
     bench.set_defaults(run=cmd_bench)
 
     latent = commands.add_parser("latent", help="latent-space pictures of a finished run: interpolation, "
@@ -245,6 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("studies", nargs="*", help="study names (e.g. vae_kl_sweep); all studies when none")
     report.add_argument("--out", type=Path, default=Path("reports"), help="where to write (default ./reports)")
     report.set_defaults(run=cmd_report)
+
+    server = commands.add_parser("server", help="an MLflow tracking server that workers on other machines log to")
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback; 0.0.0.0 for all)")
+    server.add_argument("--port", type=_positive_int, default=5000)
+    server.add_argument("--backend-store-uri", help="runs and metrics (default sqlite:///RUNS_DIR/mlflow.db; "
+                        "postgresql://user:password@host/db for several writers)")
+    server.add_argument("--artifacts-destination", help="where the server keeps artifacts (default RUNS_DIR/artifacts)")
+    server.add_argument("--workers", type=_positive_int, default=2, help="server processes")
+    server.set_defaults(run=cmd_server)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")

@@ -138,6 +138,12 @@ class SampleQuality:
         features, logits = self._features(images)
         return FeatureStats.of(features), logits
 
+    def warm(self) -> None:
+        """Compute (or find) every reference set the trials will ask for, once, before workers start."""
+        self.reference("val", min(self.settings.epoch_samples, len(self.data.val)))
+        self.reference("val", min(self.final_samples, len(self.data.val)))
+        self.reference("test", min(self.final_samples, len(self.data.test)))
+
     def epoch_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
         n = self.settings.epoch_samples
         generated, _ = self.generated(family, model, n, EPOCH_SEED)

@@ -229,7 +229,7 @@ def load_mat(path: str, key: str, layout: str, order: str, image_shape: list, si
 def load_npz(path: str, key: str, layout: str, order: str, image_shape: list, size: int, where: str = "dataset") -> LoadedImages:
     file = _existing(path, "a .npz file", where)
     try:
-        with np.load(file, allow_pickle=False) as contents:
+        with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as contents:  # closed even when it is no zip
             arrays = {k: contents[k] for k in contents.files if contents[k].dtype.kind in "uifb"}
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError
         raise UserError(f"{where}: cannot read {file} as a .npz file ({type(e).__name__}: {e})") from None

@@ -30,9 +30,11 @@ from harness.registry import Family, get_family
 from harness.settings import Settings, redact, resolve_device
 from harness.studyfile import StudySpec
 from harness.tracking import Tracker
-from harness.training import Diverged, SampleScorer, TrainResult, evaluate, fixed_samples, save_model, train
+from harness.training import (Checkpoint, Diverged, SampleScorer, TrainResult, evaluate, fixed_samples, save_model,
+                              train)
 
 N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
+CHECKPOINT = "checkpoint/last.pt"  # a run's latest checkpoint artifact, replaced every checkpoint_every epochs
 
 EpochReport = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> stop now (pruned)
 
@@ -173,15 +175,40 @@ class ConfigRunner:
                   "device": str(s.device), "objective": ",".join(s.objective_keys), **tags},
             parent_id=parent_id)
 
+    def checkpoint_of(self, run_id: str | None) -> Checkpoint | None:
+        """The last checkpoint a run left (None when it left none)."""
+        if not run_id:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.session.tracker.client.download_artifacts(run_id, CHECKPOINT, tmp)
+            except Exception:  # no checkpoint yet: the killed trial died before its first one
+                return None
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _save_checkpoint(self, run_id: str, state: Checkpoint) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(CHECKPOINT).name
+            torch.save(state, path)
+            self.session.tracker.log_artifact(run_id, path, str(Path(CHECKPOINT).parent))
+
     def run(self, run_id: str, family_name: str, params: Mapping[str, Any], seed: int, label: str,
-            report: EpochReport | None = None, on_failure: Callable[[str], None] | None = None) -> dict[str, float]:
-        """Train and score; the last epoch's metrics with the final scores. Pruned: optuna.TrialPruned."""
+            report: EpochReport | None = None, on_failure: Callable[[str], None] | None = None,
+            resume: Checkpoint | None = None) -> dict[str, float]:
+        """Train (or go on from `resume`) and score; the last epoch's metrics with the final scores.
+        Pruned: optuna.TrialPruned."""
         s, family = self.session, get_family(family_name)
         computed_before = s.quality.computed
+        if resume is not None:  # the curves go on from where the killed run stopped
+            for epoch, metrics in enumerate(resume["history"], start=1):
+                s.tracker.log_metrics(run_id, metrics, step=epoch)
+            s.tracker.set_tags(run_id, {"resumed_from_epoch": int(resume["epoch"])})
         try:
             result = train(family, params, s.data, epochs=s.spec.epochs, seed=seed, scorers=self.scorers,
                            on_epoch=lambda epoch, metrics, model: self._epoch(run_id, family, epoch, metrics, model, report),
-                           progress=label)
+                           progress=label, checkpoint_every=s.spec.checkpoint_every,
+                           save_checkpoint=lambda state: self._save_checkpoint(run_id, state), resume=resume,
+                           objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize")
             self._log_artifacts(run_id, label, family, params, result)
             if result.stopped_at is not None:
                 s.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
@@ -225,11 +252,16 @@ class ConfigRunner:
 
     def _fail(self, run_id: str, reason: str, status: str, on_failure: Callable[[str], None] | None,
               details: str = "") -> None:
-        if on_failure is not None:
-            on_failure(reason)
-        if details:
-            self.session.tracker.client.log_text(run_id, details, "error.txt")
-        self.session.tracker.end_run(run_id, status, {"state": "FAIL", "failure_reason": reason[:5000]})
+        """Record a failure as far as possible: when the disk is full, recording fails too, and must not
+        hide the reason the trial failed."""
+        steps = [lambda: on_failure(reason) if on_failure is not None else None,
+                 lambda: self.session.tracker.client.log_text(run_id, details, "error.txt") if details else None,
+                 lambda: self.session.tracker.end_run(run_id, status, {"state": "FAIL", "failure_reason": reason[:5000]})]
+        for step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the original error is what the user needs
+                pass
 
     def _log_artifacts(self, run_id: str, label: str, family: Family, params: Mapping[str, Any],
                        result: TrainResult) -> None:

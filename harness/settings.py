@@ -22,7 +22,8 @@ from harness.errors import UserError
 
 # No network here, and nobody asked to be counted: keep MLflow from phoning home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per artifact download is noise
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print one line per trial  # one line per artifact download is noise
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,22 @@ class Settings:
     storage_url: str
     tracking_uri: str
     artifact_root: Path | None  # None when a tracking server decides where artifacts go
+    heartbeat_seconds: int = 30  # trials beat this often; silent for 3 beats = their worker is gone
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         runs_dir = Path(environ.get("RUNS_DIR") or "mlruns").expanduser().resolve()
         tracking_uri = environ.get("TRACKING_URI") or f"sqlite:///{runs_dir / 'mlflow.db'}"
         local = urlsplit(tracking_uri).scheme in ("sqlite", "file", "")
+        heartbeat = environ.get("HEARTBEAT_SECONDS") or "30"
+        if not heartbeat.isdigit() or int(heartbeat) < 1:
+            raise UserError(f"HEARTBEAT_SECONDS={heartbeat} must be a whole number of seconds >= 1")
         return cls(
             runs_dir=runs_dir,
             storage_url=environ.get("STORAGE") or f"sqlite:///{runs_dir / 'optuna.db'}",
             tracking_uri=tracking_uri,
             artifact_root=runs_dir / "artifacts" if local else None,
+            heartbeat_seconds=int(heartbeat),
         )
 
     def prepare(self) -> None:

@@ -38,6 +38,7 @@ KEYS = {  # every key a study file may have, and what it means
     "epochs": "training epochs per trial",
     "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
     "seed": "seed of the sampler and of every trial's initialisation and batch order",
+    "checkpoint_every": "save a resumable checkpoint every N epochs (default 5; 0: never)",
     "scores": "[scores] extractor = auto|inception|domain, epoch_samples, final_samples, kid_subsets, "
               "kid_subset_size, pr_k",
 }
@@ -69,6 +70,7 @@ class StudySpec:
     seed: int
     objectives: tuple[Objective, ...]
     scores: ScoreSettings = ScoreSettings()
+    checkpoint_every: int = 5
     variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
 
     @property
@@ -204,8 +206,12 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
                         "measured every epoch: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
     scores = score_settings(_typed(data.get("scores", {}), dict, at + "scores"), at + "scores")
 
+    checkpoint_every = _typed(data.get("checkpoint_every", 5), int, at + "checkpoint_every")
+    if checkpoint_every < 0:
+        raise UserError(f"{at}checkpoint_every: must be >= 0 (0: never), got {checkpoint_every}")
     spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
-                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives, scores)
+                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives, scores,
+                     checkpoint_every)
     # Build both now so bad options are refused before anything runs.
     make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
     make_pruner(pruner, pruner_table, at + "pruner")

@@ -52,7 +52,7 @@ class Tracker:
 
     def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str],
                   parent_id: str | None = None) -> str:
-        tags = dict(tags) | ({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {})
+        tags = {k: str(v) for k, v in tags.items()} | ({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {})  # REST wants str
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.log_params(run.info.run_id, params)
         return run.info.run_id

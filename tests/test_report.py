@@ -83,7 +83,8 @@ def test_every_plot_is_a_png_and_the_page_is_self_contained(studied):
     assert {"vs_kl_weight.png", "curves_vae.png", "wall_times.png", "confirm.png", "importances.png"} <= {p.name for p in pngs}
     for path in pngs:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        Image.open(path).verify()
+        with Image.open(path) as picture:
+            picture.verify()
     page = (folder / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= len([p for p in pngs if p.parent == folder]) + 2  # + grids
     assert 'src="data:' in page and 'src="http' not in page and "Best trial per family" in page
@@ -110,7 +111,8 @@ def test_latent_command_with_chosen_images(studied, monkeypatch, tmp_path):
     parents, _ = split_runs(mlflow_runs(runs, "report_demo-v1"))
     best_run = next(p for p in parents if p.data.tags["kind"] == "study").data.tags["best_run_id"]
     assert main(["latent", best_run, "--from", "0,1,2", "--to", "3,4", "--apply", "5,6,7", "--out", str(tmp_path)]) == 0
-    assert Image.open(tmp_path / "arithmetic_chosen.png").size[0] > 0
+    with Image.open(tmp_path / "arithmetic_chosen.png") as picture:
+        assert picture.size[0] > 0
     assert main(["latent", best_run, "--from", "0,1", "--out", str(tmp_path)]) == 2  # --to and --apply missing
     assert main(["latent", best_run, "--from", "0", "--to", "1", "--apply", "9999", "--out", str(tmp_path)]) == 2
 
@@ -168,7 +170,8 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
     dom = headless("--dump-dom", page, profile=tmp_path / "p1").stdout
     assert "report_demo-v1" in dom and "Best trial per family" in dom and dom.count("<img") >= 5
     headless(f"--screenshot={ARTIFACTS / 'report.png'}", "--window-size=1280,2200", page, profile=tmp_path / "p2")
-    assert Image.open(ARTIFACTS / "report.png").size == (1280, 2200)
+    with Image.open(ARTIFACTS / "report.png") as shot:
+        assert shot.size == (1280, 2200)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

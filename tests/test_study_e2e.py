@@ -83,9 +83,9 @@ def test_reconstruction_grid_pairs_references_with_reconstructions(smoke_runs):
 
     run = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))[1][0]
     folder = Path(MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").download_artifacts(run.info.run_id, ""))
-    grid = Image.open(folder / "reconstructions.png")
-    # 32 pairs, 8 per row -> 16 columns x 4 rows of 32 px tiles with 2 px padding, enlarged 2x.
-    assert grid.size == (2 * (16 * 34 + 2), 2 * (4 * 34 + 2))
+    with Image.open(folder / "reconstructions.png") as grid:
+        # 32 pairs, 8 per row -> 16 columns x 4 rows of 32 px tiles with 2 px padding, enlarged 2x.
+        assert grid.size == (2 * (16 * 34 + 2), 2 * (4 * 34 + 2))
 
 
 def test_rerun_of_a_complete_grid_says_so_and_records_nothing(smoke_runs, monkeypatch, capsys):

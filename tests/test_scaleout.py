@@ -1,0 +1,201 @@
+"""Workers, a real cluster path (PostgreSQL + an MLflow tracking server), and surviving a SIGKILL."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from harness.cli import main
+from harness.data import load_dataset
+from harness.registry import get_family
+from harness.training import train
+
+from conftest import REPO, mlflow_runs, split_runs, write_study
+
+pytestmark = pytest.mark.slow
+
+
+def study_text(name: str, trials: int, epochs: int, sampler: str = "grid", checkpoint_every: int = 5) -> str:
+    space = 'kl_weight = [1e-3, 1e-2, 3e-3, 3e-4]' if sampler == "grid" else 'kl_weight = {low = 1e-4, high = 1e-2, log = true}'
+    return f"""
+name = "{name}"
+version = 1
+families = ["vae"]
+trials = {trials}
+epochs = {epochs}
+seed = 0
+objective = "val_recon_mse"
+checkpoint_every = {checkpoint_every}
+[dataset]
+name = "synthfaces"
+n = 600
+[sampler]
+name = "{sampler}"
+[space.vae]
+{space}
+latent_dim = 16
+batch_size = 64
+"""
+
+
+def harness(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_local_workers_share_one_study(tmp_path):
+    path = write_study(tmp_path, "parallel", study_text("parallel", trials=4, epochs=1))
+    env = {"RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
+    done = harness("study", str(path), "--workers", "2", env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "[worker 0]" in output and "[worker 1]" in output
+    assert "database is locked" not in output and "Traceback" not in output
+    trials = optuna.load_study(study_name="parallel-v1", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.params["kl_weight"] for t in trials) == [3e-4, 1e-3, 3e-3, 1e-2]  # the grid, each point once
+    parents, children = split_runs(mlflow_runs(tmp_path / "runs", "parallel-v1"))
+    assert len(parents) == 1 and sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    path = write_study(tmp_path, "killme", study_text("killme", trials=2, epochs=6, checkpoint_every=2).replace(
+        "kl_weight = [1e-3, 1e-2, 3e-3, 3e-4]", "kl_weight = [1e-3, 1e-2]"))
+    env = {**os.environ, "RUNS_DIR": str(runs), "HEARTBEAT_SECONDS": "1", "STORAGE": "", "TRACKING_URI": ""}
+    worker = subprocess.Popen([sys.executable, "-m", "harness", "study", str(path)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = f"sqlite:///{runs / 'optuna.db'}"
+    deadline = time.time() + 300
+    while True:  # kill it in the middle of trial 1: after epoch 3, so the epoch-2 checkpoint exists
+        time.sleep(0.2)
+        assert worker.poll() is None and time.time() < deadline, "the study ended before it could be killed"
+        try:
+            trials = optuna.load_study(study_name="killme-v1", storage=storage).trials
+        except Exception:  # not created yet
+            continue
+        if len(trials) > 1 and trials[1].state == TrialState.RUNNING and len(trials[1].intermediate_values) >= 3:
+            break
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = optuna.load_study(study_name="killme-v1", storage=storage).trials
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]  # left as the kill found it
+    time.sleep(4)  # three missed heartbeats: the trial is stale
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (("RUNS_DIR", str(runs)), ("HEARTBEAT_SECONDS", "1"), ("STORAGE", ""), ("TRACKING_URI", "")):
+            mp.setenv(key, value)
+        assert main(["study", str(path)]) == 0
+    after = optuna.load_study(study_name="killme-v1", storage=storage).trials
+    assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert after[0].value == before[0].value  # the finished trial is intact
+    assert after[2].params == after[1].params  # retried once, with the same parameters
+    resumed_from = after[2].user_attrs["resumed_from_epoch"]
+    assert resumed_from >= 2 and sorted(after[2].intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+    runs_now = mlflow_runs(runs, "killme-v1")
+    assert not [r for r in runs_now if r.info.status == "RUNNING"]  # nothing left RUNNING
+    killed = next(r for r in runs_now if r.data.tags.get("trial_number") == "1")
+    assert killed.info.status == "KILLED" and "no heartbeat" in killed.data.tags["failure_reason"]
+    retry = next(r for r in runs_now if r.data.tags.get("trial_number") == "2")
+    assert retry.data.tags["retry_of"] == "1" and retry.data.tags["resumed_from_epoch"] == str(resumed_from)
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(retry.info.run_id, "val_recon_mse")] == [1, 2, 3, 4, 5, 6]
+    # Resumed from its checkpoint, the trial ends exactly where an uninterrupted run ends.
+    vae = get_family("vae")
+    params = {k: p.default for k, p in vae.space.items()} | {"kl_weight": 1e-2, "latent_dim": 16, "batch_size": 64}
+    data = load_dataset("synthfaces", {"n": 600})
+    torch.set_num_threads(torch.get_num_threads())
+    assert after[2].value == train(vae, params, data, epochs=6, seed=0).history[-1]["val_recon_mse"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
+                    reason="set GENBENCH_TEST_POSTGRES=postgresql://... (.ci/run starts PostgreSQL and sets it)")
+def test_workers_share_postgres_and_a_tracking_server(tmp_path):
+    url = os.environ["GENBENCH_TEST_POSTGRES"]
+    password = url.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
+    name = f"pg_{uuid.uuid4().hex[:8]}"
+    path = write_study(tmp_path, name, study_text(name, trials=4, epochs=1, sampler="random"))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "harness", "server", "--port", str(port)], cwd=REPO,
+                              env={**os.environ, "RUNS_DIR": str(tmp_path / "server")},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the tracking server did not start"
+                time.sleep(0.5)
+        env = {"RUNS_DIR": str(tmp_path / "worker"), "STORAGE": url, "TRACKING_URI": f"http://127.0.0.1:{port}"}
+        done = harness("study", str(path), "--workers", "2", env=env)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert password and password not in output  # credentials are never printed
+        trials = optuna.load_study(study_name=f"{name}-v1", storage=url).trials
+        assert sorted(t.number for t in trials) == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+        assert len({t.params["kl_weight"] for t in trials}) == 4  # the workers' samplers did not repeat each other
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name(f"{name}-v1")
+        every = client.search_runs([experiment.experiment_id])
+        children = [r for r in every if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2, 3]
+        assert all(c.info.status == "FINISHED" for c in children)
+        assert "samples.png" in {a.path for a in client.list_artifacts(children[0].info.run_id)}  # through the server
+        for run in every:
+            assert password not in str(run.data.params) and password not in str(run.data.tags)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(tmp_path, monkeypatch, capsys):
+    import errno
+    import sqlite3
+
+    from harness import runs as runs_module
+
+    runs = tmp_path / "runs"
+    for key, value in (("RUNS_DIR", str(runs)), ("STORAGE", ""), ("TRACKING_URI", "")):
+        monkeypatch.setenv(key, value)
+    path = write_study(tmp_path, "full", study_text("full", trials=4, epochs=1))
+    real_save, calls = runs_module.save_png, []
+
+    def fills_up(grid, target, *args, **kwargs):
+        calls.append(target)
+        if len(calls) > 4:  # the parent run's dataset grid and trial 0's 3 grids; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_save(grid, target, *args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "save_png", fills_up)
+    assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is full" in err[0] and "the 1 finished trial(s) are kept" in err[0]
+    trials = optuna.load_study(study_name="full-v1", storage=f"sqlite:///{runs / 'optuna.db'}").trials
+    # Stopped at once: no third trial tried; the other grid points stay queued for the next run.
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+    for db in ("optuna.db", "mlflow.db"):
+        assert sqlite3.connect(runs / db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    monkeypatch.setattr(runs_module, "save_png", real_save)  # space freed: the same command goes on
+    assert main(["study", str(path)]) == 0
+    trials = optuna.load_study(study_name="full-v1", storage=f"sqlite:///{runs / 'optuna.db'}").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
