@@ -11,7 +11,11 @@ TRIALS ?=
 EPOCHS ?=
 DEVICE ?= auto
 PORT ?= 5000
+HOST ?= 127.0.0.1
+BACKEND_STORE ?=
+ARTIFACTS ?=
 PYTEST_ARGS ?=
+WORKERS ?=
 SEEDS ?= 5
 TOP ?= 1
 DATASET ?=
@@ -22,7 +26,7 @@ EXPORT ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test ui list data-check bench report confirm
+.PHONY: help setup study test ui list data-check bench bench-workers report confirm server
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -37,9 +41,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -qq -e '.[test]'
 	@touch $@
 
-study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu DATASET=ck DATA=file.mat]
+study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n]
 	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) \
-		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
+		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)") $(if $(WORKERS),--workers $(WORKERS))
 
 test: setup ## run the tests (GPU tests skip without CUDA); PYTEST_ARGS="-m 'not slow'" for the quick ones
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -58,8 +62,15 @@ confirm: setup ## re-train a study's best configurations with fresh seeds: make 
 	$(PY) -m harness confirm $(STUDY) --seeds $(SEEDS) --top $(TOP) --device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
 
+server: setup ## MLflow tracking server for workers elsewhere: make server [HOST=0.0.0.0 PORT=5000 BACKEND_STORE=postgresql://... ARTIFACTS=dir]
+	$(PY) -m harness server --host $(HOST) --port $(PORT) $(if $(BACKEND_STORE),--backend-store-uri "$(BACKEND_STORE)") \
+		$(if $(ARTIFACTS),--artifacts-destination "$(ARTIFACTS)")
+
 report: setup ## tables, plots and HTML per study in reports/ (all studies, or STUDY=name)
 	$(PY) -m harness report $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
+
+bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers (minutes); RUNS_DIR/bench/workers.json
+	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE)
 
 bench: setup ## measure speeds (data sampler vs DataLoader); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)
