@@ -72,5 +72,5 @@ report: setup ## tables, plots and HTML per study in reports/ (all studies, or S
 bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers (minutes); RUNS_DIR/bench/workers.json
 	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE)
 
-bench: setup ## measure speeds (data sampler vs DataLoader); table + RUNS_DIR/bench/bench.json
+bench: setup ## images/s fast path vs plain loop per family, compile break-even, harness overhead, sampler, scores (<5 min on a CPU); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)

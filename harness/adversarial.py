@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from harness import speed
 from harness.space import ChoiceParam, FloatParam, IntParam, Param
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -77,12 +78,14 @@ def adversarial_step(model: AdversarialPair, x: Tensor, optimizers: Mapping[str,
     """One step of whichever network's turn it is, on this batch."""
     who = model.schedule.turn
     z = torch.randn(x.shape[0], model.latent_dim, device=x.device)
-    if who == "d":
-        with torch.no_grad():
-            fake = model.generator(z)
-        loss, stats = d_loss(model, x, fake, params)
-    else:
-        loss, stats = g_loss(model, model.generator(z), params)
+    with speed.forward():  # bf16 autocast when the fast path says so
+        if who == "d":
+            with torch.no_grad():
+                fake = model.generator(z)
+            loss, stats = d_loss(model, x, fake, params)
+        else:
+            loss, stats = g_loss(model, model.generator(z), params)
+    loss = loss.float()
     optimizer = optimizers[who]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -98,8 +101,8 @@ def fixed_noise(n: int, latent_dim: int, device: torch.device) -> Tensor:
 
 def make_adam_pair(model: AdversarialPair, params: Mapping[str, Any], beta2: float = 0.999) -> dict[str, torch.optim.Optimizer]:
     betas = (params["beta1"], beta2)
-    return {"d": torch.optim.Adam(model.discriminator.parameters(), lr=params["lr_d"], betas=betas),
-            "g": torch.optim.Adam(model.generator.parameters(), lr=params["lr_g"], betas=betas)}
+    return {"d": speed.adam(model.discriminator.parameters(), lr=params["lr_d"], betas=betas),
+            "g": speed.adam(model.generator.parameters(), lr=params["lr_g"], betas=betas)}
 
 
 def adversarial_space(lr: float, beta1: float, d_steps: int, latent_dim: int = 100) -> dict[str, Param]:

@@ -26,7 +26,9 @@ from harness.evaluation import SampleQuality, reconstruction_scores
 from harness.extractors import ExtractorContext, resolve_extractor
 from harness.figures import image_grid, loss_curves, reconstruction_grid, save_png
 from harness.metrics import PIXEL_MMD_PROTOCOL
+from harness.phases import phase
 from harness.registry import Family, get_family
+from harness.speed import FastPath
 from harness.settings import Settings, redact, resolve_device
 from harness.studyfile import StudySpec
 from harness.tracking import Tracker
@@ -47,6 +49,7 @@ class Session:
     data: ImageSplits
     quality: SampleQuality
     tracker: Tracker
+    fast: FastPath  # the study's [speed] switches as they apply on this device
 
     @property
     def objective_keys(self) -> list[str]:
@@ -93,7 +96,8 @@ def open_session(spec: StudySpec, settings: Settings, device: str, headline: str
     quality = SampleQuality(extractor, reason, data, spec.scores, cache)
     quality.check([o.metric for o in spec.objectives])
     print(f"scores: {extractor.name} extractor ({reason})", flush=True)
-    return Session(spec, settings, dev, data, quality, Tracker(settings, spec.study_name))
+    fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before anything is recorded
+    return Session(spec, settings, dev, data, quality, Tracker(settings, spec.study_name), fast)
 
 
 def load_run(settings: Settings, run_id: str, device: torch.device, folder: Path) -> tuple[torch.nn.Module, Family, ImageSplits]:
@@ -170,7 +174,8 @@ class ConfigRunner:
             name, params={**params, "family": family, "epochs": s.spec.epochs, "seed": seed,
                           "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(),
                           "data.source": json.dumps({"dataset": s.spec.dataset, "options": dict(s.spec.dataset_options)}),
-                          **{f"data.{k}": v for k, v in s.data.description.items()}},
+                          **{f"data.{k}": v for k, v in s.data.description.items()},
+                          **s.fast.params(), "speed.data": "device-resident" if s.data.resident else "DataLoader"},
             tags={"study": s.spec.study_name, "family": family, "dataset": s.spec.dataset, "state": "RUNNING",
                   "device": str(s.device), "objective": ",".join(s.objective_keys), **tags},
             parent_id=parent_id)
@@ -208,15 +213,18 @@ class ConfigRunner:
                            on_epoch=lambda epoch, metrics, model: self._epoch(run_id, family, epoch, metrics, model, report),
                            progress=label, checkpoint_every=s.spec.checkpoint_every,
                            save_checkpoint=lambda state: self._save_checkpoint(run_id, state), resume=resume,
-                           objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize")
-            self._log_artifacts(run_id, label, family, params, result)
+                           objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize",
+                           fast=s.fast)
+            with phase("run artifacts"):
+                self._log_artifacts(run_id, label, family, params, result)
             if result.stopped_at is not None:
                 s.tracker.end_run(run_id, "FINISHED", {"state": "PRUNED"})
                 raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at}")
-            final = {f"test_{k}": v for k, v in evaluate(family, result.model, s.data, "test", params).items()}
-            final.update(s.quality.final_scores(family, result.model))
-            if hasattr(result.model, "encoder") and family.output_range == (0.0, 1.0):  # the VAEs
-                final.update(reconstruction_scores(family, result.model, s.data, "test", int(params["batch_size"])))
+            with phase("final scores"):
+                final = {f"test_{k}": v for k, v in evaluate(family, result.model, s.data, "test", params).items()}
+                final.update(s.quality.final_scores(family, result.model))
+                if hasattr(result.model, "encoder") and family.output_range == (0.0, 1.0):  # the VAEs
+                    final.update(reconstruction_scores(family, result.model, s.data, "test", int(params["batch_size"])))
             s.tracker.log_metrics(run_id, final | {"train_seconds": result.seconds}, step=s.spec.epochs)
             reference = "computed" if s.quality.computed > computed_before else "cached"
             s.tracker.end_run(run_id, "FINISHED", {"state": "COMPLETE", "score.reference_stats": reference})
@@ -243,12 +251,14 @@ class ConfigRunner:
                report: EpochReport | None) -> bool:
         """Log the epoch and its sample grid (the same z every epoch, so epochs are comparable)."""
         s = self.session
-        s.tracker.log_metrics(run_id, metrics, step=epoch)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"epoch_{epoch:03d}.png"
-            save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, s.data.device)), path)
-            s.tracker.log_artifact(run_id, path, "samples")
-        return report(epoch, metrics) if report is not None else False
+        with phase("tracking"):
+            s.tracker.log_metrics(run_id, metrics, step=epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"epoch_{epoch:03d}.png"
+                save_png(image_grid(fixed_samples(family, model, N_GRID_IMAGES, s.data.device)), path)
+                s.tracker.log_artifact(run_id, path, "samples")
+        with phase("optuna"):
+            return report(epoch, metrics) if report is not None else False
 
     def _fail(self, run_id: str, reason: str, status: str, on_failure: Callable[[str], None] | None,
               details: str = "") -> None:

@@ -22,6 +22,7 @@ from harness.evaluation import SCORE_OBJECTIVES, ScoreSettings, score_settings
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
 from harness.space import ChoiceParam, FixedParam, Param, describe
+from harness.speed import Speed, speed_settings
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
@@ -38,6 +39,8 @@ KEYS = {  # every key a study file may have, and what it means
     "epochs": "training epochs per trial",
     "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
     "seed": "seed of the sampler and of every trial's initialisation and batch order",
+    "speed": "[speed] the training fast path: autocast = auto|bf16|off, channels_last = auto|on|off, "
+             "fused_adam = auto|on|off, cudnn_benchmark = auto|on|off, compile = off|on",
     "checkpoint_every": "save a resumable checkpoint every N epochs (default 5; 0: never)",
     "scores": "[scores] extractor = auto|inception|domain, epoch_samples, final_samples, kid_subsets, "
               "kid_subset_size, pr_k",
@@ -71,6 +74,7 @@ class StudySpec:
     objectives: tuple[Objective, ...]
     scores: ScoreSettings = ScoreSettings()
     checkpoint_every: int = 5
+    speed: Speed = Speed()
     variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
 
     @property
@@ -209,9 +213,10 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
     checkpoint_every = _typed(data.get("checkpoint_every", 5), int, at + "checkpoint_every")
     if checkpoint_every < 0:
         raise UserError(f"{at}checkpoint_every: must be >= 0 (0: never), got {checkpoint_every}")
+    fast = speed_settings(_typed(data.get("speed", {}), dict, at + "speed"), at + "speed")
     spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
                      sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives, scores,
-                     checkpoint_every)
+                     checkpoint_every, fast)
     # Build both now so bad options are refused before anything runs.
     make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
     make_pruner(pruner, pruner_table, at + "pruner")

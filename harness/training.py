@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from harness.data import ImageSplits, from_model_range, to_model_range
 from harness.metrics import median_bandwidth, pixel_mmd
+from harness import phases, speed
 from harness.registry import Family, get_family
 
 EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
@@ -60,7 +61,7 @@ def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, pa
     model.eval()
     sums: dict[str, Tensor] = {}
     seen = 0
-    with torch.no_grad():
+    with torch.inference_mode():
         for x in data.batches(split, batch_size):
             for key, value in family.eval_step(model, to_model_range(x, family.output_range), params).items():
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
@@ -100,14 +101,23 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
           on_epoch: EpochCallback | None = None, progress: str | None = None,
           scorers: Sequence[EpochScorer] | None = None, checkpoint_every: int = 0,
           save_checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None,
-          objective: str | None = None, minimize: bool = True) -> TrainResult:
+          objective: str | None = None, minimize: bool = True, fast: speed.FastPath = speed.PLAIN) -> TrainResult:
     """Train a fresh model, or go on from `resume`. `on_epoch(epoch, metrics, model)` (epochs count
     from 1) returns True to stop early; `scorers` score the samples after every epoch (by default pixel
     MMD only); every `checkpoint_every` epochs `save_checkpoint` gets the state (best = the best
-    `objective` so far)."""
+    `objective` so far); `fast` is the fast path (harness/speed.py)."""
+    with speed.active(fast):
+        return _train(family, params, data, epochs, seed, on_epoch, progress, scorers, checkpoint_every,
+                      save_checkpoint, resume, objective, minimize, fast)
+
+
+def _train(family: Family, params: Mapping[str, Any], data: ImageSplits, epochs: int, seed: int,
+           on_epoch: EpochCallback | None, progress: str | None, scorers: Sequence[EpochScorer] | None,
+           checkpoint_every: int, save_checkpoint: Callable[[Checkpoint], None] | None, resume: Checkpoint | None,
+           objective: str | None, minimize: bool, fast: speed.FastPath) -> TrainResult:
     scorers = [SampleScorer(data)] if scorers is None else scorers
     torch.manual_seed(seed)
-    model = family.build(params, data.channels, data.image_size).to(data.device)
+    model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device), fast)
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
@@ -122,12 +132,48 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
         t0 = time.perf_counter()
         model.train()
         step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
-        sums: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
-        finite = torch.ones((), dtype=torch.bool, device=data.device)
-        seen = 0
-        for step, x in enumerate(data.train_batches(int(params["batch_size"]), order), start=1):
-            out = family.train_step(model, to_model_range(x, family.output_range), optimizers, step_params)
+        batches = data.train_batches(int(params["batch_size"]), order)
+        metrics, seen = train_epoch(family, model, optimizers, batches, step_params, fast, epoch, result.history)
+        with phases.phase("validation"):
+            metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
+        with phases.phase("epoch scores"):
+            for scorer in scorers:
+                metrics.update(scorer(family, model))
+        bad = _first_bad(metrics)
+        if bad:
+            raise Diverged(f"epoch {epoch}: {bad}", result.history)
+        seconds = time.perf_counter() - t0
+        metrics.update(epoch_seconds=seconds, train_images_per_s=seen / seconds)
+        result.history.append(metrics)
+        with phases.phase("progress bar"):
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.startswith("val_")})
+        if objective in metrics and (best is None or (metrics[objective] < best) == minimize):
+            best = metrics[objective]
+        if on_epoch is not None and on_epoch(epoch, metrics, model):
+            result.stopped_at = epoch
+            break
+        if save_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
+            with phases.phase("checkpoint"):
+                save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                batches: Iterable[Tensor], params: Mapping[str, Any], fast: speed.FastPath = speed.PLAIN,
+                epoch: int = 1, history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
+    """One pass of train_step over uint8 batches: the image-weighted mean of every output (read from
+    the device once, at the end) and the number of images seen. Diverged carries `history`."""
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    finite = torch.ones((), dtype=torch.bool, device=next(model.parameters()).device)
+    seen = 0
+    inputs = phases.timed((speed.layout(to_model_range(x, family.output_range), fast) for x in batches), "data")
+    for step, x in enumerate(inputs, start=1):
+        with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
+            out = family.train_step(model, x, optimizers, params)
+        with phases.phase("loss bookkeeping"):
             for key, value in out.items():  # a key may come from some steps only (D or G steps)
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
                 counts[key] = counts.get(key, 0) + x.shape[0]
@@ -136,32 +182,14 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
             if step % CHECK_EVERY == 0 and not finite.item():
                 raise Diverged(f"epoch {epoch}, step {step}: " + (_first_bad({k: v.item() for k, v in out.items()})
                                                                   or "a training loss became NaN or infinite"),
-                               result.history)
+                               list(history))
+    with phases.phase("loss bookkeeping"):
         metrics = {f"train_{key}": (value / counts[key]).item() for key, value in sums.items()}  # one sync
-        bad = _first_bad(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
-                                           model.named_parameters() if not torch.isfinite(p).all()), None)
-        if bad:
-            raise Diverged(f"epoch {epoch}: {bad}", result.history)
-        metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
-        for scorer in scorers:
-            metrics.update(scorer(family, model))
-        bad = _first_bad(metrics)
-        if bad:
-            raise Diverged(f"epoch {epoch}: {bad}", result.history)
-        seconds = time.perf_counter() - t0
-        metrics.update(epoch_seconds=seconds, train_images_per_s=seen / seconds)
-        result.history.append(metrics)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.startswith("val_")})
-        if objective in metrics and (best is None or (metrics[objective] < best) == minimize):
-            best = metrics[objective]
-        if on_epoch is not None and on_epoch(epoch, metrics, model):
-            result.stopped_at = epoch
-            break
-        if save_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
-            save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
-    bar.close()
-    result.seconds = time.perf_counter() - start
-    return result
+    bad = _first_bad(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
+                                       model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad:
+        raise Diverged(f"epoch {epoch}: {bad}", list(history))
+    return metrics, seen
 
 
 def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], order: torch.Generator, epoch: int,

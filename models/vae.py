@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import speed
 from harness.space import FloatParam, IntParam
 
 
@@ -148,14 +149,15 @@ def kl_weight_now(params: Mapping[str, Any]) -> float:
 
 
 def make_optimizers(model: VAE, params: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
-    return {"vae": torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])}
+    return {"vae": speed.adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])}
 
 
 def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optimizer],
                params: Mapping[str, Any]) -> dict[str, Tensor]:
-    recon, mu, logvar = model(x)
-    recon_mse = F.mse_loss(recon, x)
-    kl = kl_divergence(mu, logvar)
+    with speed.forward():  # bf16 autocast when the fast path says so; the losses in fp32
+        recon, mu, logvar = model(x)
+        recon_mse = F.mse_loss(recon.float(), x)
+        kl = kl_divergence(mu.float(), logvar.float())
     weight = kl_weight_now(params)
     loss = recon_mse + weight * kl
     opt = optimizers["vae"]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from harness.adversarial import AdversarialPair, adversarial_space, adversarial_step, fixed_noise, init_normal, make_adam_pair
+from harness import speed
 from harness.space import FloatParam, IntParam
 from models.dcgan import Discriminator, Generator
 
@@ -27,8 +28,9 @@ def gradient_penalty(model: AdversarialPair, real: Tensor, fake: Tensor) -> Tens
 
 
 def critic_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-    real_score, fake_score = model.discriminator(real).mean(), model.discriminator(fake).mean()
-    penalty = gradient_penalty(model, real, fake)
+    real_score, fake_score = model.discriminator(real).mean().float(), model.discriminator(fake).mean().float()
+    with speed.full_precision():  # the penalty's double backward stays in fp32 under the fast path
+        penalty = gradient_penalty(model, real.float(), fake.float())
     loss = fake_score - real_score + params["gp_weight"] * penalty
     return loss, {"d_loss": loss.detach(), "d_real": real_score.detach(), "d_fake": fake_score.detach(),
                   "gp": penalty.detach(), "wasserstein": (real_score - fake_score).detach()}
