@@ -19,6 +19,7 @@ roundings to 5e-3 within three steps (chaotic, not wrong); its first step is che
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -245,6 +246,24 @@ def test_bench_overhead_profiles_a_real_trial(tmp_path):
     assert 0 < r["overhead_fraction"] < 1 and r["plain_epoch_seconds"] > 0
     assert r["per_trial_seconds"]["final scores"] > 0 and r["per_trial_seconds"]["run artifacts"] > 0
     assert "%" in overhead_lines(r)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not speed.has_c_compiler(), reason="torch.compile on a CPU needs a C compiler (cc); none found")
+def test_bench_compile_finds_the_break_even(tmp_path, monkeypatch):
+    from harness.bench import bench_compile, compile_line
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    r = bench_compile(torch.device("cpu"), tmp_path / "cache", seconds=0.3)
+    assert "skipped" not in r, r
+    assert r["compiled_first_2_steps_s"] > r["eager_first_2_steps_s"]  # compiling takes time
+    assert r["compile_seconds"] == pytest.approx(r["compiled_first_2_steps_s"] - r["eager_first_2_steps_s"])
+    if r["compiled_step_ms"] < r["eager_step_ms"]:
+        saved = (r["eager_step_ms"] - r["compiled_step_ms"]) / 1000
+        assert r["break_even_steps"] == pytest.approx(r["compile_seconds"] / saved)
+    else:
+        assert r["break_even_steps"] is None and "never pays off" in compile_line(r)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")  # the cold cache was the bench's own
 
 
 @pytest.mark.slow
