@@ -119,9 +119,11 @@ def test_auto_resolves_per_device():
     assert cpu.fused_adam == speed.fused_adam_available(torch.device("cpu"))
     cuda = speed.Speed(fused_adam="off").resolve(torch.device("cuda"))
     assert (cuda.autocast, cuda.channels_last, cuda.cudnn_benchmark, cuda.fused_adam) == (True, True, True, False)
-    forced = speed.Speed(autocast="bf16", channels_last="on", compile="on").resolve(torch.device("cpu"))
-    assert (forced.autocast, forced.channels_last, forced.compile) == (True, True, True)
-    assert speed.Speed(autocast="off", channels_last="off", cudnn_benchmark="off").resolve(torch.device("cuda")).params() == {
+    forced = speed.Speed(autocast="bf16", channels_last="on").resolve(torch.device("cpu"))
+    assert (forced.autocast, forced.channels_last) == (True, True)
+    assert speed.Speed(fused_adam="off", compile="on").resolve(torch.device("cuda")).compile
+    off = speed.Speed(autocast="off", channels_last="off", fused_adam="off", cudnn_benchmark="off")
+    assert off.resolve(torch.device("cuda")).params() == {
         "speed.autocast": False, "speed.channels_last": False, "speed.fused_adam": False,
         "speed.cudnn_benchmark": False, "speed.compile": False}
 
