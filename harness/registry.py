@@ -48,6 +48,11 @@ class Family:
     output_range: tuple[float, float] = (0.0, 1.0)  # of the output activation: sigmoid (0, 1), tanh (-1, 1)
 
     @property
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter at its default: a configuration to build, bench or test with."""
+        return {name: param.default for name, param in self.space.items()}
+
+    @property
     def objectives(self) -> dict[str, str]:
         """val_<metric> -> direction, for every metric that can be an objective."""
         scored = {**self.metrics, **COMMON_METRICS}

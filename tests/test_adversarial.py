@@ -28,7 +28,7 @@ def test_threshold_schedule_switches_below_thresholds_and_at_the_cap():
 
 def test_the_schedule_position_is_saved_with_the_weights(tmp_path):
     family = get_family("gan")
-    params = {k: p.default for k, p in family.space.items()} | {"d_steps": 3}
+    params = family.defaults | {"d_steps": 3}
     model = family.build(params, 1, 32)
     model.schedule.done("d", torch.tensor(0.0))
     torch.save(model.state_dict(), tmp_path / "m.pt")

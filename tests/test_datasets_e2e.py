@@ -93,7 +93,7 @@ def test_data_check_prints_previews_and_exports_exactly(sources, runs_dir, tmp_p
 def test_a_vae_learns_the_pie_faces():
     data = load_dataset("mat", {"path": str(SHARED_DATA / "PIE_32x32.mat")})
     vae = get_family("vae")
-    params = {**{k: p.default for k, p in vae.space.items()}, "batch_size": 64}
+    params = {**vae.defaults, "batch_size": 64}
     torch.manual_seed(0)
     before = evaluate(vae, vae.build(params, 1, 32), data, "val", params)["recon_mse"]
     after = train(vae, params, data, epochs=4, seed=0).history[-1]["val_recon_mse"]

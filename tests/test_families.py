@@ -13,7 +13,7 @@ SMALL = {"width": 8, "latent_dim": 16, "batch_size": 4}  # fast on a CPU; every 
 
 def params_for(name: str, **changes) -> dict:
     family = get_family(name)
-    params = {k: p.default for k, p in family.space.items()}
+    params = family.defaults
     params.update({k: v for k, v in SMALL.items() if k in params})
     if name == "resnet_vae":
         params["latent_dim"] = 32  # a choice of the report's sizes

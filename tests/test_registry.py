@@ -71,3 +71,11 @@ def test_vae_space_names_the_reports_knobs():
     assert isinstance(space["kl_weight"], FloatParam) and space["kl_weight"].log
     assert isinstance(space["latent_dim"], IntParam)
     assert space["lr"].default == 1e-3 and space["weight_decay"].default == 1e-5  # the reports' values
+
+
+def test_defaults_are_every_parameter_at_its_default_and_a_fresh_dict():
+    vae = get_family("vae")
+    assert vae.defaults == {name: param.default for name, param in vae.space.items()}
+    assert vae.defaults["kl_weight"] == vae.space["kl_weight"].default
+    vae.defaults["lr"] = 99.0  # a caller changing its copy changes nothing for the next one
+    assert vae.defaults["lr"] == vae.space["lr"].default

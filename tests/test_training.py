@@ -113,7 +113,7 @@ def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
 
 def test_adversarial_runs_resume_with_their_schedule(data):
     gan = get_family("gan")
-    params = {k: p.default for k, p in gan.space.items()} | {"batch_size": 32, "d_steps": 3}
+    params = gan.defaults | {"batch_size": 32, "d_steps": 3}
     straight = train(gan, params, data, epochs=3, seed=1).history
     saved = []
     train(gan, params, data, epochs=3, seed=1, checkpoint_every=1, save_checkpoint=saved.append)
