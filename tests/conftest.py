@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,24 @@ def write_study(folder: Path, name: str, text: str) -> Path:
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(port: int, server: subprocess.Popen, what: str, seconds: float = 90) -> None:
+    """Until an MLflow server (UI or tracking) answers /health; fails if it exits or takes too long."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+            return
+        except OSError:
+            if server.poll() is not None:
+                said = server.stdout.read().decode(errors="replace") if server.stdout else ""
+                raise AssertionError(f"the {what} exited with {server.returncode} before serving\n{said}")
+            assert time.time() < deadline, f"the {what} did not start within {seconds:g} s"
+            time.sleep(0.5)

@@ -1,11 +1,11 @@
 """`make report`, `make confirm`, the latent tools and the pages in a browser, on a small real study."""
 
 import math
+import os
+import signal
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.report import StudyRecord, confidence, pareto_mask
 from harness.report.findings import vae_kl_sweep
 
-from conftest import REPO, mlflow_runs, split_runs, write_study
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser test leaves for people to look at
 STUDY = """
@@ -173,22 +173,12 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
     with Image.open(ARTIFACTS / "report.png") as shot:
         assert shot.size == (1280, 2200)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=REPO,
-                              env={**__import__("os").environ, "RUNS_DIR": str(runs)},
+                              env={**os.environ, "RUNS_DIR": str(runs)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        import urllib.request
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "the MLflow UI did not start"
-                time.sleep(0.5)
+        wait_until_serving(port, server, "MLflow UI")
         experiment = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").get_experiment_by_name("report_demo-v1")
         url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
         every = mlflow_runs(runs, "report_demo-v1")
@@ -204,7 +194,5 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
                  url, profile=tmp_path / "p4")
         assert (ARTIFACTS / "mlflow_ui.png").stat().st_size > 10_000
     finally:
-        import os
-        import signal
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

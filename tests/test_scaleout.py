@@ -2,12 +2,10 @@
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -24,7 +22,7 @@ from harness.data import load_dataset
 from harness.registry import get_family
 from harness.training import train
 
-from conftest import REPO, mlflow_runs, split_runs, write_study
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -128,17 +126,11 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     assert [m.step for m in client.get_metric_history(retry.info.run_id, "val_recon_mse")] == [1, 2, 3, 4, 5, 6]
     # Resumed from its checkpoint, the trial ends exactly where an uninterrupted run ends.
     vae = get_family("vae")
-    params = {k: p.default for k, p in vae.space.items()} | {"kl_weight": 1e-2, "latent_dim": 16, "batch_size": 64}
+    params = vae.defaults | {"kl_weight": 1e-2, "latent_dim": 16, "batch_size": 64}
     data = load_dataset("synthfaces", {"n": 600})
     torch.set_num_threads(torch.get_num_threads())
     fast = speed.Speed().resolve(torch.device("cpu"))  # the study's fast path (fused Adam where torch has it)
     assert after[2].value == train(vae, params, data, epochs=6, seed=0, fast=fast).history[-1]["val_recon_mse"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
@@ -153,14 +145,7 @@ def test_workers_share_postgres_and_a_tracking_server(tmp_path):
                               env={**os.environ, "RUNS_DIR": str(tmp_path / "server")},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "the tracking server did not start"
-                time.sleep(0.5)
+        wait_until_serving(port, server, "tracking server")
         env = {"RUNS_DIR": str(tmp_path / "worker"), "STORAGE": url, "TRACKING_URI": f"http://127.0.0.1:{port}"}
         done = harness("study", str(path), "--workers", "2", env=env)
         output = done.stdout + done.stderr

@@ -5,20 +5,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
-from conftest import REPO, mlflow_runs, split_runs
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -44,15 +37,7 @@ def test_ui_serves_the_runs(smoke_runs):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                get(base + "/health")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.time() < deadline, "the MLflow UI did not start within 90 s"
-                time.sleep(0.5)
+        wait_until_serving(port, server, "MLflow UI")
         experiments = json.loads(get(base + "/api/2.0/mlflow/experiments/search?max_results=50"))
         assert "smoke-v1" in {e["name"] for e in experiments["experiments"]}
         child = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))[1][0]
