@@ -91,11 +91,11 @@ def bench_evaluation(device: torch.device, cache_dir: Path) -> dict[str, Any]:
     from harness.evaluation import SampleQuality, ScoreSettings
     from harness.extractors import ExtractorContext, resolve_extractor
 
-    data = load_dataset("synthfaces", {"n": 6000, "size": 32}).place(device)
+    data = load_dataset("synthfaces", {"n": 6000, "size": 32}, cache_dir).place(device)
     extractor, reason = resolve_extractor("auto", ExtractorContext(data, device, cache_dir, download=False))
     family = get_family("vae")
     torch.manual_seed(0)
-    model = family.build({k: p.default for k, p in family.space.items()}, data.channels, data.image_size).to(device)
+    model = family.build(family.defaults, data.channels, data.image_size).to(device)
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("without_cache", "with_cache"):  # the second finds the first's statistics on disk
@@ -116,15 +116,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _defaults(family: Family) -> dict[str, Any]:
-    return {name: param.default for name, param in family.space.items()}
-
-
 def _build(family: Family, params: Mapping[str, Any], data: ImageSplits,
            fast: speed.FastPath) -> tuple[nn.Module, dict[str, torch.optim.Optimizer]]:
     torch.manual_seed(0)
     with speed.active(fast):  # the optimizers are fused or not as the path says
-        model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device), fast)
+        model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device))
         return model, family.make_optimizers(model, params)
 
 
@@ -155,7 +151,7 @@ def fast_path_runner(family: Family, params: Mapping[str, Any], data: ImageSplit
     def run_steps(n: int) -> float:
         start = time.perf_counter()
         with speed.active(fast):  # train_epoch reads its sums from the device at the end: synchronised
-            train_epoch(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1}, fast)
+            train_epoch(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1})
         return time.perf_counter() - start
 
     return run_steps
@@ -201,7 +197,7 @@ def bench_training(device: torch.device, cache_dir: Path, seconds: float, sizes:
         data = load_dataset("synthfaces", {"n": 2560, "size": size}, cache_dir).place(device)
         for name in families or family_names():
             family = get_family(name)
-            params = _defaults(family) | ({"batch_size": CPU_BATCH[name]} if device.type == "cpu" and name in CPU_BATCH else {})
+            params = family.defaults | ({"batch_size": CPU_BATCH[name]} if device.type == "cpu" and name in CPU_BATCH else {})
             row: dict[str, Any] = {"benchmark": "training", "family": name, "size": size, "device": str(device),
                                    "batch_size": params["batch_size"], "images": f"synthfaces {len(data.train)} train",
                                    "fast_path": fast.params()}
@@ -225,7 +221,7 @@ def bench_compile(device: torch.device, cache_dir: Path, seconds: float) -> dict
     if device.type == "cpu" and not speed.has_c_compiler():
         return record | {"skipped": "no C compiler: torch.compile on a CPU needs one (CC)"}
     family = get_family("vae")
-    params = _defaults(family)
+    params = family.defaults
     data = load_dataset("synthfaces", {"n": 2560, "size": size}, cache_dir).place(device)
     eager = speed.Speed().resolve(device)
     runners = {"eager": fast_path_runner(family, params, data, eager),

@@ -76,6 +76,9 @@ def phase(name: str) -> Any:
     return nullcontext() if phases is None else _timed_phase(phases, name)
 
 
+_END: Any = object()
+
+
 def timed(items: Iterable[T], name: str) -> Iterator[T]:
     """The items of an iterable, the work of producing each timed as `name` (e.g. drawing batches)."""
     iterator = iter(items)
@@ -85,9 +88,6 @@ def timed(items: Iterable[T], name: str) -> Iterator[T]:
         if item is _END:
             return
         yield item  # type: ignore[misc]
-
-
-_END: Any = object()
 
 
 @contextmanager

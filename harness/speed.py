@@ -12,8 +12,9 @@
   ("auto": on with CUDA; meaningless on a CPU).
 - compile: torch.compile of the model's parts (off unless asked: compilation takes tens of seconds,
   which short trials do not win back; `make bench` measures where it breaks even).
-Family code asks for the active settings with `forward()` (around forward passes and losses) and
-`adam(...)` (instead of torch.optim.Adam); the training loop sets them for the trial it runs.
+The training loop sets the path for the trial it runs (`active(fast)`), and everything else reads it
+from there: family code through `forward()` (around forward passes and losses) and `adam(...)`
+(instead of torch.optim.Adam), the loop through `prepare()` (the model) and `layout()` (each batch).
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def adam(params: Any, **kwargs: Any) -> torch.optim.Adam:
     return torch.optim.Adam(params, **kwargs, **({"fused": True} if _ACTIVE.get().fused_adam else {}))
 
 
-def prepare(model: torch.nn.Module, fast: FastPath) -> torch.nn.Module:
+def prepare(model: torch.nn.Module) -> torch.nn.Module:
     """Memory layout and compilation of a freshly built model (compiled in place: same state_dict keys)."""
+    fast = _ACTIVE.get()
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fast.compile:
@@ -139,5 +141,6 @@ def prepare(model: torch.nn.Module, fast: FastPath) -> torch.nn.Module:
     return model
 
 
-def layout(images: torch.Tensor, fast: FastPath) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if fast.channels_last else images
+def layout(images: torch.Tensor) -> torch.Tensor:
+    """A batch in the memory layout the model was prepared in."""
+    return images.contiguous(memory_format=torch.channels_last) if _ACTIVE.get().channels_last else images

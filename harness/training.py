@@ -108,16 +108,16 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epoch
     `objective` so far); `fast` is the fast path (harness/speed.py)."""
     with speed.active(fast):
         return _train(family, params, data, epochs, seed, on_epoch, progress, scorers, checkpoint_every,
-                      save_checkpoint, resume, objective, minimize, fast)
+                      save_checkpoint, resume, objective, minimize)
 
 
 def _train(family: Family, params: Mapping[str, Any], data: ImageSplits, epochs: int, seed: int,
            on_epoch: EpochCallback | None, progress: str | None, scorers: Sequence[EpochScorer] | None,
            checkpoint_every: int, save_checkpoint: Callable[[Checkpoint], None] | None, resume: Checkpoint | None,
-           objective: str | None, minimize: bool, fast: speed.FastPath) -> TrainResult:
+           objective: str | None, minimize: bool) -> TrainResult:
     scorers = [SampleScorer(data)] if scorers is None else scorers
     torch.manual_seed(seed)
-    model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device), fast)
+    model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device))
     optimizers = family.make_optimizers(model, params)
     order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
@@ -133,7 +133,7 @@ def _train(family: Family, params: Mapping[str, Any], data: ImageSplits, epochs:
         model.train()
         step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
         batches = data.train_batches(int(params["batch_size"]), order)
-        metrics, seen = train_epoch(family, model, optimizers, batches, step_params, fast, epoch, result.history)
+        metrics, seen = train_epoch(family, model, optimizers, batches, step_params, epoch, result.history)
         with phases.phase("validation"):
             metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
         with phases.phase("epoch scores"):
@@ -161,15 +161,15 @@ def _train(family: Family, params: Mapping[str, Any], data: ImageSplits, epochs:
 
 
 def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                batches: Iterable[Tensor], params: Mapping[str, Any], fast: speed.FastPath = speed.PLAIN,
-                epoch: int = 1, history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
-    """One pass of train_step over uint8 batches: the image-weighted mean of every output (read from
-    the device once, at the end) and the number of images seen. Diverged carries `history`."""
+                batches: Iterable[Tensor], params: Mapping[str, Any], epoch: int = 1, history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
+    """One pass of train_step over uint8 batches, on the active fast path (speed.active): the
+    image-weighted mean of every output (read from the device once, at the end) and the number of
+    images seen. Diverged carries `history`."""
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     finite = torch.ones((), dtype=torch.bool, device=next(model.parameters()).device)
     seen = 0
-    inputs = phases.timed((speed.layout(to_model_range(x, family.output_range), fast) for x in batches), "data")
+    inputs = phases.timed((speed.layout(to_model_range(x, family.output_range)) for x in batches), "data")
     for step, x in enumerate(inputs, start=1):
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
             out = family.train_step(model, x, optimizers, params)

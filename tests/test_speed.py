@@ -48,14 +48,14 @@ def data():
 def step_losses(family_name: str, fast: speed.FastPath, data, steps: int, batch_size: int = 16) -> list[dict[str, float]]:
     """The losses of the first `steps` training steps on fixed batches, from seed 0."""
     family = get_family(family_name)
-    params = {**{k: p.default for k, p in family.space.items()}, "batch_size": batch_size, "epoch": 1}
+    params = {**family.defaults, "batch_size": batch_size, "epoch": 1}
     torch.manual_seed(0)
     with speed.active(fast):
-        model = speed.prepare(family.build(params, data.channels, data.image_size), fast)
+        model = speed.prepare(family.build(params, data.channels, data.image_size))
         optimizers = family.make_optimizers(model, params)
         losses = []
         for i in range(steps):
-            x = speed.layout(to_model_range(data.train[i * batch_size:(i + 1) * batch_size], family.output_range), fast)
+            x = speed.layout(to_model_range(data.train[i * batch_size:(i + 1) * batch_size], family.output_range))
             out = family.train_step(model, x, optimizers, params)
             losses.append({k: v.item() for k, v in out.items() if k in LOSS_KEYS[family_name]})
     return losses
@@ -85,7 +85,7 @@ def test_four_steps_of_losses_stay_close_to_the_plain_path(family, data):
 
 def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
     vae = get_family("vae")
-    params = {**{k: p.default for k, p in vae.space.items()}, "batch_size": 32}
+    params = {**vae.defaults, "batch_size": 32}
 
     def val_loss(fast: speed.FastPath) -> float:
         return train(vae, params, data, epochs=2, seed=3, scorers=[], fast=fast).history[-1]["val_loss"]
@@ -98,9 +98,9 @@ def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
 
 def test_the_switches_do_what_they_say(data):
     vae = get_family("vae")
-    params = {**{k: p.default for k, p in vae.space.items()}, "batch_size": 32}
+    params = {**vae.defaults, "batch_size": 32}
     with speed.active(ALL_ON):
-        model = speed.prepare(vae.build(params, 1, 32), ALL_ON)
+        model = speed.prepare(vae.build(params, 1, 32))
         optimizer = vae.make_optimizers(model, params)["vae"]
         with speed.forward():
             recon, _, _ = model(to_model_range(data.train[:4], vae.output_range))
@@ -191,7 +191,7 @@ def test_every_trial_run_records_its_fast_path(smoke_runs):
 
 def test_profiling_splits_an_epoch_into_phases(data):
     vae = get_family("vae")
-    params = {**{k: p.default for k, p in vae.space.items()}, "batch_size": 32, "epoch": 1}
+    params = {**vae.defaults, "batch_size": 32, "epoch": 1}
     torch.manual_seed(0)
     model = vae.build(params, 1, 32)
     optimizers = vae.make_optimizers(model, params)
@@ -290,7 +290,7 @@ def test_speed_keys_are_documented():
 def test_the_cuda_fast_path_ends_close_to_fp32_on_the_same_gpu(data):
     cuda = torch.device("cuda")
     vae = get_family("vae")
-    params = {**{k: p.default for k, p in vae.space.items()}, "batch_size": 32}
+    params = {**vae.defaults, "batch_size": 32}
     placed = data.place(cuda)
     fast = speed.Speed().resolve(cuda)
     assert fast.autocast and fast.channels_last and fast.cudnn_benchmark
