@@ -6,8 +6,8 @@ Each batch is one step of one network, as the reports trained ("alternating D an
     d_threshold, then G steps until its loss falls below g_threshold, and so on; either turn ends
     after max_consecutive steps so training cannot stall. It reads each step's loss on the host.
 The schedule's position is part of the model's state_dict (extra state), so a resumed trial goes on
-where it stopped. A family supplies its losses: d_loss(model, real, fake, params) and
-g_loss(model, fake, params), each returning (loss, {metric: detached tensor}).
+where it stopped. A family supplies its losses: d_loss(model, real, fake, params, fast) and
+g_loss(model, fake, params, fast), each returning (loss, {metric: detached tensor}).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from harness import speed
+from harness.generate import GRID_SEED, fixed_z
 from harness.space import ChoiceParam, FloatParam, IntParam, Param
+from harness.speed import PLAIN, FastPath
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -74,17 +75,17 @@ class AdversarialPair(nn.Module):
 
 
 def adversarial_step(model: AdversarialPair, x: Tensor, optimizers: Mapping[str, torch.optim.Optimizer],
-                     params: Mapping[str, Any], d_loss: LossFn, g_loss: LossFn) -> dict[str, Tensor]:
+                     params: Mapping[str, Any], fast: FastPath, d_loss: LossFn, g_loss: LossFn) -> dict[str, Tensor]:
     """One step of whichever network's turn it is, on this batch."""
     who = model.schedule.turn
     z = torch.randn(x.shape[0], model.latent_dim, device=x.device)
-    with speed.forward():  # bf16 autocast when the fast path says so
+    with fast.forward():  # bf16 autocast when the fast path says so
         if who == "d":
             with torch.no_grad():
                 fake = model.generator(z)
-            loss, stats = d_loss(model, x, fake, params)
+            loss, stats = d_loss(model, x, fake, params, fast)
         else:
-            loss, stats = g_loss(model, model.generator(z), params)
+            loss, stats = g_loss(model, model.generator(z), params, fast)
     loss = loss.float()
     optimizer = optimizers[who]
     optimizer.zero_grad(set_to_none=True)
@@ -94,15 +95,11 @@ def adversarial_step(model: AdversarialPair, x: Tensor, optimizers: Mapping[str,
     return {**stats, "d_step": torch.tensor(1.0 if who == "d" else 0.0, device=x.device)}
 
 
-def fixed_noise(n: int, latent_dim: int, device: torch.device) -> Tensor:
-    """The same z for every evaluation, drawn without touching the global RNG."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def make_adam_pair(model: AdversarialPair, params: Mapping[str, Any], beta2: float = 0.999) -> dict[str, torch.optim.Optimizer]:
+def make_adam_pair(model: AdversarialPair, params: Mapping[str, Any], fast: FastPath,
+                   beta2: float = 0.999) -> dict[str, torch.optim.Optimizer]:
     betas = (params["beta1"], beta2)
-    return {"d": speed.adam(model.discriminator.parameters(), lr=params["lr_d"], betas=betas),
-            "g": speed.adam(model.generator.parameters(), lr=params["lr_g"], betas=betas)}
+    return {"d": fast.adam(model.discriminator.parameters(), lr=params["lr_d"], betas=betas),
+            "g": fast.adam(model.generator.parameters(), lr=params["lr_g"], betas=betas)}
 
 
 def adversarial_space(lr: float, beta1: float, d_steps: int, latent_dim: int = 100) -> dict[str, Param]:
@@ -141,7 +138,8 @@ def init_normal(module: nn.Module) -> None:
 
 # ---- the BCE losses of the reports' GAN and DCGAN (the discriminator outputs a logit) -----------
 
-def bce_d_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+def bce_d_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any],
+               fast: FastPath = PLAIN) -> tuple[Tensor, dict[str, Tensor]]:
     """d_loss_factor x (BCE(D(x), 1) + BCE(D(G(z)), 0)); the reports' first GAN used a factor of 1/2."""
     real_logit, fake_logit = model.discriminator(real), model.discriminator(fake)
     bce = nn.functional.binary_cross_entropy_with_logits
@@ -151,7 +149,8 @@ def bce_d_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mappi
                   "d_fake": torch.sigmoid(fake_logit).mean().detach()}
 
 
-def bce_g_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+def bce_g_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any],
+               fast: FastPath = PLAIN) -> tuple[Tensor, dict[str, Tensor]]:
     """The non-saturating generator loss BCE(D(G(z)), 1)."""
     logit = model.discriminator(fake)
     loss = nn.functional.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
@@ -161,7 +160,7 @@ def bce_g_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any]) 
 @torch.no_grad()
 def bce_eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
     """Both losses and D's mean outputs on held-out real images and fakes from a fixed z."""
-    fake = model.generator(fixed_noise(x.shape[0], model.latent_dim, x.device))
+    fake = model.generator(fixed_z(x.shape[0], model.latent_dim, GRID_SEED, x.device))
     d_loss, d_stats = bce_d_loss(model, x, fake, params)
     _, g_stats = bce_g_loss(model, fake, params)
     return {**d_stats, **g_stats}

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from harness import phases, speed
 from harness.data import ImageSplits, load_dataset, to_model_range
 from harness.registry import Family, family_names, get_family
+from harness.storage import Storage
 from harness.training import train_epoch
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
@@ -87,12 +88,12 @@ def bench_sampler(device: torch.device, n: int = 50_000, size: int = 64, batch_s
     return rows
 
 
-def bench_evaluation(device: torch.device, cache_dir: Path) -> dict[str, Any]:
+def bench_evaluation(device: torch.device, storage: Storage) -> dict[str, Any]:
     from harness.evaluation import SampleQuality, ScoreSettings
     from harness.extractors import ExtractorContext, resolve_extractor
 
-    data = load_dataset("synthfaces", {"n": 6000, "size": 32}, cache_dir).place(device)
-    extractor, reason = resolve_extractor("auto", ExtractorContext(data, device, cache_dir, download=False))
+    data = load_dataset("synthfaces", {"n": 6000, "size": 32}, storage.cache_dir).place(device)
+    extractor, reason = resolve_extractor("auto", ExtractorContext(data, device, storage.extractor_cache, download=False))
     family = get_family("vae")
     torch.manual_seed(0)
     model = family.build(family.defaults, data.channels, data.image_size).to(device)
@@ -111,17 +112,11 @@ def bench_evaluation(device: torch.device, cache_dir: Path) -> dict[str, Any]:
                                         timings["with_cache_reference_sets_computed"]]}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _build(family: Family, params: Mapping[str, Any], data: ImageSplits,
            fast: speed.FastPath) -> tuple[nn.Module, dict[str, torch.optim.Optimizer]]:
     torch.manual_seed(0)
-    with speed.active(fast):  # the optimizers are fused or not as the path says
-        model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device))
-        return model, family.make_optimizers(model, params)
+    model = fast.prepare(family.build(params, data.channels, data.image_size).to(data.device))
+    return model, family.make_optimizers(model, params, fast)  # fused or not as the path says
 
 
 def _best_rates(runners: Mapping[str, Callable[[int], float]], images_per_step: int,
@@ -150,8 +145,8 @@ def fast_path_runner(family: Family, params: Mapping[str, Any], data: ImageSplit
 
     def run_steps(n: int) -> float:
         start = time.perf_counter()
-        with speed.active(fast):  # train_epoch reads its sums from the device at the end: synchronised
-            train_epoch(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1})
+        with fast.applied():  # train_epoch reads its sums from the device at the end: synchronised
+            train_epoch(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1}, fast)
         return time.perf_counter() - start
 
     return run_steps
@@ -168,7 +163,7 @@ def plain_steps(family: Family, model: nn.Module, optimizers: Mapping[str, torch
     """The reports' loop: each batch copied to the device, one step, every loss read (`.item()`) at once."""
     totals: dict[str, float] = {}
     for x in batches:
-        for key, value in family.train_step(model, x.to(device), optimizers, params).items():
+        for key, value in family.train_step(model, x.to(device), optimizers, params, speed.PLAIN).items():
             totals[key] = totals.get(key, 0.0) + value.item()
     return totals
 
@@ -252,26 +247,24 @@ def bench_compile(device: torch.device, cache_dir: Path, seconds: float) -> dict
     return record
 
 
-def bench_overhead(device: torch.device, cache_dir: Path) -> dict[str, Any]:
+def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
     """One real, profiled vae_kl_sweep trial, and the plain loop's epochs on the same model and data."""
-    from harness.runs import open_session
     from harness.search import run_study
-    from harness.settings import Settings
+    from harness.session import open_session
     from harness.space import suggest
     from harness.studyfile import load_study
 
     epochs = 3
     spec = dataclasses.replace(load_study("vae_kl_sweep").with_overrides(trials=1, epochs=epochs), checkpoint_every=2)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(tmp) / "runs"
-        runs.mkdir()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        (runs / "cache").symlink_to(cache_dir.resolve(), target_is_directory=True)  # data, extractor, reference stats
-        settings = Settings.from_env({"RUNS_DIR": str(runs)})
-        session = open_session(spec, settings, str(device), "overhead: warming the caches for one vae_kl_sweep trial")
+        scratch = Storage.from_env({"RUNS_DIR": str(Path(tmp) / "runs")})
+        scratch.prepare()
+        storage.cache_dir.mkdir(parents=True, exist_ok=True)  # data, extractor, reference stats: shared with RUNS_DIR
+        scratch.cache_dir.symlink_to(storage.cache_dir.resolve(), target_is_directory=True)
+        session = open_session(spec, scratch, str(device), "overhead: warming the caches for one vae_kl_sweep trial")
         session.quality.warm()  # computed once per dataset in real use; `evaluation` above measures that cost
         with phases.profiling(device) as profile:
-            run_study(spec, settings, str(device))
+            run_study(spec, scratch, str(device), profiler=profile)
     per_trial = ("final scores", "run artifacts")
     per_epoch = {name: seconds / epochs for name, seconds in profile.seconds.items() if name not in per_trial}
     epoch_seconds = sum(per_epoch.values())
@@ -301,14 +294,15 @@ def bench_overhead(device: torch.device, cache_dir: Path) -> dict[str, Any]:
             "plain_epoch_seconds": sum(plain) / epochs}
 
 
-def run(device: torch.device, out_dir: Path, cache_dir: Path, seconds: float = 2.0) -> str:
+def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"make bench on {name} ({torch.get_num_threads()} threads), about {seconds:g} s per measurement", flush=True)
-    training = bench_training(device, cache_dir, seconds)
-    compiled = bench_compile(device, cache_dir, seconds)
-    overhead = bench_overhead(device, cache_dir)
+    training = bench_training(device, storage.cache_dir, seconds)
+    compiled = bench_compile(device, storage.cache_dir, seconds)
+    overhead = bench_overhead(device, storage)
     rows = bench_sampler(device, seconds=seconds)
-    evaluation = bench_evaluation(device, cache_dir)
+    evaluation = bench_evaluation(device, storage)
+    out_dir = storage.bench_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device_name": name,

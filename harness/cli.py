@@ -29,7 +29,7 @@ def _positive_int(text: str) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from harness.search import run_study
-    from harness.settings import Settings
+    from harness.storage import Storage
     from harness.studyfile import load_study
 
     spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
@@ -37,19 +37,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     if spec.grid is not None and spec.trials > spec.grid_size:
         print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
         spec = spec.with_overrides(trials=spec.grid_size)
-    outcome = run_study(spec, Settings.from_env(), device=args.device, workers=args.workers)
-    print(outcome.message)
-    return outcome.exit_code
+    result = run_study(spec, Storage.from_env(), device=args.device, workers=args.workers)
+    print(result.message)
+    return result.exit_code
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from harness.search import run_worker
-    from harness.settings import Settings
+    from harness.storage import Storage
     from harness.studyfile import load_study
 
     spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
     spec = spec.with_dataset(args.dataset, args.data)
-    return run_worker(spec, Settings.from_env(), args.device, args.parent_run, args.share, args.index)
+    return run_worker(spec, Storage.from_env(), args.device, args.parent_run, args.share, args.index)
 
 
 def _option_value(text: str) -> Any:
@@ -62,7 +62,7 @@ def _option_value(text: str) -> Any:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from harness.datacheck import check
-    from harness.settings import Settings
+    from harness.storage import Storage
 
     options: dict[str, Any] = {}
     for item in args.option:
@@ -72,25 +72,25 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         options[key.strip()] = _option_value(value.strip())
     if args.key:
         options["key"] = args.key
-    settings = Settings.from_env()
-    settings.prepare()
-    preview = args.preview or settings.runs_dir / "data-check" / f"{Path(args.source).stem or 'data'}.png"
-    print(check(args.source, args.dataset, options, settings.runs_dir / "cache", preview, args.export))
+    storage = Storage.from_env()
+    storage.prepare()
+    preview = args.preview or storage.data_check_dir / f"{Path(args.source).stem or 'data'}.png"
+    print(check(args.source, args.dataset, options, storage.cache_dir, preview, args.export))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import run
-    from harness.settings import Settings, resolve_device
+    from harness.bench import bench_workers, run
+    from harness.devices import resolve_device
+    from harness.storage import Storage
 
-    settings = Settings.from_env()
-    settings.prepare()
+    storage = Storage.from_env()
+    storage.prepare()
     if args.workers:
-        from harness.bench import bench_workers
         counts = [int(c) for c in args.workers.split(",")]
-        print(bench_workers(counts, settings.runs_dir / "bench", args.device))
+        print(bench_workers(counts, storage.bench_dir, args.device))
         return 0
-    print(run(resolve_device(args.device), settings.runs_dir / "bench", settings.runs_dir / "cache", seconds=args.seconds))
+    print(run(resolve_device(args.device), storage, seconds=args.seconds))
     return 0
 
 
@@ -105,16 +105,15 @@ def cmd_latent(args: argparse.Namespace) -> int:
     import tempfile
 
     from harness import latent
+    from harness.devices import resolve_device
     from harness.figures import save_png
-    from harness.runs import load_run
-    from harness.settings import Settings, resolve_device
-    from harness.tracking import Tracker
+    from harness.storage import Storage
 
-    settings = Settings.from_env()
-    settings.prepare()
-    out = args.out or settings.runs_dir / "latent" / args.run_id
+    storage = Storage.from_env()
+    storage.prepare()
+    out = args.out or storage.latent_dir(args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        model, family, data = load_run(settings, args.run_id, resolve_device(args.device), Path(tmp))
+        model, family, data = latent.load_run(storage, args.run_id, resolve_device(args.device), Path(tmp))
     source, target, apply = (_indexes_or_label(x) for x in (args.source, args.target, args.apply))
     groups = (source, target) if isinstance(source, str) and isinstance(target, str) else ("neutral", "happy")
     written = latent.make_all(model, family, data, out, args.variance, groups)
@@ -124,30 +123,29 @@ def cmd_latent(args: argparse.Namespace) -> int:
                             "--from 3,7 --to 1,4 --apply 10,11,12")
         save_png(latent.arithmetic(model, family, data, source, target, apply), out / "arithmetic_chosen.png")
         written.append(out / "arithmetic_chosen.png")
-    tracker = Tracker(settings, None)
+    client = storage.mlflow()
     for path in written:
-        tracker.client.log_artifact(args.run_id, str(path), "latent")
+        client.log_artifact(args.run_id, str(path), "latent")
     print("\n".join(f"wrote {p} (and to run {args.run_id} under latent/)" for p in written))
     return 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.confirm import run_confirm
-    from harness.settings import Settings
+    from harness.storage import Storage
     from harness.studyfile import load_study
 
     spec = load_study(args.study).with_overrides(epochs=args.epochs).with_dataset(args.dataset, args.data)
-    outcome = run_confirm(spec, Settings.from_env(), args.seeds, args.top, device=args.device)
-    print(outcome.message)
-    return outcome.exit_code
+    result = run_confirm(spec, Storage.from_env(), args.seeds, args.top, device=args.device)
+    print(result.message)
+    return result.exit_code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build
-    from harness.settings import Settings
+    from harness.storage import Storage
 
-    settings = Settings.from_env()
-    pages = build(settings, args.studies or None, args.out)
+    pages = build(Storage.from_env(), args.studies or None, args.out)
     print("\n".join(f"wrote {p}" for p in pages))
     return 0
 
@@ -164,12 +162,13 @@ def _mlflow_server(backend: str, artifacts: str, host: str, port: int, workers: 
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from harness.settings import Settings, redact
+    from harness.errors import redact
+    from harness.storage import Storage
 
-    settings = Settings.from_env()
-    settings.prepare()
-    backend = args.backend_store_uri or f"sqlite:///{settings.runs_dir / 'mlflow.db'}"
-    artifacts = args.artifacts_destination or (settings.runs_dir / "artifacts").as_uri()
+    storage = Storage.from_env()
+    storage.prepare()
+    backend = args.backend_store_uri or storage.local_backend_uri
+    artifacts = args.artifacts_destination or storage.artifacts_uri
     print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
           f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)
     _mlflow_server(backend, artifacts, args.host, args.port, args.workers)
@@ -177,25 +176,24 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from harness.settings import Settings, redact
+    from harness.errors import redact
+    from harness.storage import Storage
 
-    settings = Settings.from_env()
-    settings.prepare()
-    if settings.tracking_uri.startswith(("http://", "https://")):
-        print(f"TRACKING_URI is a tracking server: its UI is at {redact(settings.tracking_uri)}")
+    storage = Storage.from_env()
+    storage.prepare()
+    if storage.tracking_uri.startswith(("http://", "https://")):
+        print(f"TRACKING_URI is a tracking server: its UI is at {redact(storage.tracking_uri)}")
         return 0
-    print(f"MLflow UI for {settings.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {storage.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     if args.study:
         from harness.studyfile import load_study
-        from harness.tracking import Tracker
 
         name = load_study(args.study).study_name
-        found = Tracker(settings, None).client.get_experiment_by_name(name)
+        found = storage.mlflow().get_experiment_by_name(name)
         if found is None:
-            raise UserError(f"no MLflow experiment {name} under {settings.runs_dir}; run the study first")
+            raise UserError(f"no MLflow experiment {name} under {storage.runs_dir}; run the study first")
         print(f"study {name}: http://{args.host}:{args.port}/#/experiments/{found.experiment_id}/runs", flush=True)
-    _mlflow_server(settings.tracking_uri, (settings.artifact_root or settings.runs_dir / "artifacts").as_uri(),
-                   args.host, args.port, 1)
+    _mlflow_server(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)
     return 0  # not reached
 
 
@@ -207,7 +205,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("families:")
     for name in family_names():
         family = get_family(name)
-        print(f"  {name:<12} {family.help}")
+        print(f"  {name:<12} {family.kind}: {family.help}")
+        print("      reference configuration (the seed reports'): "
+              + ", ".join(f"{k}={v!r}" for k, v in family.reference.items()))
         for param, p in family.space.items():
             print(f"      {param:<14} {p.describe()}  default {p.default!r}  {p.help}")
     print("datasets:")
@@ -226,7 +226,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return status
 
 
+MLFLOW_QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true",  # no network here, and nobody asked to be counted
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per artifact download is noise
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # we print one line per trial
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in MLFLOW_QUIET.items():  # before MLflow is imported: it decides about telemetry then
+        os.environ.setdefault(key, value)
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -13,18 +13,23 @@ Running it again only trains the (configuration, seed) pairs that have no finish
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
-import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from harness.errors import UserError
-from harness.loaders import warn
-from harness.runs import ConfigRunner, open_session
-from harness.search import EXTRACTOR_ATTR, IDENTITY_ATTR, Outcome, check_identity, open_storage
-from harness.settings import Settings
+from harness.errors import UserError, warn
+from harness.keys import Attr, Tag
+from harness.outcome import FailureKind, State
+from harness.publish import Publisher
+from harness.search import EXTRACTOR_ATTR, IDENTITY_ATTR, StudyResult, check_identity
+from harness.session import open_session
 from harness.space import suggest
+from harness.storage import Storage
 from harness.studyfile import StudySpec
+from harness.tracking import Tracker, runs_frame
+from harness.trial import TrialJob, TrialRunner
 
 
 def best_trials(study: optuna.Study, spec: StudySpec, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -34,7 +39,7 @@ def best_trials(study: optuna.Study, spec: StudySpec, top: int) -> list[optuna.t
     reverse = spec.objectives[0].direction == "maximize"
     chosen = []
     for family in spec.families:
-        mine = [t for t in complete if t.user_attrs.get("family", spec.families[0]) == family]
+        mine = [t for t in complete if t.user_attrs.get(Attr.FAMILY, spec.families[0]) == family]
         chosen += sorted(mine, key=lambda t: t.values[0], reverse=reverse)[:top]
     return chosen
 
@@ -46,51 +51,53 @@ def trial_params(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[str,
     return family, suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.spaces[family], prefix)
 
 
-def run_confirm(spec: StudySpec, settings: Settings, seeds: int, top: int, device: str = "auto") -> Outcome:
-    settings.prepare()
+def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto") -> StudyResult:
+    storage.prepare()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(settings.storage_url)
     try:
-        study = optuna.load_study(study_name=spec.study_name, storage=storage)
+        study = optuna.load_study(study_name=spec.study_name, storage=storage.optuna())
     except KeyError:
-        raise UserError(f"no study {spec.study_name} under {settings.runs_dir}; run it first: make study STUDY={spec.name}") from None
-    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, settings.storage_url)
+        raise UserError(f"no study {spec.study_name} under {storage.runs_dir}; run it first: make study STUDY={spec.name}") from None
+    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
     trials = best_trials(study, spec, top)
     seed_list = [spec.seed + 1 + i for i in range(seeds)]
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    done_runs = mlflow.search_runs(experiment_names=[spec.study_name], filter_string="tags.confirm = 'true' and "
-                                   "tags.state = 'COMPLETE'", max_results=100_000)
-    done = set() if done_runs.empty else set(zip(done_runs["tags.config"], done_runs["params.seed"].astype(int)))
+    done_runs = runs_frame(storage.mlflow(), spec.study_name,
+                           f"tags.{Tag.CONFIRM} = 'true' and tags.{Tag.STATE} = 'COMPLETE'")
+    done = set() if done_runs.empty else set(zip(done_runs[f"tags.{Tag.CONFIG}"], done_runs["params.seed"].astype(int)))
     todo = [(t, s) for t in trials for s in seed_list if (f"trial-{t.number}", s) not in done]
     if not todo:
-        return Outcome(0, f"{spec.study_name}: every chosen configuration already has runs for seeds {seed_list}; "
-                          "make report shows them")
-    session = open_session(spec, settings, device, f"confirm {spec.study_name}: {len(trials)} configuration(s) x "
-                                                   f"{seeds} seeds, {len(todo)} run(s) to train")
+        return StudyResult(0, f"{spec.study_name}: every chosen configuration already has runs for seeds {seed_list}; "
+                              "make report shows them")
+    session = open_session(spec, storage, device, f"confirm {spec.study_name}: {len(trials)} configuration(s) x "
+                                                  f"{seeds} seeds, {len(todo)} run(s) to train")
     check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
-                   settings.storage_url)
-    parent_id = session.start_parent(f"{spec.name}-confirm", "confirm", {"confirm.seeds": ",".join(map(str, seed_list)),
-                                                                         "confirm.top": top})
-    runner, key = ConfigRunner(session), session.objective_keys[0]
+                   storage.storage_url)
+    publisher = Publisher(session, Tracker(storage, spec.study_name))
+    parent_id = publisher.start_parent(f"{spec.name}-confirm", "confirm", {"confirm.seeds": ",".join(map(str, seed_list)),
+                                                                           "confirm.top": top})
+    runner, key = TrialRunner(session), session.objective_keys[0]
     failed = 0
     try:
         for trial, seed in todo:
             family, params = trial_params(trial, spec)
-            run_id = runner.start(family, params, seed, f"confirm-t{trial.number}-s{seed}",
-                                  {"confirm": "true", "config": f"trial-{trial.number}", "source_trial": trial.number},
-                                  parent_id)
-            try:
-                scores = runner.run(run_id, family, params, seed, f"trial {trial.number} seed {seed}")
-                print(f"trial {trial.number:>3} ({family}) seed {seed}: {key}={scores[key]:.4g} "
+            run_id = publisher.start_trial(family, params, seed, f"confirm-t{trial.number}-s{seed}",
+                                           {Tag.CONFIRM: "true", Tag.CONFIG: f"trial-{trial.number}",
+                                            "source_trial": trial.number}, parent_id)
+            with tempfile.TemporaryDirectory(prefix="genbench-confirm-") as scratch:
+                outcome = runner.run(TrialJob(family, params, seed, f"trial {trial.number} seed {seed}"),
+                                     publisher.sink(run_id), Path(scratch))
+                publisher.publish(run_id, outcome)
+            if outcome.state == State.COMPLETE:
+                print(f"trial {trial.number:>3} ({family}) seed {seed}: {key}={outcome.metrics[key]:.4g} "
                       f"(the trial had {trial.values[0]:.4g})", flush=True)
-            except (optuna.TrialPruned, KeyboardInterrupt):
-                raise
-            except Exception as e:  # recorded in its run; the other seeds go on
-                failed += 1
-                warn(f"trial {trial.number} seed {seed} failed: {type(e).__name__}: {e}")
+                continue
+            if outcome.failure is not None and outcome.failure.kind == FailureKind.INTERRUPTED:
+                raise KeyboardInterrupt
+            failed += 1  # recorded in its run; the other seeds go on
+            warn(f"trial {trial.number} seed {seed} failed: {outcome.failure.reason if outcome.failure else outcome.state}")
     except KeyboardInterrupt:
-        session.tracker.end_run(parent_id, "KILLED", {"state": "INTERRUPTED"})
+        publisher.tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
         raise
-    session.tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
-    return Outcome(1 if failed == len(todo) else 0,
-                   f"{len(todo) - failed} run(s) finished, {failed} failed; `make report STUDY={spec.name}` shows mean ± 95% CI")
+    publisher.tracker.end_run(parent_id, "FINISHED", {Tag.STATE: "FINISHED"})
+    return StudyResult(1 if failed == len(todo) else 0,
+                       f"{len(todo) - failed} run(s) finished, {failed} failed; `make report STUDY={spec.name}` shows mean ± 95% CI")

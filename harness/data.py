@@ -11,9 +11,6 @@ Validation drives the objective; test is kept for final scores.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -24,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from harness import loaders, synthfaces
+from harness.cache import key_of, load_or_build
 from harness.errors import UserError
 from harness.loaders import TEST, TRAIN, VAL, LoadedImages
 
@@ -204,23 +202,18 @@ def _load_cached(spec: DatasetSpec, options: Mapping[str, Any], cache_dir: Path)
         return spec.load(**options)  # the loader says what is missing
     recipe = {"dataset": spec.name, "version": CACHE_VERSION, "source": loaders.fingerprint(options["path"]),
               **{k: v for k, v in options.items() if k != "path"}}  # the file's content, not where it lies
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_dir / f"{spec.name}-{key}.pt"
-    if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            return LoadedImages(stored["images"], stored["split"], stored["labels"], tuple(stored["label_names"]),
-                                {**stored["source"], "cache": str(path)}, dict(stored.get("label_classes", {})))
-        except Exception as e:  # a cache file cut short by a crash: rebuild it
-            loaders.warn(f"ignoring unreadable cache {path} ({type(e).__name__}); decoding the source again")
-    loaded = spec.load(**options)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"images": loaded.images, "split": loaded.split, "labels": loaded.labels,
-                "label_names": list(loaded.label_names), "source": loaded.source,
-                "label_classes": loaded.label_classes}, partial)
-    partial.replace(path)  # atomic: a reader never sees half a cache file
-    loaded.source = {**loaded.source, "cache": str(path)}
+    path = cache_dir / f"{spec.name}-{key_of(recipe)}.pt"
+
+    def build() -> dict[str, Any]:
+        loaded = spec.load(**options)
+        return {"images": loaded.images, "split": loaded.split, "labels": loaded.labels,
+                "label_names": list(loaded.label_names), "source": loaded.source, "label_classes": loaded.label_classes}
+
+    def parse(stored: dict[str, Any]) -> LoadedImages:
+        return LoadedImages(stored["images"], stored["split"], stored["labels"], tuple(stored["label_names"]),
+                            {**stored["source"], "cache": str(path)}, dict(stored.get("label_classes", {})))
+
+    loaded, _ = load_or_build(path, build, parse, "dataset cache")
     return loaded
 
 

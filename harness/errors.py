@@ -1,9 +1,38 @@
-"""The one exception type for a user's mistake (bad file, bad option, bad path).
+"""What a user sees when something is wrong: one exception type for their mistakes, one-line warnings,
+and URLs with their passwords taken out before they reach any message.
 
-The CLI prints its message on one line and exits non-zero, without a traceback. Anything else
-that escapes is a bug in genbench and keeps its traceback.
+The CLI prints a UserError's message on one line and exits non-zero, without a traceback. Anything
+else that escapes is a bug in genbench and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit, urlunsplit
 
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr: something the user should know that does not stop the work."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, fit to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_text(text: str, *urls: str) -> str:
+    """A message (an exception's, say) with the passwords of these URLs taken out wherever they appear."""
+    for url in urls:
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+    return text

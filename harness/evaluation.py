@@ -13,9 +13,7 @@ VAE families also get reconstruction scores on the test split: BCE, ELBO, PSNR, 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,17 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.data import ImageSplits, did_you_mean, from_model_range, to_model_range
-from harness.errors import UserError
+from harness import keys
+from harness.cache import key_of, load_or_build, sha256_tensor
+from harness.data import ImageSplits, did_you_mean, to_model_range
+from harness.errors import UserError, warn
 from harness.extractors import Extractor, extractor_names
-from harness.loaders import warn
+from harness.generate import fixed_samples
+from harness.metrics import gaussian_kl
 from harness.registry import Family
 from harness.scores import (FeatureStats, frechet_distance, inception_score, kernel_distance, precision_recall,
                             to_uint8)
 
-# Objectives a study may name besides the families' val_<metric>: resolved to the extractor's names.
-SCORE_OBJECTIVES = {"fd": "minimize", "kd": "minimize", "precision": "maximize", "recall": "maximize",
-                    "is": "maximize", "val_fd": "minimize"}
 EPOCH_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-epoch and the final samples
 BATCH = 250  # images per forward pass when sampling and extracting
 
@@ -50,18 +48,13 @@ class ScoreSettings:
     kid_subset_size: int = 1000
     pr_k: int = 3
 
-    def resolve(self, objective: str, extractor: Extractor) -> str:
-        """A study's objective -> the metric key it is logged under (fd -> fd_domain or fid)."""
-        if objective == "val_fd":
-            return "val_" + extractor.score_name("fd")
-        return extractor.score_name(objective) if objective in SCORE_OBJECTIVES else objective
-
 
 class SampleQuality:
     def __init__(self, extractor: Extractor, reason: str, data: ImageSplits, settings: ScoreSettings, cache_dir: Path):
+        """cache_dir: where reference statistics are kept (Storage.reference_cache)."""
         self.extractor, self.reason, self.data, self.settings = extractor, reason, data, settings
         self.final_samples = settings.final_samples or (10_000 if data.device.type == "cuda" else 2_000)
-        self.cache_dir = cache_dir / "reference"
+        self.cache_dir = cache_dir
         self.computed = 0  # reference statistics computed here rather than found in the cache
         self._memo: dict[tuple[str, int], FeatureStats] = {}
 
@@ -104,37 +97,25 @@ class SampleQuality:
         n = len(images)
         if (split, n) in self._memo:
             return self._memo[(split, n)]
-        key = hashlib.sha256(json.dumps({
-            "extractor": self.extractor.identity, "data_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
-            "split": split, "n": n, "input": self.extractor.input_description, "version": 1}, sort_keys=True).encode()).hexdigest()[:24]
-        path = self.cache_dir / f"{self.extractor.name}-{split}-{n}-{key}.pt"
-        stats = None
-        if path.is_file():
-            try:
-                stored = torch.load(path, map_location="cpu", weights_only=True)
-                stats = FeatureStats(stored["mu"], stored["sigma"], stored["features"].double())
-            except Exception:  # cut short by a crash: compute again
-                stats = None
-        if stats is None:
+        key = key_of({"extractor": self.extractor.identity, "data_sha256": sha256_tensor(images), "split": split,
+                      "n": n, "input": self.extractor.input_description, "version": 1}, length=24)
+
+        def build() -> dict[str, Tensor]:
             features, _ = self._features(images)
             stats = FeatureStats.of(features)
-            self.computed += 1
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"mu": stats.mu, "sigma": stats.sigma, "features": features}, partial)
-            partial.replace(path)
+            return {"mu": stats.mu, "sigma": stats.sigma, "features": features}
+
+        stats, built = load_or_build(self.cache_dir / f"{self.extractor.name}-{split}-{n}-{key}.pt", build,
+                                     lambda stored: FeatureStats(stored["mu"], stored["sigma"], stored["features"].double()),
+                                     "reference statistics")
+        self.computed += built
         self._memo[(split, n)] = stats
         return stats
 
     @torch.no_grad()
     def generated(self, family: Family, model: nn.Module, n: int, seed: int) -> tuple[FeatureStats, Tensor | None]:
         """Features of n samples from a fixed z, turned into uint8 images as real ones are stored."""
-        was_training = model.training
-        model.eval()
-        z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        images = torch.cat([to_uint8(from_model_range(model.sample(z[s:s + BATCH].to(self.data.device)).float(),
-                                                      family.output_range)).cpu() for s in range(0, n, BATCH)])
-        model.train(was_training)
+        images = to_uint8(fixed_samples(model, family.output_range, n, seed, self.data.device, batch=BATCH)).cpu()
         features, logits = self._features(images)
         return FeatureStats.of(features), logits
 
@@ -148,23 +129,30 @@ class SampleQuality:
         n = self.settings.epoch_samples
         generated, _ = self.generated(family, model, n, EPOCH_SEED)
         reference = self.reference("val", min(n, len(self.data.val)))
-        return {"val_" + self.extractor.score_name("fd"): frechet_distance(generated, reference)}
+        return {keys.epoch_score_key(self.extractor.name): frechet_distance(generated, reference)}
 
     def final_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
-        s, name = self.settings, self.extractor.score_name
+        """Scores against the validation split (unprefixed: fd_domain, the objective) and the test
+        split (test_fd_domain: reported, never selected on)."""
+        s = self.settings
         generated, logits = self.generated(family, model, self.final_samples, FINAL_SEED)
         scores: dict[str, float] = {}
-        for split, prefix in (("val", ""), ("test", "test_")):
+        for split in ("val", "test"):
+            def key(kind: str) -> str:
+                name = keys.score_key(kind, self.extractor.name)
+                return name if split == "val" else keys.split_key(split, name)
+
             reference = self.reference(split, min(self.final_samples, len(getattr(self.data, split))))
             kd, kd_std = kernel_distance(generated, reference, s.kid_subsets, s.kid_subset_size)
-            scores.update({prefix + name("fd"): frechet_distance(generated, reference), prefix + name("kd"): kd,
-                           prefix + name("kd") + "_std": kd_std})
+            scores.update({key("fd"): frechet_distance(generated, reference), key("kd"): kd,
+                           keys.std_key(key("kd")): kd_std})
             if min(len(reference.features), len(generated.features)) > s.pr_k:  # else too few for k-NN balls
                 precision, recall = precision_recall(generated, reference, s.pr_k)
-                scores.update({prefix + name("precision"): precision, prefix + name("recall"): recall})
+                scores.update({key("precision"): precision, key("recall"): recall})
         if logits is not None:
             mean, std = inception_score(logits)
-            scores.update({name("is"): mean, name("is") + "_std": std})
+            name = keys.score_key("is", self.extractor.name)
+            scores.update({name: mean, keys.std_key(name): std})
         return scores
 
 
@@ -176,6 +164,8 @@ def reconstruction_scores(family: Family, model: nn.Module, data: ImageSplits, s
     decode(mu) per image, averaged."""
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+    if not family.autoencoder:
+        raise ValueError(f"reconstruction scores need an autoencoder; {family.name} is {family.kind}")
     device = data.device
     psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)).to(device)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
@@ -189,14 +179,14 @@ def reconstruction_scores(family: Family, model: nn.Module, data: ImageSplits, s
         eps = torch.randn(mu.shape, generator=generator).to(device)
         sampled = model.decoder(mu + eps * torch.exp(0.5 * logvar)).clamp(1e-6, 1 - 1e-6)
         log_likelihood = -F.binary_cross_entropy(sampled, x, reduction="none").flatten(1).sum(1)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        kl = gaussian_kl(mu, logvar).sum(1)
         bce_sum += F.binary_cross_entropy(mean, x, reduction="none").flatten(1).mean(1).sum().item()
         elbo_sum += (log_likelihood - kl).sum().item()
         psnr.update(mean, x)
         ssim.update(mean, x)
         n += len(x)
-    return {f"{split}_bce": bce_sum / n, f"{split}_elbo": elbo_sum / n, f"{split}_psnr": psnr.compute().item(),
-            f"{split}_ssim": ssim.compute().item()}
+    values = {"bce": bce_sum / n, "elbo": elbo_sum / n, "psnr": psnr.compute().item(), "ssim": ssim.compute().item()}
+    return {keys.split_key(split, metric): value for metric, value in values.items()}
 
 
 def score_settings(table: Mapping[str, Any], where: str) -> ScoreSettings:

@@ -16,8 +16,6 @@ images/s on a 2-core CPU), else domain; the choice and the reason are logged.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
@@ -29,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.cache import key_of, load_or_build, sha256_file, sha256_tensor
 from harness.data import ImageSplits
-from harness.errors import UserError
-from harness.loaders import warn
+from harness.errors import UserError, warn
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"  # its name holds the first 8
-SCORE_KINDS = ("fd", "kd", "is", "precision", "recall")
 
 
 class Extractor:
@@ -47,9 +44,7 @@ class Extractor:
     input_description: str  # the image size fed to the network and how it is resized
     has_classes: bool
     identity: dict[str, Any]  # what makes two extractors give the same scores (cache keys, study identity)
-
-    def score_name(self, kind: str) -> str:
-        return {"fd": "fid", "kd": "kid"}.get(kind, kind) if self.name == "inception" else f"{kind}_{self.name}"
+    artifact: Path | None = None  # weights to keep with a study's parent run, so its scores can be checked
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
@@ -59,7 +54,7 @@ class Extractor:
 class ExtractorContext:
     data: ImageSplits
     device: torch.device
-    cache_dir: Path
+    cache_dir: Path  # where trained extractors are kept (Storage.extractor_cache)
     download: bool  # may fetch weights from the network
 
 
@@ -94,14 +89,6 @@ def resolve_extractor(name: str, context: ExtractorContext) -> tuple[Extractor, 
     return _EXTRACTORS[name](context), "named in the study"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- Inception (torch-fidelity) -------------------------------------------------------------------
 
 def inception_weights(download: bool) -> Path | None:
@@ -119,10 +106,10 @@ def inception_weights(download: bool) -> Path | None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=False)
-            except Exception as e:  # offline: urllib errors of every kind
+            except OSError as e:  # offline: urllib's errors are OSErrors
                 warn(f"could not download the Inception weights ({type(e).__name__}); see INCEPTION_WEIGHTS=")
                 return None
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != INCEPTION_SHA256:
         raise UserError(f"{path} has sha256 {actual[:16]}..., not the official {INCEPTION_SHA256[:16]}... of "
                         f"{INCEPTION_FILE}; delete it or set INCEPTION_WEIGHTS= to the official file")
@@ -200,8 +187,8 @@ def _training_targets(data: ImageSplits) -> tuple[str | None, int, Tensor | None
 
 class DomainExtractor(Extractor):
     def __init__(self, net: DomainNet, path: Path, recipe: Mapping[str, Any], device: torch.device):
-        self.name, self.device, self.net, self.path = "domain", device, net.to(device).eval(), path
-        self.weights_sha256 = sha256_of(path)
+        self.name, self.device, self.net, self.artifact = "domain", device, net.to(device).eval(), path
+        self.weights_sha256 = sha256_file(path)
         self.has_classes = net.classify is not None
         self.input_description = "uint8 at the dataset's size and channels, scaled to [0, 1], no resize"
         self.identity = {"extractor": "domain", **recipe}
@@ -220,26 +207,20 @@ def _domain(context: ExtractorContext) -> Extractor:
         task = "autoencode"
     else:
         task = f"classify {label} ({classes} classes)" + (" + regress the other labels" if rest is not None else "")
-    recipe = {**RECIPE, "task": task, "data_sha256": hashlib.sha256(train_images.numpy().tobytes()).hexdigest()}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
-    path = context.cache_dir / "extractors" / f"domain-{key}.pt"
+    recipe = {**RECIPE, "task": task, "data_sha256": sha256_tensor(train_images)}
+    path = context.cache_dir / f"domain-{key_of(recipe)}.pt"
     with torch.random.fork_rng(devices=[]):  # the recipe's seed sets the initial weights too
         torch.manual_seed(RECIPE["seed"])
         net = DomainNet(data.channels, data.image_size, classes, 0 if rest is None else rest.shape[1], label is None)
-    if path.is_file():
-        try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return DomainExtractor(net, path, recipe, context.device)
-        except Exception as e:  # a file cut short by a crash: train again
-            warn(f"ignoring unreadable extractor cache {path} ({type(e).__name__}); training it again")
-    start = time.perf_counter()
-    _train_domain(net, train_images, targets, rest, context.device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, partial)
-    partial.replace(path)
-    print(f"trained the domain extractor ({recipe['task']}) in {time.perf_counter() - start:.0f} s; cached at {path}",
-          flush=True)
+
+    def build() -> dict[str, Tensor]:
+        start = time.perf_counter()
+        _train_domain(net, train_images, targets, rest, context.device)
+        print(f"trained the domain extractor ({recipe['task']}) in {time.perf_counter() - start:.0f} s; cached at {path}",
+              flush=True)
+        return {k: v.cpu() for k, v in net.state_dict().items()}
+
+    load_or_build(path, build, net.load_state_dict, "extractor cache")
     return DomainExtractor(net, path, recipe, context.device)
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+from harness import keys
+from harness.canvas import new_figure, save_figure
 
 
 def reconstruction_grid(references: Tensor, reconstructions: Tensor, pairs_per_row: int = 8) -> Tensor:
@@ -38,12 +36,13 @@ def save_png(grid: Tensor, path: Path, min_width: int = 1024) -> None:
 
 def loss_curves(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
     """Train and validation curves, one panel per loss, log y when a loss spans decades."""
-    rows = [{"epoch": epoch, "split": key.split("_", 1)[0], "loss": key.split("_", 1)[1], "value": value}
+    rows = [{"epoch": epoch, "split": parts[0], "loss": parts[1], "value": value}
             for epoch, metrics in enumerate(history, start=1) for key, value in metrics.items()
-            if key.startswith(("train_", "val_")) and key != "train_images_per_s"]
+            if (parts := keys.split_of(key)) and parts[0] in ("train", "val") and key not in keys.COST]
     frame = pd.DataFrame(rows)
     losses = list(dict.fromkeys(frame["loss"]))
-    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses), 3.4), squeeze=False)
+    fig = new_figure(4.2 * len(losses), 3.4)
+    axes = fig.subplots(1, len(losses), squeeze=False)
     for ax, loss in zip(axes[0], losses):
         part = frame[frame["loss"] == loss]
         sns.lineplot(data=part, x="epoch", y="value", hue="split", marker="o", ax=ax)
@@ -54,6 +53,4 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path, title: str) -> 
         ax.set_title(loss)
         ax.set_ylabel("")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

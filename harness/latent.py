@@ -10,22 +10,30 @@
   their reconstructions, the reconstructions moved by the vector.
 - traversal (VAEs): the most active latent dimensions (largest mean KL on the test split) swept
   from -3 to 3 around one face's code; a row per dimension.
-Every function returns an image grid in [0, 1]; `make_all` writes the PNGs a run keeps under latent/.
+Every function returns an image grid in [0, 1]; `make_all` writes the PNGs a run keeps under latent/,
+those of the family's declared plots.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
 
-from harness.data import ImageSplits, from_model_range, to_model_range
-from harness.errors import UserError
+from harness.data import ImageSplits, from_model_range, load_dataset, to_model_range
+from harness.errors import UserError, redact
 from harness.figures import image_grid, save_png
-from harness.registry import Family
+from harness.generate import GRID_SEED, fixed_z
+from harness.metrics import gaussian_kl
+from harness.registry import Family, get_family
+from harness.storage import Storage
+from harness.training import load_model
 
 STEPS = 8
 
@@ -34,8 +42,29 @@ def _decode(model: nn.Module, family: Family, z: Tensor) -> Tensor:
     return from_model_range(model.sample(z), family.output_range)
 
 
-def _is_vae(model: nn.Module) -> bool:
-    return hasattr(model, "encoder") and hasattr(model, "decoder")
+def download_model(client: MlflowClient, run_id: str, folder: Path) -> tuple[nn.Module, Family]:
+    """A finished run's model (its model.pt and model.json artifacts), on the CPU in eval mode."""
+    for name in ("model.pt", "model.json"):
+        client.download_artifacts(run_id, name, str(folder))
+    model = load_model(folder)
+    return model, get_family(json.loads((folder / "model.json").read_text())["family"])
+
+
+def load_run(storage: Storage, run_id: str, device: torch.device, folder: Path) -> tuple[nn.Module, Family, ImageSplits]:
+    """A finished run's model and the data it was trained on (from the cache), for `python -m harness latent`."""
+    client = storage.mlflow()
+    try:
+        run = client.get_run(run_id)
+        names = {a.path for a in client.list_artifacts(run_id)}
+    except MlflowException as e:
+        raise UserError(f"no run {run_id} with artifacts in {redact(storage.tracking_uri)} ({e.message.splitlines()[0]}); "
+                        "copy the run id from the MLflow UI") from None
+    if not {"model.pt", "model.json"} <= names or "data.source" not in run.data.params:
+        raise UserError(f"run {run_id} has no trained model (model.pt) and data description; pick a COMPLETE trial's run")
+    source = json.loads(run.data.params["data.source"])
+    data = load_dataset(source["dataset"], source["options"], storage.cache_dir).place(device)
+    model, family = download_model(client, run_id, folder)
+    return model.to(device), family, data
 
 
 def _encode(model: nn.Module, family: Family, images: Tensor) -> Tensor:
@@ -50,10 +79,10 @@ def _slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def interpolation(model: nn.Module, family: Family, data: ImageSplits, pairs: int = 6, seed: int = 0) -> Tensor:
+def interpolation(model: nn.Module, family: Family, data: ImageSplits, pairs: int = 6, seed: int = GRID_SEED) -> Tensor:
     t = torch.linspace(0, 1, STEPS, device=data.device)[:, None]
     rows = []
-    if _is_vae(model):
+    if family.autoencoder:
         images = data.test[:2 * pairs].to(data.device)
         codes = _encode(model, family, images)
         for i in range(pairs):
@@ -61,7 +90,7 @@ def interpolation(model: nn.Module, family: Family, data: ImageSplits, pairs: in
             path = _decode(model, family, (1 - t) * a + t * b)
             rows.append(torch.cat([images[2 * i:2 * i + 1].float() / 255, path, images[2 * i + 1:2 * i + 2].float() / 255]))
     else:
-        z = torch.randn(2 * pairs, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(data.device)
+        z = fixed_z(2 * pairs, model.latent_dim, seed, data.device)
         for i in range(pairs):
             rows.append(_decode(model, family, _slerp(z[2 * i][None], z[2 * i + 1][None], t)))
     return image_grid(torch.cat(rows), per_row=len(rows[0]))
@@ -94,8 +123,8 @@ def labelled_groups(data: ImageSplits, source: str, target: str) -> tuple[Tensor
 def arithmetic(model: nn.Module, family: Family, data: ImageSplits, source: Sequence[int] | Tensor,
                target: Sequence[int] | Tensor, apply: Sequence[int] | Tensor, scale: float = 1.0) -> Tensor:
     """Faces `apply` moved by mean code(target) - mean code(source); rows: faces, reconstructions, moved."""
-    if not _is_vae(model):
-        raise UserError("vector arithmetic needs an encoder: it works for the VAE families")
+    if not family.autoencoder:
+        raise UserError(f"vector arithmetic needs an encoder: {family.name} is {family.kind}; it works for autoencoders")
     test = data.test
     for indexes in (source, target, apply):
         if len(indexes) == 0 or max(int(i) for i in indexes) >= len(test):
@@ -111,11 +140,11 @@ def arithmetic(model: nn.Module, family: Family, data: ImageSplits, source: Sequ
 @torch.no_grad()
 def traversal(model: nn.Module, family: Family, data: ImageSplits, dims: int = 8, span: float = 3.0,
               image: int = 0) -> Tensor:
-    if not _is_vae(model):
-        raise UserError("latent traversals are drawn for the VAE families")
+    if not family.autoencoder:
+        raise UserError(f"latent traversals need an encoder: {family.name} is {family.kind}; they are drawn for autoencoders")
     images = data.test[:512].to(data.device)
     mu, logvar = model.encoder(to_model_range(images, family.output_range))
-    kl_per_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+    kl_per_dim = gaussian_kl(mu, logvar).mean(0)
     active = kl_per_dim.argsort(descending=True)[:min(dims, model.latent_dim)]
     base = mu[image]
     values = torch.linspace(-span, span, STEPS + 1, device=data.device)
@@ -129,16 +158,21 @@ def traversal(model: nn.Module, family: Family, data: ImageSplits, dims: int = 8
 
 def make_all(model: nn.Module, family: Family, data: ImageSplits, folder: Path, variance: float = 0.05,
              groups: tuple[str, str] = ("neutral", "happy")) -> list[Path]:
-    """Every picture that applies to this model and data, as PNGs in `folder`."""
+    """The family's latent pictures that this data allows, as PNGs in `folder`."""
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    pictures = {"interpolation.png": lambda: interpolation(model, family, data),
-                "low_variance.png": lambda: low_variance(model, family, data.device, variance)}
-    if _is_vae(model):
+    pictures = {}
+    if "interpolation" in family.plots:
+        pictures["interpolation.png"] = lambda: interpolation(model, family, data)
+    if "low_variance" in family.plots:
+        pictures["low_variance.png"] = lambda: low_variance(model, family, data.device, variance)
+    if "traversal" in family.plots:
         pictures["traversal.png"] = lambda: traversal(model, family, data)
+    if "arithmetic" in family.plots:
         try:
             source, target = labelled_groups(data, *groups)
-        except UserError:  # no labels, or not these values: arithmetic needs images picked by hand
+        except UserError as e:  # no labels, or not these values: arithmetic needs images picked by hand
+            print(f"latent arithmetic skipped: {e}", flush=True)
             source = target = torch.empty(0)
         if len(source) and len(target):
             apply, rest = source[:8], (source[8:] if len(source) > 8 else source)  # move faces not in the mean

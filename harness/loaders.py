@@ -17,7 +17,6 @@ import hashlib
 import math
 import os
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from harness.errors import UserError
+from harness.cache import sha256_file
+from harness.errors import UserError, warn
 
 TRAIN, VAL, TEST = 0, 1, 2
 LAYOUTS = ("auto", "NHW", "HWN", "NF", "FN", "NCHW", "NHWC", "HWCN")  # F: a flattened H*W image
@@ -44,10 +44,6 @@ class LoadedImages:
     label_names: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)  # what was read and how
     label_classes: dict[str, int] = field(default_factory=dict)  # categorical label -> number of classes
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _existing(path: str, what: str, where: str) -> Path:
@@ -404,10 +400,7 @@ def fingerprint(path: str) -> str:
     target = Path(path).expanduser()
     digest = hashlib.sha256()
     if target.is_file():
-        with open(target, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return "sha256:" + digest.hexdigest()
+        return "sha256:" + sha256_file(target)
     for p in sorted(target.rglob("*")):
         if p.is_file():
             stat = p.stat()

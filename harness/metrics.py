@@ -1,4 +1,4 @@
-"""Sample-quality scores that need no pretrained network.
+"""Measures that need no pretrained network: pixel MMD between image sets, and the Gaussian KL term.
 
 `pixel_mmd`: the unbiased squared maximum mean discrepancy (Gretton et al. 2012) between generated
 images and validation images, in pixel space, with a sum of Gaussian kernels whose bandwidths are
@@ -50,3 +50,9 @@ def pixel_mmd(samples: Tensor, references: Tensor, bandwidth: float | None = Non
     mmd = ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
            - 2 * kxy.mean())
     return mmd.item()
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per latent dimension, (B, Z): the VAE loss, the ELBO and the
+    traversals' choice of active dimensions all sum or average this one term."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())

@@ -1,11 +1,12 @@
 """Where a trial's time goes: seconds per phase (data, forward/backward, optimizer, logging, ...).
 
-The training loop and the run logger mark their phases with `phase(name)`; outside `profiling()`
-that is a no-op costing a context-variable read. Inside it, each phase's *exclusive* time is summed
-(a nested phase's seconds are taken out of its parent's), and every torch optimizer step inside a phase
-becomes the phase "optimizer" through torch's global step hooks, so a family's train_step needs no marks.
-On CUDA each boundary synchronises the device: the split is then true, but the profiled run is
-slower than an unprofiled one, so throughput is measured without it (harness/bench.py).
+The training loop and the trial runner mark their phases with `phases.phase(name)` on the profiler
+they are given: `OFF` (the default, a no-op) or a `Phases` from `profiling(device)`, which sums each
+phase's *exclusive* time (a nested phase's seconds are taken out of its parent's) and, through
+torch's global optimizer-step hooks while the block runs, counts every optimizer step inside a phase
+as the phase "optimizer", so a family's train_step needs no marks. On CUDA each boundary
+synchronises the device: the split is then true, but the profiled run is slower than an unprofiled
+one, so throughput is measured without it (harness/bench.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,31 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Protocol, TypeVar
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 T = TypeVar("T")
+
+
+class Profiler(Protocol):
+    def phase(self, name: str) -> Any: ...
+
+    def timed(self, items: Iterable[T], name: str) -> Iterable[T]: ...
+
+
+class Off:
+    """The profiler that measures nothing."""
+
+    def phase(self, name: str) -> Any:
+        return nullcontext()
+
+    def timed(self, items: Iterable[T], name: str) -> Iterable[T]:
+        return items
+
+
+OFF = Off()
 
 
 class Phases:
@@ -47,6 +66,25 @@ class Phases:
         if self._stack:
             self._stack[-1][2] += elapsed
 
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as `name`."""
+        self.enter(name)
+        try:
+            yield
+        finally:
+            self.exit()
+
+    def timed(self, items: Iterable[T], name: str) -> Iterator[T]:
+        """The items of an iterable, the work of producing each timed as `name` (e.g. drawing batches)."""
+        iterator = iter(items)
+        while True:
+            with self.phase(name):
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+
     def optimizer_starts(self, *_: Any) -> None:
         """Optimizer steps inside a timed phase (a training step) only: not, say, a feature
         extractor's training while a study opens."""
@@ -58,43 +96,13 @@ class Phases:
             self.exit()
 
 
-_ACTIVE: ContextVar[Phases | None] = ContextVar("phases", default=None)
-
-
-@contextmanager
-def _timed_phase(phases: Phases, name: str) -> Iterator[None]:
-    phases.enter(name)
-    try:
-        yield
-    finally:
-        phases.exit()
-
-
-def phase(name: str) -> Any:
-    """Time the block as `name` when profiling; otherwise nothing."""
-    phases = _ACTIVE.get()
-    return nullcontext() if phases is None else _timed_phase(phases, name)
-
-
 _END: Any = object()
-
-
-def timed(items: Iterable[T], name: str) -> Iterator[T]:
-    """The items of an iterable, the work of producing each timed as `name` (e.g. drawing batches)."""
-    iterator = iter(items)
-    while True:
-        with phase(name):
-            item = next(iterator, _END)
-        if item is _END:
-            return
-        yield item  # type: ignore[misc]
 
 
 @contextmanager
 def profiling(device: torch.device) -> Iterator[Phases]:
-    """Record phases (and optimizer steps) of everything run inside the block."""
+    """A profiler to hand to the code run inside the block, counting optimizer steps while it runs."""
     phases = Phases(device)
-    token = _ACTIVE.set(phases)
     hooks = [register_optimizer_step_pre_hook(phases.optimizer_starts),
              register_optimizer_step_post_hook(phases.optimizer_ends)]
     try:
@@ -102,4 +110,3 @@ def profiling(device: torch.device) -> Iterator[Phases]:
     finally:
         for hook in hooks:
             hook.remove()
-        _ACTIVE.reset(token)

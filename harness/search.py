@@ -1,95 +1,59 @@
-"""Running a study: an Optuna study in the storage, each trial trained and tracked in MLflow.
+"""Running a study: Optuna asks for trials, the trial runner trains each, the publisher records it.
 
-`trials` in a study file is the study's budget of finished (complete or pruned) trials, not a
-count per invocation (per family, when a study has several: each family gets the same budget, its
-trials enqueued in turn); running a study again continues it under a new parent run, with the trial
-numbers going on, until the budget is met. Grid studies plan their own points: every grid point
-without a finished trial is enqueued, so an interrupted or failed point is run again, and a grid
-that is complete says so and runs nothing. A trial whose loss or weights become NaN or infinite
-ends as FAIL (the sampler learns nothing from it), with the reason in its user attributes and run
-tags; its per-epoch sample grids up to the last good epoch stay in its run.
+`run_study` opens the study in the Optuna storage and refuses one whose definition (or extractor)
+changed, plans the budget (harness/planning.py), opens the session (data, extractor), starts the
+invocation's MLflow parent run, and runs the trial loop here or in worker processes
+(harness/workers.py). The loop is Optuna's ask-and-tell: ask for a trial, sample its configuration
+(harness/space.py), hand it to the trial runner (harness/trial.py), publish the TrialOutcome it
+returns (harness/publish.py), and tell Optuna its state and values. A trial whose loss or weights
+become NaN or infinite ends as FAIL (the sampler learns nothing from it), with the reason in its
+user attributes and run tags; its per-epoch sample grids up to the last good epoch stay in its run.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
+import math
+import os
+import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
-from tqdm.auto import tqdm
+import torch
+from mlflow.exceptions import MlflowException
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
-from harness.errors import UserError
-
-# Optuna marks the heartbeat retry API experimental; it is what we rely on, knowingly.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-from harness.runs import ConfigRunner, Session, finish_study, open_session
-from harness.settings import Settings, redact, resolve_device
+from harness import planning
+from harness.devices import resolve_device
+from harness.errors import UserError, redact, warn
+from harness.keys import Attr, Tag
+from harness.outcome import Failure, FailureKind, State, TrialOutcome
+from harness.phases import OFF, Profiler
+from harness.progress import Progress, best_text, is_disk_full
+from harness.publish import Publisher, close_stale_runs
+from harness.session import Session, open_session
 from harness.space import suggest
+from harness.storage import Storage
 from harness.studyfile import StudySpec
+from harness.tracking import Tracker
+from harness.trial import TrialJob, TrialRunner
+from harness.workers import spawn_workers
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 IDENTITY_ATTR = "genbench_identity"
 EXTRACTOR_ATTR = "genbench_extractor"
-N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
 
 
 @dataclass
-class Outcome:
+class StudyResult:
     exit_code: int
     message: str
-
-
-def open_storage(url: str, heartbeat: int = 0) -> optuna.storages.RDBStorage:
-    """The Optuna storage, its tables created once here, before any worker touches it. With a heartbeat,
-    a running trial beats every `heartbeat` seconds; one silent for 3 beats (its worker was killed) is
-    failed by the next worker to start a trial, and re-queued once with the same parameters."""
-    sqlite = url.startswith("sqlite")
-    kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}} if sqlite else {}}
-    if heartbeat:
-        kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
-        if sqlite:  # readers and one writer at a time without blocking each other; kept by the file
-            with storage.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-        return storage
-    except Exception as e:  # sqlalchemy and driver errors have no common base worth naming
-        raise UserError(f"STORAGE={redact(url)} cannot be opened: {str(e).splitlines()[0]}") from None
-
-
-def recover_stale_trials(study: optuna.Study, settings: Settings) -> None:
-    """Trials whose worker died (no heartbeat for 3 beats) become FAIL and are re-queued once; their
-    MLflow runs, and parent runs with nothing left running, are closed as KILLED instead of RUNNING forever."""
-    from harness.tracking import Tracker
-
-    optuna.storages.fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    orphans = [t for t in trials if t.state == TrialState.FAIL and "mlflow_run_id" in t.user_attrs]
-    if not orphans:
-        return
-    tracker = Tracker(settings, None)
-    alive = {t.user_attrs.get("parent_run_id") for t in trials if t.state == TrialState.RUNNING}
-    for trial in orphans:
-        run = tracker.client.get_run(trial.user_attrs["mlflow_run_id"])
-        if run.info.status == "RUNNING":
-            tracker.end_run(run.info.run_id, "KILLED", {"state": "FAIL", "failure_reason":
-                            f"its worker stopped: no heartbeat for {3 * settings.heartbeat_seconds} s"})
-        parent_id = trial.user_attrs.get("parent_run_id")
-        if parent_id and parent_id not in alive and tracker.client.get_run(parent_id).info.status == "RUNNING":
-            tracker.end_run(parent_id, "KILLED", {"state": "INTERRUPTED"})
-
-
-def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    try:
-        return storage.get_n_trials(storage.get_study_id_from_name(study_name))
-    except KeyError:  # a new study
-        return 0
 
 
 def check_identity(study: optuna.Study, attr: str, mine: dict[str, Any], spec: StudySpec, storage_url: str) -> None:
@@ -111,314 +75,282 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[str, Any]], str]:
-    """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
-    done = study.get_trials(deepcopy=False, states=FINISHED)
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # another worker's: not ours to run
-    left = spec.trials - len(done) - len(running)
-    if len(spec.families) > 1:
-        return _plan_per_family(study, spec, done + running)
-    if spec.grid is None:
-        why = (f"{spec.study_name} already has {len(done)} finished trials, its budget (trials = {spec.trials}); "
-               "raise TRIALS= to run more")
-        return max(0, left), [], why
-    names = list(spec.grid)
-    points = [dict(zip(names, values)) for values in itertools.product(*spec.grid.values())]
-    missing = [p for p in points if not any(_matches(p, t.params) for t in done)]
-    if not missing:
-        return 0, [], f"grid complete: all {len(points)} points of {spec.study_name} are done"
-    missing = [p for p in missing if not any(_matches(p, t.params) for t in running)]
-    to_run = max(0, min(len(missing), left))
-    waiting = waiting_params(study)
-    enqueue = [p for p in missing[:to_run] if not any(_matches(p, w) for w in waiting)]
-    why = (f"{spec.study_name} has {len(done)} finished trials, its budget (trials = {spec.trials}); "
-           f"{len(missing)} of {len(points)} grid points remain: raise TRIALS= to run them")
-    return to_run, enqueue, why
+@dataclass
+class OpenStudy:
+    study: optuna.Study
+    rdb: optuna.storages.RDBStorage  # the storage under it, for the heartbeat
 
 
-def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTrial]) -> tuple[int, list[dict[str, Any]], str]:
-    """The same budget for every family: each family's missing trials, enqueued in turn."""
-    waiting = [w.get("family") for w in waiting_params(study)]
-    left = {f: max(0, spec.trials - sum(t.params.get("family") == f for t in done)) for f in spec.families}
-    to_queue = {f: max(0, n - waiting.count(f)) for f, n in left.items()}
-    enqueue = []
-    while any(to_queue.values()):
-        for family in spec.families:
-            if to_queue[family]:
-                enqueue.append({"family": family})
-                to_queue[family] -= 1
-    why = (f"{spec.study_name} already has {spec.trials} finished trials for each of its {len(spec.families)} "
-           "families, its budget; raise TRIALS= to run more")
-    return sum(left.values()), enqueue, why
+def open_study(spec: StudySpec, storage: Storage, heartbeat: bool, sampler_offset: int = 0) -> OpenStudy:
+    """The study's Optuna study (created on first use), its definition checked against what it holds.
+    The sampler is seeded by the study seed and the trials already stored (+ an offset per worker)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
+    rdb = storage.optuna(heartbeat=heartbeat)
+    sampler = spec.make_sampler(planning.stored_trials(rdb, spec.study_name) + sampler_offset)
+    study = optuna.create_study(study_name=spec.study_name, storage=rdb, sampler=sampler, pruner=spec.make_pruner(),
+                                directions=[o.direction for o in spec.objectives], load_if_exists=True)
+    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
+    return OpenStudy(study, rdb)
 
 
-def waiting_params(study: optuna.Study) -> list[dict[str, Any]]:
-    """The parameters of queued trials: enqueued ones hold them as fixed_params, the heartbeat's retries as params."""
-    return [t.system_attrs.get("fixed_params") or t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+@contextmanager
+def heartbeat_api() -> Iterator[None]:
+    """Optuna marks its stale-trial API experimental and warns when a heartbeat storage is used outside
+    Study.optimize; this loop beats itself (`heartbeat`) and relies on that API knowingly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
-def _matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
-    return all(name in params and params[name] == value for name, value in point.items())
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Trials whose worker stopped beating become FAIL (and are re-queued once, by the storage's callback)."""
+    with heartbeat_api():
+        optuna.storages.fail_stale_trials(study)
 
 
-class TrialRunner:
-    """The Optuna objective: sample a configuration, then train and score it into a child run."""
+@contextmanager
+def heartbeat(opened: OpenStudy, number: int) -> Iterator[None]:
+    """Record the trial's heartbeat every interval while the block runs (when the storage has one)."""
+    storage, interval = opened.rdb, opened.rdb.get_heartbeat_interval()
+    if not interval:
+        yield
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(opened.study.study_name),
+                                                               number)
+    stop = threading.Event()
 
-    def __init__(self, session: Session, parent_id: str):
-        self.session, self.parent_id, self.runner = session, parent_id, ConfigRunner(session)
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class TrialLoop:
+    """Ask, run, publish, tell: `n` trials of one study, logged under one parent run."""
+
+    def __init__(self, opened: OpenStudy, session: Session, publisher: Publisher, parent_id: str, progress: Progress):
+        self.opened, self.study = opened, opened.study
+        self.session, self.publisher, self.parent_id, self.progress = session, publisher, parent_id, progress
+        self.runner = TrialRunner(session)
         self.keys = session.objective_keys
-        first = session.spec.objectives[0].metric
-        self.pruned_on = session.spec.scores.resolve("val_fd", session.quality.extractor) if first == "fd" else self.keys[0]
+        self.stopped = ""  # why the loop stopped before its n trials
 
-    def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("parent_run_id", self.parent_id)
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            if self.stopped:
+                return
+            fail_stale_trials(self.study)
+            with heartbeat_api():
+                trial = self.study.ask()
+            frozen = self._run_and_tell(trial)
+            self.progress(self.study, frozen)
+            if self.progress.disk_full:  # every next trial would fail the same way
+                self.stopped = self.progress.disk_full
+
+    def _run_and_tell(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         try:
-            return self._run(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt):
+            with heartbeat(self.opened, trial.number):
+                outcome = self._run(trial)
+        except KeyboardInterrupt:  # outside the trial's training: it fails, and the study stops
+            self._fail(trial, "interrupted (Ctrl-C)")
             raise
-        except Exception as e:
-            if "failure_reason" not in trial.user_attrs:  # failed before its run could record it
-                trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}")
-            raise
+        except Exception as e:  # noqa: BLE001 - outside the runner (the store, sampling): this trial fails, with its reason
+            return self._fail(trial, f"{type(e).__name__}: {e}")
+        if outcome is None:  # surplus: not run
+            return self._fail(trial, trial.user_attrs[Attr.FAILURE])
+        if outcome.state == State.COMPLETE:
+            values = outcome.values(self.keys)
+            return self.study.tell(trial, values[0] if len(values) == 1 else values)
+        if outcome.state == State.PRUNED:
+            return self.study.tell(trial, state=TrialState.PRUNED)
+        frozen = self._fail(trial, outcome.failure.reason)
+        if outcome.failure.kind == FailureKind.INTERRUPTED:
+            raise KeyboardInterrupt
+        return frozen
 
-    def _run(self, trial: optuna.Trial) -> float | list[float]:
+    def _fail(self, trial: optuna.Trial, reason: str) -> optuna.trial.FrozenTrial:
+        if Attr.FAILURE not in trial.user_attrs:
+            trial.set_user_attr(Attr.FAILURE, reason)
+        return self.study.tell(trial, state=TrialState.FAIL)
+
+    def _run(self, trial: optuna.Trial) -> TrialOutcome | None:
+        """One trial: None when it must not run (the budget is met elsewhere)."""
         spec = self.session.spec
-        surplus = self._surplus(trial)
-        if surplus:  # another worker (another machine) took the last of the budget: nothing left for this one
-            trial.set_user_attr("failure_reason", surplus)
-            trial.study.stop()
-            raise RuntimeError(surplus)
+        trial.set_user_attr(Attr.PARENT_RUN, self.parent_id)
+        surplus = planning.surplus(spec, self.study, trial.number)
+        if surplus:
+            trial.set_user_attr(Attr.FAILURE, surplus)
+            self.stopped = surplus
+            return None
         several = len(spec.families) > 1
         family = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
         prefix = f"{family}." if several else ""  # keeps each family's distributions apart in Optuna
         params = suggest(trial, spec.spaces[family], prefix)
-        original = self._retry_of(trial)
-        tags = {"trial_number": trial.number} | ({"retry_of": original.number} if original else {})
-        run_id = self.runner.start(family, params, spec.seed, f"trial-{trial.number}", tags, self.parent_id)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("family", family)
-        resume = self.runner.checkpoint_of(original.user_attrs.get("mlflow_run_id")) if original else None
+        with heartbeat_api():
+            original = planning.retry_of(self.study, trial.number)
+        tags = {Tag.TRIAL: trial.number} | ({Tag.RETRY_OF: original.number} if original else {})
+        run_id = self.publisher.start_trial(family, params, spec.seed, f"trial-{trial.number}", tags, self.parent_id)
+        trial.set_user_attr(Attr.RUN_ID, run_id)
+        trial.set_user_attr(Attr.FAMILY, family)
+        resume = self.publisher.checkpoint_of(original.user_attrs.get(Attr.RUN_ID), f"trial {original.number}") \
+            if original else None
         if resume is not None:
-            trial.set_user_attr("resumed_from_epoch", int(resume["epoch"]))
+            trial.set_user_attr(Attr.RESUMED_FROM, int(resume["epoch"]))
             for epoch, metrics in enumerate(resume["history"], start=1):  # the pruner sees the whole curve
-                self._report(trial, epoch, metrics, decide=False)
-        computed_before = self.session.quality.computed
-        scores = self.runner.run(run_id, family, params, spec.seed, f"trial {trial.number}",
-                                 report=lambda epoch, metrics: self._report(trial, epoch, metrics),
-                                 on_failure=lambda reason: trial.set_user_attr("failure_reason", reason),
-                                 resume=resume)
-        trial.set_user_attr("reference_stats", "computed" if self.session.quality.computed > computed_before else "cached")
-        values = [scores[key] for key in self.keys]
-        return values[0] if len(values) == 1 else values
+                self._report(trial, epoch, metrics)
+            self.publisher.resumed(run_id, resume)
+        job = TrialJob(family, params, spec.seed, f"trial {trial.number}", resume)
+        with tempfile.TemporaryDirectory(prefix="genbench-trial-") as scratch:
+            outcome = self.runner.run(job, self.publisher.sink(run_id), Path(scratch),
+                                      stop_after=lambda epoch, metrics: self._report(trial, epoch, metrics, decide=True))
+            _check_objectives(outcome, self.keys)
+            trial.set_user_attr(Attr.REFERENCE_STATS, outcome.reference_stats)
+            self.publisher.publish(run_id, outcome)
+        if outcome.failure is not None:
+            trial.set_user_attr(Attr.FAILURE, outcome.failure.reason)
+        return outcome
 
-    def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float], decide: bool = True) -> bool:
-        """The per-epoch score to the pruner; True asks the loop to stop (pruned)."""
-        if len(self.session.spec.objectives) > 1 or self.pruned_on not in metrics:
+    def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float], decide: bool = False) -> bool:
+        """The per-epoch score to the pruner; True asks the training loop to stop (pruned)."""
+        pruned_on = self.session.pruned_on
+        if len(self.session.spec.objectives) > 1 or pruned_on not in metrics:
             return False  # Optuna cannot prune multi-objective trials; final-only scores have nothing per epoch
-        trial.report(metrics[self.pruned_on], epoch)
+        trial.report(metrics[pruned_on], epoch)
         return decide and trial.should_prune()
 
-    def _surplus(self, trial: optuna.Trial) -> str:
-        """Why this trial should not run, when workers on several machines planned the same budget:
-        a grid study runs queued points only; any other study stops at its budget of finished plus
-        running trials (trial numbers are handed out in order, so the later one sees the earlier)."""
-        spec = self.session.spec
-        trials = trial.study.get_trials(deepcopy=False)
-        me = next(t for t in trials if t.number == trial.number)
-        queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs or me.params
-        if spec.grid is not None:
-            return "" if queued else "surplus: every grid point is done or running elsewhere"
-        taken = [t for t in trials if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number <= trial.number)]
-        budget = spec.trials * len(spec.families)
-        return "" if queued or len(taken) <= budget else f"surplus: the budget of {budget} trials is met by other workers"
 
-    @staticmethod
-    def _retry_of(trial: optuna.Trial) -> FrozenTrial | None:
-        """The trial this one re-runs, when its worker died (Optuna's stale-trial retry)."""
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        return None if number is None else next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
+def _check_objectives(outcome: TrialOutcome, objective_keys: list[str]) -> None:
+    """A COMPLETE outcome whose objective is not a finite number cannot be ranked: it fails, saying so."""
+    if outcome.state != State.COMPLETE:
+        return
+    bad = next(((k, outcome.metrics.get(k)) for k in objective_keys
+                if not isinstance(outcome.metrics.get(k), float) or not math.isfinite(outcome.metrics[k])), None)
+    if bad:
+        outcome.state = State.FAIL
+        outcome.failure = Failure(FailureKind.ERROR, f"objective {bad[0]} is {bad[1]}: nothing to rank by")
 
 
-class Progress:
-    """Study progress bar (trials done / to run, best so far) and one printed line per trial."""
-
-    def __init__(self, spec: StudySpec, total: int, prefix: str = "", bar: bool = True):
-        self.spec, self.prefix = spec, prefix
-        self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True,
-                        disable=None if bar else True)
-        self.counts = {state: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        self.first_failure = ""
-        self.disk_full = ""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.counts[trial.state] = self.counts.get(trial.state, 0) + 1
-        self.bar.update(1)
-        best = _best_text(study, self.spec)
-        if best:
-            self.bar.set_postfix_str(f"best {best}")
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        if trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get("failure_reason", "failed")
-            self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
-            detail = reason
-            if is_disk_full(reason):  # every next trial would fail the same way
-                self.disk_full = reason
-                study.stop()
-        elif trial.values:
-            detail = " ".join(f"{o.metric}={_fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
-        else:  # pruned: the last reported value
-            step = trial.last_step
-            detail = f"{self.spec.objectives[0].metric}={_fmt(trial.intermediate_values[step])} at epoch {step}" \
-                if step is not None else ""
-        seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        self.bar.write(f"{self.prefix}trial {trial.number:>3} {trial.state.name:<8} {detail}  {params}  ({seconds:.1f} s)")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def is_disk_full(reason: str) -> bool:
-    return "No space left on device" in reason or "database or disk is full" in reason
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _best_text(study: optuna.Study, spec: StudySpec) -> str:
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return ""
-    if len(spec.objectives) > 1:
-        return f"{len(study.best_trials)} trial(s) on the Pareto front"
-    best = study.best_trial
-    return f"{spec.objectives[0].metric}={_fmt(best.value)} (trial {best.number})"
-
-
-def run_study(spec: StudySpec, settings: Settings, device: str = "auto", workers: int = 1) -> Outcome:
-    settings.prepare()
+def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: int = 1,
+              profiler: Profiler = OFF) -> StudyResult:
+    """Run (or continue) a study; `profiler` times the phases of its trials (make bench)."""
+    storage.prepare()
     resolve_device(device)  # a device that is not there is refused before anything is written
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
-    storage = open_storage(settings.storage_url, settings.heartbeat_seconds)
-    study = optuna.create_study(
-        study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(stored_trials(storage, spec.study_name)),
-        pruner=spec.make_pruner(), directions=[o.direction for o in spec.objectives], load_if_exists=True)
-    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, settings.storage_url)
-    recover_stale_trials(study, settings)
-    to_run, enqueue, why = plan_trials(study, spec)
+    opened = open_study(spec, storage, heartbeat=True)
+    study = opened.study
+    tracker = Tracker(storage, spec.study_name)
+    fail_stale_trials(study)
+    close_stale_runs(tracker, study, storage.heartbeat_seconds)
+    to_run, enqueue, why = planning.plan_trials(study, spec)
     if to_run == 0:
-        best = _best_text(study, spec)
-        return Outcome(0, why + (f"; best {best}" if best else ""))
+        best = best_text(study, spec)
+        return StudyResult(0, why + (f"; best {best}" if best else ""))
 
     workers = min(workers, to_run)
-    session = open_session(spec, settings, device, f"study {spec.study_name}: {to_run} trial(s) to run, "
-                                                   f"{spec.epochs} epoch(s) each" + (f", {workers} workers" if workers > 1 else ""))
-    extractor = session.quality.extractor
-    check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(extractor.identity)), spec, settings.storage_url)
+    session = open_session(spec, storage, device, f"study {spec.study_name}: {to_run} trial(s) to run, "
+                                                  f"{spec.epochs} epoch(s) each" + (f", {workers} workers" if workers > 1 else ""))
+    session.phases = profiler
+    check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
+                   storage.storage_url)
     for point in enqueue:
         study.enqueue_trial(point)
-    tracker = session.tracker
-    parent_id = session.start_parent(spec.name, "study")
+    publisher = Publisher(session, tracker)
+    parent_id = publisher.start_parent(spec.name, "study")
     start = time.perf_counter()
-    if workers > 1:
-        session.quality.warm()  # every worker then reads the reference statistics from the cache
-        try:
-            run_workers(spec, device, workers, to_run, parent_id)
-        except KeyboardInterrupt:
-            tracker.end_run(parent_id, "KILLED", {"state": "INTERRUPTED"})
-            raise
-        ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("parent_run_id") == parent_id]
-        ran = {state: sum(t.state == state for t in ours) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        reasons = [t.user_attrs.get("failure_reason", "failed") for t in ours if t.state == TrialState.FAIL]
-        first_failure = next((f"trial {t.number}: {t.user_attrs.get('failure_reason', 'failed')}" for t in ours
-                              if t.state == TrialState.FAIL), "")
-        disk_full = next((r for r in reasons if is_disk_full(r)), "")
-    else:
-        progress = Progress(spec, to_run)
-        try:
-            study.optimize(TrialRunner(session, parent_id), n_trials=to_run, catch=(Exception,),
-                           callbacks=[progress], gc_after_trial=False)
-        except KeyboardInterrupt:
-            progress.close()
-            tracker.end_run(parent_id, "KILLED", {"state": "INTERRUPTED"})
-            raise
-        progress.close()
-        ran, first_failure, disk_full = progress.counts, progress.first_failure, progress.disk_full
+    try:
+        if workers > 1:
+            session.quality.warm()  # every worker then reads the reference statistics from the cache
+            spawn_workers(spec, device, workers, to_run, parent_id)
+            ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.PARENT_RUN) == parent_id]
+            ran = {state: sum(t.state == state for t in ours) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+            failures = [f"trial {t.number}: {t.user_attrs.get(Attr.FAILURE, 'failed')}" for t in ours if t.state == TrialState.FAIL]
+            first_failure = failures[0] if failures else ""
+            disk_full = next((f for f in failures if is_disk_full(f)), "")
+        else:
+            progress = Progress(spec, to_run)
+            try:
+                TrialLoop(opened, session, publisher, parent_id, progress).run(to_run)
+            finally:
+                progress.close()
+            ran, first_failure, disk_full = progress.counts, progress.first_failure, progress.disk_full
+    except KeyboardInterrupt:
+        tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
+        raise
     if disk_full:
         try:
-            tracker.end_run(parent_id, "FAILED", {"state": "DISK FULL"})
-        except Exception:  # noqa: BLE001 - the disk is full: the message below is what matters
+            tracker.end_run(parent_id, "FAILED", {Tag.STATE: "DISK FULL"})
+        except (MlflowException, SQLAlchemyError, OSError):  # the disk is full: the message below is what matters
             pass
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        raise UserError(f"the disk under {settings.runs_dir} is full ({disk_full.split(':', 1)[-1].strip()}); free "
+        finished = len(study.get_trials(deepcopy=False, states=planning.FINISHED))
+        raise UserError(f"the disk under {storage.runs_dir} is full ({disk_full.split(':', 1)[-1].strip()}); free "
                         f"space and run the same command again: the {finished} finished trial(s) are kept")
-
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
-    if len(spec.objectives) == 1 and counts["complete"]:
-        best = study.best_trial
-        tracker.log_metrics(parent_id, {f"best_{session.objective_keys[0]}": best.value}, step=0)
-        tracker.set_tags(parent_id, {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
-    if counts["complete"]:
-        finish_study(session, parent_id)
-    tracker.end_run(parent_id, "FINISHED", {"state": "FINISHED"})
+    _finish_parent(study, session, publisher, parent_id)
 
     summary = (f"{sum(ran.values())} trial(s) in {time.perf_counter() - start:.0f} s: "
                f"{ran[TrialState.COMPLETE]} complete, {ran[TrialState.PRUNED]} pruned, {ran[TrialState.FAIL]} failed")
-    best = _best_text(study, spec)
+    best = best_text(study, spec)
     where = f"MLflow experiment {spec.study_name}, parent run {parent_id}; open it with `make ui`"
     if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0:
-        return Outcome(1, f"{summary}; every trial failed, first {first_failure} (error.txt in its run)")
-    return Outcome(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")
+        return StudyResult(1, f"{summary}; every trial failed, first {first_failure} (error.txt in its run)")
+    return StudyResult(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")
 
 
-def run_workers(spec: StudySpec, device: str, workers: int, to_run: int, parent_id: str) -> None:
-    """N worker processes on one study: each runs its share of the trials (so the study's total is
-    exact), on its own GPU when there are GPUs, else with its share of the CPU threads."""
-    import os
-    import subprocess
-    import sys
+def _finish_parent(study: optuna.Study, session: Session, publisher: Publisher, parent_id: str) -> None:
+    """The study's counts and best trial on the parent run, the report's tables and plots in it (for
+    the MLflow UI), latent-space pictures of each family's best trial in that trial's run; then closed."""
+    tracker = publisher.tracker
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
+    if len(session.spec.objectives) == 1 and counts["complete"]:
+        best = study.best_trial
+        tracker.log_metrics(parent_id, {f"best_{session.objective_keys[0]}": best.value}, step=0)
+        tracker.set_tags(parent_id, {Tag.BEST_TRIAL: best.number, Tag.BEST_RUN: best.user_attrs.get(Attr.RUN_ID, "")})
+    if counts["complete"]:
+        _report_into_runs(session, tracker, parent_id)
+    tracker.end_run(parent_id, "FINISHED", {Tag.STATE: "FINISHED"})
 
-    import torch
 
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    shares = [to_run // workers + (1 if i < to_run % workers else 0) for i in range(workers)]
-    processes = []
-    for index, share in enumerate(shares):
-        env = {**os.environ, "GENBENCH_WORKER": str(index), "OMP_NUM_THREADS": str(threads)}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        command = [sys.executable, "-m", "harness", "worker", str(spec.path), "--parent-run", parent_id,
-                   "--share", str(share), "--index", str(index), "--device", "cuda" if gpus else device,
-                   "--trials", str(spec.trials), "--epochs", str(spec.epochs)]
-        if spec.variant:
-            command += ["--dataset", spec.dataset] + (["--data", spec.dataset_options["path"]]
-                                                       if spec.dataset_options.get("path") else [])
-        processes.append(subprocess.Popen(command, env=env))
+def _report_into_runs(session: Session, tracker: Tracker, parent_id: str) -> None:
+    """The report's files into the parent run and the latent pictures into each family's best run.
+    A failure here is a warning: the trials are recorded already, and `make report` draws them again."""
+    from harness import latent
+    from harness.report import best_per_family, load_studies, write_study_report
+
     try:
-        for process in processes:
-            process.wait()
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them close their runs
-        for process in processes:
-            process.wait()
-        raise
+        with tempfile.TemporaryDirectory() as tmp:
+            (record,) = load_studies(session.storage, [session.spec.study_name])
+            write_study_report(record, tracker.client, Path(tmp) / "report")
+            for path in sorted((Path(tmp) / "report").glob("*")):
+                if path.is_file() and path.suffix in (".md", ".csv", ".png", ".html"):
+                    tracker.log_artifact(parent_id, path, "report")
+            for _, best in best_per_family(record).iterrows():
+                model, family = latent.download_model(tracker.client, best["run_id"], Path(tmp) / "runs" / best["run_id"])
+                folder = Path(tmp) / "latent" / best["run_id"]
+                for path in latent.make_all(model.to(session.device), family, session.data, folder):
+                    tracker.log_artifact(best["run_id"], path, "latent")
+    except Exception as e:  # noqa: BLE001 - the study's results stand without these extras; said in one line
+        warn(f"the study's report artifacts could not be written ({type(e).__name__}: {e}); `make report` retries")
 
 
-def run_worker(spec: StudySpec, settings: Settings, device: str, parent_id: str, share: int, index: int) -> int:
-    """One worker of `run_workers`: its share of trials, logged under the invocation's parent run."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(settings.storage_url, settings.heartbeat_seconds)
-    sampler = spec.make_sampler(stored_trials(storage, spec.study_name) + 7919 * (index + 1))  # workers differ
-    study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler, pruner=spec.make_pruner())
-    session = open_session(spec, settings, device, f"worker {index}: {share} trial(s)")
+def run_worker(spec: StudySpec, storage: Storage, device: str, parent_id: str, share: int, index: int) -> int:
+    """One worker process of `spawn_workers`: its share of trials, logged under the invocation's parent run."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))  # its share of the CPU
+    opened = open_study(spec, storage, heartbeat=True, sampler_offset=7919 * (index + 1))  # workers draw differently
+    session = open_session(spec, storage, device, f"worker {index}: {share} trial(s)")
+    publisher = Publisher(session, Tracker(storage, spec.study_name))
     progress = Progress(spec, share, prefix=f"[worker {index}] ", bar=False)
-    study.optimize(TrialRunner(session, parent_id), n_trials=share, catch=(Exception,), callbacks=[progress],
-                   gc_after_trial=False)
+    try:
+        TrialLoop(opened, session, publisher, parent_id, progress).run(share)
+    finally:
+        progress.close()
     return 0

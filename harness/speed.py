@@ -12,9 +12,10 @@
   ("auto": on with CUDA; meaningless on a CPU).
 - compile: torch.compile of the model's parts (off unless asked: compilation takes tens of seconds,
   which short trials do not win back; `make bench` measures where it breaks even).
-The training loop sets the path for the trial it runs (`active(fast)`), and everything else reads it
-from there: family code through `forward()` (around forward passes and losses) and `adam(...)`
-(instead of torch.optim.Adam), the loop through `prepare()` (the model) and `layout()` (each batch).
+A trial's `FastPath` is passed to the code that uses it: the training loop calls `fast.prepare(model)`
+and `fast.layout(batch)` and holds `fast.applied()` (cuDNN autotuning) around the trial; a family's
+make_optimizers and train_step receive it and use `fast.adam(...)` (instead of torch.optim.Adam) and
+`with fast.forward():` (around forward passes and losses).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import inspect
 import os
 import shutil
 from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
@@ -73,9 +73,43 @@ class FastPath:
     def params(self) -> dict[str, Any]:
         return {f"speed.{k}": v for k, v in asdict(self).items() if k != "device_type"}
 
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """cuDNN autotuning as this path says, for the block (a trial); restored after it."""
+        autotuning = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = autotuning
 
-PLAIN = FastPath()
-_ACTIVE: ContextVar[FastPath] = ContextVar("fast_path", default=PLAIN)
+    def forward(self) -> Any:
+        """Around a training step's forward passes and losses (not its backward): bf16 autocast when on."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+
+    def full_precision(self) -> Any:
+        """Inside `forward()`, for what must stay fp32 (e.g. a gradient penalty's double backward)."""
+        return torch.autocast(self.device_type, enabled=False) if self.autocast else nullcontext()
+
+    def adam(self, params: Any, **kwargs: Any) -> torch.optim.Adam:
+        """torch.optim.Adam, with the fused kernel when this path says so."""
+        return torch.optim.Adam(params, **kwargs, **({"fused": True} if self.fused_adam else {}))
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Memory layout and compilation of a freshly built model (compiled in place: same state_dict keys)."""
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            for part in model.children():
+                part.compile()
+        return model
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory layout the model was prepared in."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+PLAIN = FastPath()  # fp32, default layout, torch.optim.Adam: the reports' loop
 
 
 def speed_settings(table: Mapping[str, Any], where: str) -> Speed:
@@ -100,47 +134,3 @@ def fused_adam_available(device: torch.device) -> bool:
         return True
     except (RuntimeError, ValueError):  # this build has no fused kernel for this device
         return False
-
-
-@contextmanager
-def active(fast: FastPath) -> Iterator[None]:
-    token, autotuning = _ACTIVE.set(fast), torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = fast.cudnn_benchmark
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-        torch.backends.cudnn.benchmark = autotuning
-
-
-def forward() -> Any:
-    """Around a training step's forward passes and losses (not its backward): bf16 autocast when on."""
-    fast = _ACTIVE.get()
-    return torch.autocast(fast.device_type, dtype=torch.bfloat16) if fast.autocast else nullcontext()
-
-
-def full_precision() -> Any:
-    """Inside `forward()`, for what must stay fp32 (e.g. a gradient penalty's double backward)."""
-    fast = _ACTIVE.get()
-    return torch.autocast(fast.device_type, enabled=False) if fast.autocast else nullcontext()
-
-
-def adam(params: Any, **kwargs: Any) -> torch.optim.Adam:
-    """torch.optim.Adam, with the fused kernel when the fast path says so."""
-    return torch.optim.Adam(params, **kwargs, **({"fused": True} if _ACTIVE.get().fused_adam else {}))
-
-
-def prepare(model: torch.nn.Module) -> torch.nn.Module:
-    """Memory layout and compilation of a freshly built model (compiled in place: same state_dict keys)."""
-    fast = _ACTIVE.get()
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if fast.compile:
-        for part in model.children():
-            part.compile()
-    return model
-
-
-def layout(images: torch.Tensor) -> torch.Tensor:
-    """A batch in the memory layout the model was prepared in."""
-    return images.contiguous(memory_format=torch.channels_last) if _ACTIVE.get().channels_last else images

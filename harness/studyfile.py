@@ -18,7 +18,8 @@ import optuna
 
 from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.errors import UserError
-from harness.evaluation import SCORE_OBJECTIVES, ScoreSettings, score_settings
+from harness.evaluation import ScoreSettings, score_settings
+from harness.keys import PRUNABLE_SCORE_OBJECTIVES, SCORE_OBJECTIVES
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
 from harness.space import ChoiceParam, FixedParam, Param, describe
@@ -205,7 +206,7 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
     objectives = _objectives(data["objective"], families, at)
     if len(objectives) > 1 and pruner != "none":
         raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
-    if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in ("fd", "val_fd"):
+    if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in PRUNABLE_SCORE_OBJECTIVES:
         raise UserError(f"{at}pruner: {objectives[0].metric} is only measured after training; pruning needs a score "
                         "measured every epoch: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
     scores = score_settings(_typed(data.get("scores", {}), dict, at + "scores"), at + "scores")

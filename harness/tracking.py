@@ -1,47 +1,48 @@
-"""MLflow bookkeeping: one experiment per study, a parent run per invocation, a child run per trial.
+"""MLflow through a client bound to the store: one experiment per study, runs written in batches, and
+runs read back as a table.
 
-We talk to MLflow through an explicit `MlflowClient` with an explicit tracking URI (the library's
-default depends on the working directory), and nest runs with the `mlflow.parentRunId` tag, which
-is what `mlflow.start_run(parent_run_id=...)` sets. Per-epoch metrics go in one `log_batch` call.
+Runs nest with the `mlflow.parentRunId` tag, which is what `mlflow.start_run(parent_run_id=...)`
+sets. Metrics of one step go in one `log_batch` call. Reading uses the same bound client (never
+`mlflow.search_runs`, which follows the global tracking URI), so the report and `confirm` read the
+store the study wrote, whatever the working directory.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness.errors import UserError
-from harness.settings import Settings, redact
+from harness.errors import UserError, redact, redact_text
+from harness.keys import Tag
+from harness.storage import Storage
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO lines about creating tables
+PAGE = 10_000  # runs per search request
 
 
 class Tracker:
-    def __init__(self, settings: Settings, experiment: str | None):
-        """experiment None: a client only, for reading runs."""
-        self.client = MlflowClient(tracking_uri=settings.tracking_uri)
-        if experiment is None:
-            return
-        try:
-            self.experiment_id = self._experiment(experiment, settings.artifact_root)
-        except MlflowException as e:
-            raise UserError(f"MLflow tracking at {redact(settings.tracking_uri)} failed: {e.message}") from None
+    """Writes runs of one experiment (the study's), through a client bound to the store."""
 
-    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+    def __init__(self, storage: Storage, experiment: str):
+        self.client = storage.mlflow()
+        try:
+            self.experiment_id = self._experiment(experiment, storage.artifact_location(experiment))
+        except MlflowException as e:
+            raise UserError(f"MLflow tracking at {redact(storage.tracking_uri)} failed: "
+                            f"{redact_text(e.message, storage.tracking_uri)}") from None
+
+    def _experiment(self, name: str, location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
-        location = (artifact_root / name).as_uri() if artifact_root else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another worker created it first
@@ -50,9 +51,9 @@ class Tracker:
                 raise
             return found.experiment_id
 
-    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any],
                   parent_id: str | None = None) -> str:
-        tags = {k: str(v) for k, v in tags.items()} | ({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {})  # REST wants str
+        tags = {k: str(v) for k, v in tags.items()} | ({Tag.PARENT: parent_id} if parent_id else {})  # REST wants str
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -69,14 +70,34 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_artifacts(self, run_id: str, folder: Path) -> None:
-        self.client.log_artifacts(run_id, str(folder))
-
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         """Close a run; status is FINISHED, FAILED or KILLED."""
         if tags:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
+
+
+def runs_frame(client: MlflowClient, experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """Every run of an experiment as one row: run_id, status, start_time, run_name, params.*,
+    metrics.* (the last value) and tags.*; empty when the experiment does not exist."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
+    rows, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], filter_string, max_results=PAGE, page_token=token)
+        for run in page:
+            rows.append({"run_id": run.info.run_id, "status": run.info.status, "run_name": run.info.run_name,
+                         "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+                         **{f"params.{k}": v for k, v in run.data.params.items()},
+                         **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+                         **{f"tags.{k}": v for k, v in run.data.tags.items()}})
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)

@@ -24,10 +24,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.data import ImageSplits, from_model_range, to_model_range
+from harness import keys
+from harness.data import ImageSplits, to_model_range
+from harness.generate import GRID_SEED, fixed_samples
 from harness.metrics import median_bandwidth, pixel_mmd
-from harness import phases, speed
+from harness.phases import OFF, Profiler
 from harness.registry import Family, get_family
+from harness.speed import PLAIN, FastPath
 
 EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
 EpochScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each epoch
@@ -44,6 +47,29 @@ class Diverged(RuntimeError):
         self.history = history  # the epochs before it went wrong
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one configuration is trained, apart from its hyperparameters."""
+
+    epochs: int
+    seed: int  # initial weights, batch order and noise
+    checkpoint_every: int = 0  # epochs between checkpoints (0: none)
+    objective: str | None = None  # the metric whose best value so far a checkpoint keeps
+    minimize: bool = True
+    fast: FastPath = PLAIN  # the fast path (harness/speed.py)
+    label: str | None = None  # the progress bar's; None: no bar
+    phases: Profiler = OFF  # where the time goes (harness/phases.py)
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What the caller does between epochs."""
+
+    on_epoch: EpochCallback | None = None  # (epoch from 1, metrics, model) -> True to stop early
+    save_checkpoint: Callable[[Checkpoint], None] | None = None  # every checkpoint_every epochs
+    scorers: Sequence[EpochScorer] | None = None  # sample scores after every epoch (None: pixel MMD only)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -55,7 +81,8 @@ class TrainResult:
 def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, params: Mapping[str, Any],
              batch_size: int | None = None) -> dict[str, float]:
     """Image-weighted means of eval_step over a whole split, in eval mode, in training-size batches
-    (they fit wherever training fits; on a CPU large batches are slower, not faster)."""
+    (they fit wherever training fits; on a CPU large batches are slower, not faster). Keys as
+    eval_step returns them (no split prefix)."""
     batch_size = batch_size or int(params.get("batch_size", 128))
     was_training = model.training
     model.eval()
@@ -70,15 +97,9 @@ def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, pa
     return {key: (value / seen).item() for key, value in sums.items()}
 
 
-@torch.no_grad()
-def fixed_samples(family: Family, model: nn.Module, n: int, device: torch.device) -> Tensor:
-    """n images in [0, 1] from a fixed z ~ N(0, I) (seed 0), in eval mode: comparable across epochs and trials."""
-    was_training = model.training
-    model.eval()
-    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
-    images = from_model_range(model.sample(z).float(), family.output_range)
-    model.train(was_training)
-    return images
+def grid_samples(family: Family, model: nn.Module, n: int, device: torch.device) -> Tensor:
+    """The n images of a sample grid: the same z for every epoch and trial, so grids compare."""
+    return fixed_samples(model, family.output_range, n, GRID_SEED, device)
 
 
 class SampleScorer:
@@ -89,90 +110,81 @@ class SampleScorer:
         self.bandwidth = median_bandwidth(self.references)
 
     def __call__(self, family: Family, model: nn.Module) -> dict[str, float]:
-        samples = fixed_samples(family, model, len(self.references), self.references.device)
-        return {"val_pixel_mmd": pixel_mmd(samples, self.references, self.bandwidth)}
+        samples = grid_samples(family, model, len(self.references), self.references.device)
+        return {keys.split_key("val", keys.PIXEL_MMD): pixel_mmd(samples, self.references, self.bandwidth)}
 
 
 def _first_bad(values: Mapping[str, float]) -> str | None:
     return next((f"{k} became {v}" for k, v in values.items() if not math.isfinite(v)), None)
 
 
-def train(family: Family, params: Mapping[str, Any], data: ImageSplits, *, epochs: int, seed: int,
-          on_epoch: EpochCallback | None = None, progress: str | None = None,
-          scorers: Sequence[EpochScorer] | None = None, checkpoint_every: int = 0,
-          save_checkpoint: Callable[[Checkpoint], None] | None = None, resume: Checkpoint | None = None,
-          objective: str | None = None, minimize: bool = True, fast: speed.FastPath = speed.PLAIN) -> TrainResult:
-    """Train a fresh model, or go on from `resume`. `on_epoch(epoch, metrics, model)` (epochs count
-    from 1) returns True to stop early; `scorers` score the samples after every epoch (by default pixel
-    MMD only); every `checkpoint_every` epochs `save_checkpoint` gets the state (best = the best
-    `objective` so far); `fast` is the fast path (harness/speed.py)."""
-    with speed.active(fast):
-        return _train(family, params, data, epochs, seed, on_epoch, progress, scorers, checkpoint_every,
-                      save_checkpoint, resume, objective, minimize)
-
-
-def _train(family: Family, params: Mapping[str, Any], data: ImageSplits, epochs: int, seed: int,
-           on_epoch: EpochCallback | None, progress: str | None, scorers: Sequence[EpochScorer] | None,
-           checkpoint_every: int, save_checkpoint: Callable[[Checkpoint], None] | None, resume: Checkpoint | None,
-           objective: str | None, minimize: bool) -> TrainResult:
-    scorers = [SampleScorer(data)] if scorers is None else scorers
-    torch.manual_seed(seed)
-    model = speed.prepare(family.build(params, data.channels, data.image_size).to(data.device))
-    optimizers = family.make_optimizers(model, params)
-    order = torch.Generator().manual_seed(seed)  # batch order, on the CPU so it is the same everywhere
+def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
+          hooks: TrainHooks = TrainHooks(), resume: Checkpoint | None = None) -> TrainResult:
+    """Train a fresh model, or go on from `resume`, for config.epochs epochs (counted from 1)."""
+    fast, phases = config.fast, config.phases
+    scorers = [SampleScorer(data)] if hooks.scorers is None else hooks.scorers
+    torch.manual_seed(config.seed)
+    model = fast.prepare(family.build(params, data.channels, data.image_size).to(data.device))
+    optimizers = family.make_optimizers(model, params, fast)
+    order = torch.Generator().manual_seed(config.seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
     first, best = 1, None
     if resume is not None:
         first, best = _restore(resume, model, optimizers, order, data.device), resume.get("best")
         result.history = list(resume["history"])
     start = time.perf_counter()
-    bar = tqdm(range(first, epochs + 1), desc=progress, unit="epoch", leave=False,
-               disable=True if progress is None else None)  # None: shown on a terminal only
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
-        batches = data.train_batches(int(params["batch_size"]), order)
-        metrics, seen = train_epoch(family, model, optimizers, batches, step_params, epoch, result.history)
-        with phases.phase("validation"):
-            metrics.update({f"val_{k}": v for k, v in evaluate(family, model, data, "val", params).items()})
-        with phases.phase("epoch scores"):
-            for scorer in scorers:
-                metrics.update(scorer(family, model))
-        bad = _first_bad(metrics)
-        if bad:
-            raise Diverged(f"epoch {epoch}: {bad}", result.history)
-        seconds = time.perf_counter() - t0
-        metrics.update(epoch_seconds=seconds, train_images_per_s=seen / seconds)
-        result.history.append(metrics)
-        with phases.phase("progress bar"):
-            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.startswith("val_")})
-        if objective in metrics and (best is None or (metrics[objective] < best) == minimize):
-            best = metrics[objective]
-        if on_epoch is not None and on_epoch(epoch, metrics, model):
-            result.stopped_at = epoch
-            break
-        if save_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
-            with phases.phase("checkpoint"):
-                save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
+    bar = tqdm(range(first, config.epochs + 1), desc=config.label, unit="epoch", leave=False,
+               disable=True if config.label is None else None)  # None: shown on a terminal only
+    with fast.applied():
+        for epoch in bar:
+            t0 = time.perf_counter()
+            model.train()
+            step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
+            batches = data.train_batches(int(params["batch_size"]), order)
+            metrics, seen = train_epoch(family, model, optimizers, batches, step_params, fast, phases, epoch,
+                                        result.history)
+            with phases.phase("validation"):
+                metrics.update({keys.split_key("val", k): v for k, v in evaluate(family, model, data, "val", params).items()})
+            with phases.phase("epoch scores"):
+                for scorer in scorers:
+                    metrics.update(scorer(family, model))
+            bad = _first_bad(metrics)
+            if bad:
+                raise Diverged(f"epoch {epoch}: {bad}", result.history)
+            seconds = time.perf_counter() - t0
+            metrics.update({keys.EPOCH_SECONDS: seconds, keys.IMAGES_PER_SECOND: seen / seconds})
+            result.history.append(metrics)
+            with phases.phase("progress bar"):
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")})
+            if config.objective in metrics and (best is None or (metrics[config.objective] < best) == config.minimize):
+                best = metrics[config.objective]
+            if hooks.on_epoch is not None and hooks.on_epoch(epoch, metrics, model):
+                result.stopped_at = epoch
+                break
+            if hooks.save_checkpoint is not None and config.checkpoint_every and epoch % config.checkpoint_every == 0 \
+                    and epoch < config.epochs:
+                with phases.phase("checkpoint"):
+                    hooks.save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
     bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
 
 def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                batches: Iterable[Tensor], params: Mapping[str, Any], epoch: int = 1, history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
-    """One pass of train_step over uint8 batches, on the active fast path (speed.active): the
-    image-weighted mean of every output (read from the device once, at the end) and the number of
-    images seen. Diverged carries `history`."""
+                batches: Iterable[Tensor], params: Mapping[str, Any], fast: FastPath = PLAIN,
+                phases: Profiler = OFF, epoch: int = 1,
+                history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
+    """One pass of train_step over uint8 batches on the fast path: the image-weighted mean of every
+    output as train_<key> (read from the device once, at the end) and the number of images seen.
+    Diverged carries `history`."""
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     finite = torch.ones((), dtype=torch.bool, device=next(model.parameters()).device)
     seen = 0
-    inputs = phases.timed((speed.layout(to_model_range(x, family.output_range)) for x in batches), "data")
+    inputs = phases.timed((fast.layout(to_model_range(x, family.output_range)) for x in batches), "data")
     for step, x in enumerate(inputs, start=1):
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
-            out = family.train_step(model, x, optimizers, params)
+            out = family.train_step(model, x, optimizers, params, fast)
         with phases.phase("loss bookkeeping"):
             for key, value in out.items():  # a key may come from some steps only (D or G steps)
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
@@ -184,7 +196,7 @@ def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch
                                                                   or "a training loss became NaN or infinite"),
                                list(history))
     with phases.phase("loss bookkeeping"):
-        metrics = {f"train_{key}": (value / counts[key]).item() for key, value in sums.items()}  # one sync
+        metrics = {keys.split_key("train", key): (value / counts[key]).item() for key, value in sums.items()}  # one sync
     bad = _first_bad(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
                                        model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from harness.adversarial import (BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step, bce_d_loss,
                                  bce_eval_step, bce_g_loss, init_normal, make_adam_pair)
+from harness.speed import FastPath
 from harness.space import IntParam
 
 
@@ -65,6 +66,8 @@ SPACE = {
     "width": IntParam(16, 128, 64, log=True, limits=(4, 1024), help="channels of G's last and D's first layer (ngf = ndf)"),
 }
 METRICS = BCE_METRICS
+# Radford et al. as seed reports 003 and 004 applied them: lr 2e-4, beta1 0.5, z of 100, width 64.
+REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "latent_dim": 100, "width": 64, "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
 
 
@@ -76,9 +79,9 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> Adversar
     return model
 
 
-def make_optimizers(model: AdversarialPair, params: Mapping[str, Any]):
-    return make_adam_pair(model, params)
+def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: FastPath):
+    return make_adam_pair(model, params, fast)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any]) -> dict[str, Tensor]:
-    return adversarial_step(model, x, optimizers, params, bce_d_loss, bce_g_loss)
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+    return adversarial_step(model, x, optimizers, params, fast, bce_d_loss, bce_g_loss)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from harness.adversarial import (BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step, bce_d_loss,
                                  bce_eval_step, bce_g_loss, make_adam_pair)
+from harness.speed import FastPath
 from harness.space import FloatParam
 from models.vae import ConvBNReLU, Decoder, VAEConfig
 
@@ -35,6 +36,9 @@ SPACE = {
     "d_loss_factor": FloatParam(0.1, 1.0, 0.5, limits=(1e-4, 100.0), help="scale of the discriminator loss (report: 1/2)"),
 }
 METRICS = BCE_METRICS
+# Seed reports 000 and 001: Adam at its defaults (lr 1e-3, beta1 0.9), z of 32, D loss x 1/2, D and G alternating.
+REFERENCE = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "latent_dim": 32, "d_loss_factor": 0.5,
+             "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
 
 
@@ -45,9 +49,9 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> Adversar
     return AdversarialPair(generator, discriminator, latent, params)
 
 
-def make_optimizers(model: AdversarialPair, params: Mapping[str, Any]):
-    return make_adam_pair(model, params)
+def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: FastPath):
+    return make_adam_pair(model, params, fast)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any]) -> dict[str, Tensor]:
-    return adversarial_step(model, x, optimizers, params, bce_d_loss, bce_g_loss)
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+    return adversarial_step(model, x, optimizers, params, fast, bce_d_loss, bce_g_loss)

@@ -14,9 +14,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from harness.adversarial import AdversarialPair, adversarial_space, adversarial_step, fixed_noise, init_normal, make_adam_pair
-from harness import speed
+from harness.adversarial import AdversarialPair, adversarial_space, adversarial_step, init_normal, make_adam_pair
+from harness.generate import GRID_SEED, fixed_z
 from harness.space import FloatParam, IntParam
+from harness.speed import FastPath
 from models.dcgan import Discriminator, Generator
 
 
@@ -27,16 +28,18 @@ def gradient_penalty(model: AdversarialPair, real: Tensor, fake: Tensor) -> Tens
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-def critic_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+def critic_loss(model: AdversarialPair, real: Tensor, fake: Tensor, params: Mapping[str, Any],
+                fast: FastPath) -> tuple[Tensor, dict[str, Tensor]]:
     real_score, fake_score = model.discriminator(real).mean().float(), model.discriminator(fake).mean().float()
-    with speed.full_precision():  # the penalty's double backward stays in fp32 under the fast path
+    with fast.full_precision():  # the penalty's double backward stays in fp32 under the fast path
         penalty = gradient_penalty(model, real.float(), fake.float())
     loss = fake_score - real_score + params["gp_weight"] * penalty
     return loss, {"d_loss": loss.detach(), "d_real": real_score.detach(), "d_fake": fake_score.detach(),
                   "gp": penalty.detach(), "wasserstein": (real_score - fake_score).detach()}
 
 
-def generator_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+def generator_loss(model: AdversarialPair, fake: Tensor, params: Mapping[str, Any],
+                   fast: FastPath) -> tuple[Tensor, dict[str, Tensor]]:
     loss = -model.discriminator(fake).mean()
     return loss, {"g_loss": loss.detach()}
 
@@ -47,6 +50,8 @@ SPACE = {
     "width": IntParam(16, 128, 64, log=True, limits=(4, 1024), help="channels of G's last and the critic's first layer"),
 }
 METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None, "wasserstein": None}
+# Gulrajani et al. 2017: Adam lr 1e-4, betas (0, 0.9), 5 critic steps per generator step, lambda 10.
+REFERENCE = {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "schedule": "ratio", "d_steps": 5, "gp_weight": 10.0}
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:
@@ -57,18 +62,18 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> Adversar
     return model
 
 
-def make_optimizers(model: AdversarialPair, params: Mapping[str, Any]):
-    return make_adam_pair(model, params, beta2=0.9)
+def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: FastPath):
+    return make_adam_pair(model, params, fast, beta2=0.9)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any]) -> dict[str, Tensor]:
-    return adversarial_step(model, x, optimizers, params, critic_loss, generator_loss)
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+    return adversarial_step(model, x, optimizers, params, fast, critic_loss, generator_loss)
 
 
 @torch.no_grad()
 def eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
     """Critic scores on held-out images and fakes from a fixed z (no penalty: it needs gradients)."""
-    fake = model.generator(fixed_noise(x.shape[0], model.latent_dim, x.device))
+    fake = model.generator(fixed_z(x.shape[0], model.latent_dim, GRID_SEED, x.device))
     real_score, fake_score = model.discriminator(x).mean(), model.discriminator(fake).mean()
     return {"d_loss": fake_score - real_score, "g_loss": -fake_score, "d_real": real_score, "d_fake": fake_score,
             "wasserstein": real_score - fake_score}

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+from harness.cli import MLFLOW_QUIET, main
+
+for _key, _value in MLFLOW_QUIET.items():  # as `python -m harness` does, before MLflow is imported
+    os.environ.setdefault(_key, _value)
+
 import socket
 import subprocess
 import time
@@ -12,8 +19,6 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
-
-from harness.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

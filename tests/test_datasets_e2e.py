@@ -11,7 +11,7 @@ from harness.bench import bench_sampler
 from harness.cli import main
 from harness.data import dataset_names, load_dataset
 from harness.registry import get_family
-from harness.training import evaluate, train
+from harness.training import TrainConfig, evaluate, train
 
 from conftest import SHARED_DATA, mlflow_runs, split_runs
 from test_loaders import column_major, make_celeba, make_mnist, write_mat73
@@ -96,7 +96,7 @@ def test_a_vae_learns_the_pie_faces():
     params = {**vae.defaults, "batch_size": 64}
     torch.manual_seed(0)
     before = evaluate(vae, vae.build(params, 1, 32), data, "val", params)["recon_mse"]
-    after = train(vae, params, data, epochs=4, seed=0).history[-1]["val_recon_mse"]
+    after = train(vae, params, data, TrainConfig(epochs=4, seed=0)).history[-1]["val_recon_mse"]
     assert after < 0.5 * before
 
 

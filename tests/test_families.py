@@ -7,6 +7,7 @@ import torch
 from harness.data import to_model_range
 from harness.registry import family_names, get_family
 from harness.space import suggest
+from harness.speed import PLAIN
 
 SMALL = {"width": 8, "latent_dim": 16, "batch_size": 4}  # fast on a CPU; every family that has the knob
 
@@ -32,20 +33,20 @@ def test_build_train_and_sample(name, size, channels):
     params = params_for(name, epoch=1)
     torch.manual_seed(0)
     model = family.build(params, channels, size)
-    optimizers = family.make_optimizers(model, params)
+    optimizers = family.make_optimizers(model, params, PLAIN)
     before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     x = to_model_range(torch.randint(0, 256, (4, channels, size, size), dtype=torch.uint8), family.output_range)
-    outputs = [family.train_step(model, x, optimizers, params) for _ in range(2)]  # adversarial: a D then a G step
+    outputs = [family.train_step(model, x, optimizers, params, PLAIN) for _ in range(2)]  # adversarial: a D then a G step
     assert all(torch.isfinite(v).all() for out in outputs for v in out.values())
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
-    expected = {"generator", "discriminator"} if hasattr(model, "discriminator") else {"encoder", "decoder"}
+    expected = {"generator", "discriminator"} if family.kind == "adversarial" else {"encoder", "decoder"}
     assert expected <= changed  # every network learned something
     model.eval()
     low, high = family.output_range
     with torch.no_grad():
         samples = model.sample(torch.randn(3, model.latent_dim))
         assert samples.shape == (3, channels, size, size) and low <= samples.min() and samples.max() <= high
-        if hasattr(model, "reconstruct"):
+        if family.autoencoder:
             assert model.reconstruct(x).shape == x.shape
         scores = family.eval_step(model, x, params)
     assert set(scores) == set(family.metrics) and all(torch.isfinite(v) for v in scores.values())
@@ -92,7 +93,7 @@ def test_dcgan_follows_radford():
     assert any(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in model.discriminator.modules())
     assert isinstance(list(model.generator.modules())[-1], torch.nn.Tanh) and family.output_range == (-1.0, 1.0)
     assert family.space["beta1"].default == 0.5
-    optimizers = family.make_optimizers(model, params_for("dcgan"))
+    optimizers = family.make_optimizers(model, params_for("dcgan"), PLAIN)
     assert optimizers["g"].param_groups[0]["betas"] == (0.5, 0.999)
     dropout = family.build(params_for("dcgan", d_dropout=0.1), 1, 32)
     assert any(isinstance(m, torch.nn.Dropout) for m in dropout.discriminator.modules())
@@ -103,10 +104,10 @@ def test_wgan_gp_critic_has_no_batchnorm_and_the_papers_adam():
     model = family.build(params_for("wgan_gp"), 1, 32)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.discriminator.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.generator.modules())
-    optimizers = family.make_optimizers(model, params_for("wgan_gp"))
+    optimizers = family.make_optimizers(model, params_for("wgan_gp"), PLAIN)
     assert optimizers["d"].param_groups[0]["betas"] == (0.0, 0.9) and optimizers["d"].param_groups[0]["lr"] == 1e-4
     assert family.space["d_steps"].default == 5 and family.space["gp_weight"].default == 10.0
-    out = family.train_step(model, torch.rand(4, 1, 32, 32) * 2 - 1, optimizers, params_for("wgan_gp"))
+    out = family.train_step(model, torch.rand(4, 1, 32, 32) * 2 - 1, optimizers, params_for("wgan_gp"), PLAIN)
     assert "gp" in out and out["gp"] >= 0
 
 
@@ -132,7 +133,7 @@ def test_kl_warm_up_grows_linearly_and_is_logged():
     assert [kl_weight_now({**params, "epoch": e}) for e in (1, 2, 4, 9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
     assert kl_weight_now({"kl_weight": 0.01, "kl_warmup_epochs": 0, "epoch": 1}) == 0.01
     from harness.data import load_dataset
-    from harness.training import train
+    from harness.training import TrainConfig, train
     data = load_dataset("synthfaces", {"n": 200})
-    history = train(get_family("vae"), params_for("vae", kl_warmup_epochs=2, kl_weight=0.01), data, epochs=3, seed=0).history
+    history = train(get_family("vae"), params_for("vae", kl_warmup_epochs=2, kl_weight=0.01), data, TrainConfig(epochs=3, seed=0)).history
     assert [h["train_kl_weight"] for h in history] == pytest.approx([0.005, 0.01, 0.01])

@@ -339,7 +339,7 @@ def test_decoded_sets_are_cached_by_content_and_options(tmp_path, capsys):
     files[0].write_bytes(b"cut short")  # a cache damaged by a crash is rebuilt, not trusted
     scipy.io.savemat(path, {"fea": column_major(IMAGES)})
     rebuilt = load_images("ck", resolve_options("ck", {"path": str(path)}), cache)
-    assert np.array_equal(stack(rebuilt), IMAGES) and "ignoring unreadable cache" in capsys.readouterr().err
+    assert np.array_equal(stack(rebuilt), IMAGES) and "ignoring unreadable dataset cache" in capsys.readouterr().err
 
 
 def test_every_registered_dataset_has_split_options():

@@ -1,19 +1,11 @@
 """Which trials a study runs: the budget, grid points, and workers on several machines."""
 
-from types import SimpleNamespace
-
 import optuna
 
-from harness.search import TrialRunner, plan_trials, waiting_params
+from harness.planning import plan_trials, surplus, waiting_params
 from harness.studyfile import load_study
 
 from conftest import REPO, write_study
-
-
-def runner_for(spec):
-    runner = TrialRunner.__new__(TrialRunner)  # only its spec matters for these decisions
-    runner.session = SimpleNamespace(spec=spec)
-    return runner
 
 
 def random_study(tmp_path, trials=2):
@@ -26,23 +18,21 @@ def random_study(tmp_path, trials=2):
 def test_a_trial_beyond_the_budget_is_surplus(tmp_path):
     spec = random_study(tmp_path, trials=2)
     study = optuna.create_study()
-    runner = runner_for(spec)
     for _ in range(2):
         study.tell(study.ask(), 1.0)
     late = study.ask()  # a worker elsewhere planned the same budget and starts a third
-    assert "budget of 2 trials is met" in runner._surplus(late)
+    assert "budget of 2 trials is met" in surplus(spec, study, late.number)
     fresh = optuna.create_study()
     fresh.tell(fresh.ask(), 1.0)
-    assert runner._surplus(fresh.ask()) == ""  # within the budget
+    assert surplus(spec, fresh, fresh.ask().number) == ""  # within the budget
 
 
 def test_grid_studies_run_queued_points_only(tmp_path):
     spec = load_study("smoke")
     study = optuna.create_study()
     study.enqueue_trial({"kl_weight": 1e-3})
-    runner = runner_for(spec)
-    assert runner._surplus(study.ask()) == ""  # the queued point
-    assert "every grid point is done or running" in runner._surplus(study.ask())  # nothing queued: a random draw
+    assert surplus(spec, study, study.ask().number) == ""  # the queued point
+    assert "every grid point is done or running" in surplus(spec, study, study.ask().number)  # nothing queued
 
 
 def test_planning_leaves_running_trials_to_their_workers(tmp_path):

@@ -14,7 +14,7 @@ def private_registry(monkeypatch):
 
 
 def family_kwargs(**changes):
-    kwargs = dict(space={"lr": FloatParam(1e-4, 1e-2, 1e-3, log=True)}, metrics={"loss": "minimize"},
+    kwargs = dict(kind="autoencoder", space={"lr": FloatParam(1e-4, 1e-2, 1e-3, log=True)}, metrics={"loss": "minimize"},
                   build=vae.build, make_optimizers=vae.make_optimizers, train_step=vae.train_step,
                   eval_step=vae.eval_step)
     kwargs.update(changes)

@@ -20,7 +20,7 @@ from harness import speed
 from harness.cli import main
 from harness.data import load_dataset
 from harness.registry import get_family
-from harness.training import train
+from harness.training import TrainConfig, train
 
 from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study
 
@@ -130,7 +130,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     data = load_dataset("synthfaces", {"n": 600})
     torch.set_num_threads(torch.get_num_threads())
     fast = speed.Speed().resolve(torch.device("cpu"))  # the study's fast path (fused Adam where torch has it)
-    assert after[2].value == train(vae, params, data, epochs=6, seed=0, fast=fast).history[-1]["val_recon_mse"]
+    assert after[2].value == train(vae, params, data, TrainConfig(epochs=6, seed=0, fast=fast)).history[-1]["val_recon_mse"]
 
 
 @pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
@@ -172,13 +172,13 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     import errno
     import sqlite3
 
-    from harness import runs as runs_module
+    from harness import figures
 
     runs = tmp_path / "runs"
     for key, value in (("RUNS_DIR", str(runs)), ("STORAGE", ""), ("TRACKING_URI", "")):
         monkeypatch.setenv(key, value)
     path = write_study(tmp_path, "full", study_text("full", trials=4, epochs=1))
-    real_save, calls = runs_module.save_png, []
+    real_save, calls = figures.save_png, []
 
     def fills_up(grid, target, *args, **kwargs):
         calls.append(target)
@@ -186,7 +186,7 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         return real_save(grid, target, *args, **kwargs)
 
-    monkeypatch.setattr(runs_module, "save_png", fills_up)
+    monkeypatch.setattr(figures, "save_png", fills_up)
     assert main(["study", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is full" in err[0] and "the 1 finished trial(s) are kept" in err[0]
@@ -195,7 +195,7 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
     for db in ("optuna.db", "mlflow.db"):
         assert sqlite3.connect(runs / db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    monkeypatch.setattr(runs_module, "save_png", real_save)  # space freed: the same command goes on
+    monkeypatch.setattr(figures, "save_png", real_save)  # space freed: the same command goes on
     assert main(["study", str(path)]) == 0
     trials = optuna.load_study(study_name="full-v1", storage=f"sqlite:///{runs / 'optuna.db'}").trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4

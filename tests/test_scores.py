@@ -10,7 +10,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from harness import extractors
+from harness import extractors, keys
+from harness.cache import sha256_file
 from harness.data import ImageSplits, load_dataset
 from harness.errors import UserError
 from harness.evaluation import SampleQuality, ScoreSettings, reconstruction_scores
@@ -161,7 +162,7 @@ def blur(images, sigma):
 def test_domain_scores_know_real_from_noise_and_grow_with_damage(synth):
     data, extractor, _ = synth
     assert extractor.name == "domain" and extractor.has_classes  # synthfaces have labels: a classifier
-    assert extractor.score_name("fd") == "fd_domain" and extractor.score_name("is") == "is_domain"
+    assert keys.score_key("fd", extractor.name) == "fd_domain" and keys.score_key("is", extractor.name) == "is_domain"
     real = fd_against_test(data, extractor, data.val)
     noise = fd_against_test(data, extractor, torch.randint(0, 256, data.val.shape, dtype=torch.uint8,
                                                            generator=torch.Generator().manual_seed(3)))
@@ -188,11 +189,11 @@ def test_the_domain_extractor_is_trained_once_per_dataset(synth, tmp_path):
     elsewhere, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
     assert elsewhere.weights_sha256 == extractor.weights_sha256  # the recipe and seed make the same network
     again, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), cache, download=False))
-    assert again.path == extractor.path and again.weights_sha256 == extractor.weights_sha256
+    assert again.artifact == extractor.artifact and again.weights_sha256 == extractor.weights_sha256
     images = data.val[:16]
     assert torch.equal(again(images)[0], extractor(images)[0])
     other = load_dataset("synthfaces", {"n": 3000, "size": 32, "seed": 1})
-    assert resolve_extractor("domain", ExtractorContext(other, torch.device("cpu"), cache, download=False))[0].path != extractor.path
+    assert resolve_extractor("domain", ExtractorContext(other, torch.device("cpu"), cache, download=False))[0].artifact != extractor.artifact
 
 
 def test_without_labels_the_domain_extractor_autoencodes(tmp_path):
@@ -300,11 +301,11 @@ def test_the_inception_path_with_stand_in_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: "skip")
     weights = tmp_path / "stand-in.pth"
     torch.save(Untrained("inception-v3-compat", ["2048"]).state_dict(), weights)
-    monkeypatch.setattr(extractors, "INCEPTION_SHA256", extractors.sha256_of(weights))
+    monkeypatch.setattr(extractors, "INCEPTION_SHA256", sha256_file(weights))
     monkeypatch.setenv("INCEPTION_WEIGHTS", str(weights))
     data = load_dataset("synthfaces", {"n": 300})
     extractor, reason = resolve_extractor("inception", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
     assert reason == "named in the study" and extractor.has_classes
     features, logits = extractor(data.val[:3])  # grayscale, 32 px: replicated to 3 channels, resized to 299
     assert features.shape == (3, 2048) and logits.shape == (3, 1008)
-    assert [extractor.score_name(k) for k in ("fd", "kd", "is", "precision")] == ["fid", "kid", "is", "precision"]
+    assert [keys.score_key(k, extractor.name) for k in ("fd", "kd", "is", "precision")] == ["fid", "kid", "is", "precision"]

@@ -30,7 +30,8 @@ from harness.data import load_dataset, to_model_range
 from harness.errors import UserError
 from harness.registry import get_family
 from harness.studyfile import load_study
-from harness.training import train, train_epoch
+from harness.storage import Storage
+from harness.training import TrainConfig, TrainHooks, train, train_epoch
 from conftest import REPO, mlflow_runs, split_runs, write_study
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
@@ -50,13 +51,13 @@ def step_losses(family_name: str, fast: speed.FastPath, data, steps: int, batch_
     family = get_family(family_name)
     params = {**family.defaults, "batch_size": batch_size, "epoch": 1}
     torch.manual_seed(0)
-    with speed.active(fast):
-        model = speed.prepare(family.build(params, data.channels, data.image_size))
-        optimizers = family.make_optimizers(model, params)
+    with fast.applied():
+        model = fast.prepare(family.build(params, data.channels, data.image_size))
+        optimizers = family.make_optimizers(model, params, fast)
         losses = []
         for i in range(steps):
-            x = speed.layout(to_model_range(data.train[i * batch_size:(i + 1) * batch_size], family.output_range))
-            out = family.train_step(model, x, optimizers, params)
+            x = fast.layout(to_model_range(data.train[i * batch_size:(i + 1) * batch_size], family.output_range))
+            out = family.train_step(model, x, optimizers, params, fast)
             losses.append({k: v.item() for k, v in out.items() if k in LOSS_KEYS[family_name]})
     return losses
 
@@ -88,7 +89,7 @@ def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
     params = {**vae.defaults, "batch_size": 32}
 
     def val_loss(fast: speed.FastPath) -> float:
-        return train(vae, params, data, epochs=2, seed=3, scorers=[], fast=fast).history[-1]["val_loss"]
+        return train(vae, params, data, TrainConfig(epochs=2, seed=3, fast=fast), TrainHooks(scorers=[])).history[-1]["val_loss"]
 
     plain = val_loss(speed.PLAIN)
     for name, fast in FP32_SWITCHES.items():
@@ -99,18 +100,16 @@ def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
 def test_the_switches_do_what_they_say(data):
     vae = get_family("vae")
     params = {**vae.defaults, "batch_size": 32}
-    with speed.active(ALL_ON):
-        model = speed.prepare(vae.build(params, 1, 32))
-        optimizer = vae.make_optimizers(model, params)["vae"]
-        with speed.forward():
-            recon, _, _ = model(to_model_range(data.train[:4], vae.output_range))
+    model = ALL_ON.prepare(vae.build(params, 1, 32))
+    optimizer = vae.make_optimizers(model, params, ALL_ON)["vae"]
+    with ALL_ON.forward():
+        recon, _, _ = model(to_model_range(data.train[:4], vae.output_range))
     assert optimizer.defaults["fused"] is True
     assert recon.dtype == torch.bfloat16
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
-    with speed.active(speed.PLAIN):
-        assert not vae.make_optimizers(vae.build(params, 1, 32), params)["vae"].defaults.get("fused")
+    assert not vae.make_optimizers(vae.build(params, 1, 32), params, speed.PLAIN)["vae"].defaults.get("fused")
 
 
 def test_auto_resolves_per_device():
@@ -194,27 +193,27 @@ def test_profiling_splits_an_epoch_into_phases(data):
     params = {**vae.defaults, "batch_size": 32, "epoch": 1}
     torch.manual_seed(0)
     model = vae.build(params, 1, 32)
-    optimizers = vae.make_optimizers(model, params)
+    optimizers = vae.make_optimizers(model, params, speed.PLAIN)
     optimizers["vae"].step()  # outside any phase, outside profiling: never counted
     batches = data.train_batches(32, torch.Generator().manual_seed(0))
     with phases.profiling(torch.device("cpu")) as profile:
         optimizers["vae"].step()  # inside profiling but outside a phase (say, an extractor's training): not counted
-        metrics, seen = train_epoch(vae, model, optimizers, batches, params)
+        metrics, seen = train_epoch(vae, model, optimizers, batches, params, phases=profile)
     steps = len(data.train) // 32
     assert seen == steps * 32 and metrics["train_loss"] > 0
     assert profile.calls["optimizer"] == steps and profile.calls["forward/backward"] == steps
     assert profile.calls["data"] == steps + 1  # the last call finds the batches exhausted
     assert all(profile.seconds[name] > 0 for name in ("data", "forward/backward", "optimizer", "loss bookkeeping"))
-    with phases.phase("outside"):  # no profiling: nothing recorded anywhere
+    with phases.OFF.phase("outside"):  # the default profiler records nothing anywhere
         pass
     assert "outside" not in profile.seconds
 
 
 def test_nested_phases_count_their_time_once():
     with phases.profiling(torch.device("cpu")) as profile:
-        with phases.phase("outer"):
+        with profile.phase("outer"):
             x = torch.randn(300, 300)
-            with phases.phase("inner"):
+            with profile.phase("inner"):
                 for _ in range(20):
                     x = x @ x.T / 300
     total = profile.seconds["outer"] + profile.seconds["inner"]
@@ -239,7 +238,7 @@ def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
 def test_bench_overhead_profiles_a_real_trial(tmp_path):
     from harness.bench import OVERHEAD_PHASES, bench_overhead, overhead_lines
 
-    r = bench_overhead(torch.device("cpu"), tmp_path / "cache")
+    r = bench_overhead(torch.device("cpu"), Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")}))
     per_epoch = r["per_epoch_seconds"]
     assert {"data", "forward/backward", "optimizer", "validation", "epoch scores", "tracking", "optuna",
             "checkpoint"} <= set(per_epoch)
@@ -296,7 +295,7 @@ def test_the_cuda_fast_path_ends_close_to_fp32_on_the_same_gpu(data):
     assert fast.autocast and fast.channels_last and fast.cudnn_benchmark
 
     def val_loss(path: speed.FastPath) -> float:
-        return train(vae, params, placed, epochs=2, seed=3, scorers=[], fast=path).history[-1]["val_loss"]
+        return train(vae, params, placed, TrainConfig(epochs=2, seed=3, fast=path), TrainHooks(scorers=[])).history[-1]["val_loss"]
 
     plain = val_loss(speed.PLAIN)
     assert abs(val_loss(fast) - plain) / plain <= 5e-2  # the bf16 tolerance of the CPU test above

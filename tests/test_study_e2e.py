@@ -122,7 +122,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("harness.runs.train", train_then_interrupt)
+    monkeypatch.setattr("harness.trial.train", train_then_interrupt)
     assert main(["study", "smoke"]) == 130
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
@@ -131,7 +131,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
 
-    monkeypatch.setattr("harness.runs.train", real_train)
+    monkeypatch.setattr("harness.trial.train", real_train)
     assert main(["study", "smoke"]) == 0
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
@@ -165,10 +165,10 @@ def test_a_changed_definition_is_refused_and_nothing_is_lost(smoke_runs, monkeyp
 def test_failing_trials_are_recorded_and_the_study_goes_on(runs_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
-    def exploding_step(model, x, optimizers, params):
+    def exploding_step(model, x, optimizers, params, fast):
         raise RuntimeError("boom")
 
-    register_family("exploding", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
+    register_family("exploding", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
                     make_optimizers=vae.make_optimizers, train_step=exploding_step, eval_step=vae.eval_step)
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "explode"')
     text = text.replace('families = ["vae"]', 'families = ["exploding"]').replace("[space.vae]", "[space.exploding]")

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,8 +6,8 @@ import torch
 
 from harness.data import load_dataset
 from harness.data import ImageSplits
-from harness.registry import Family, get_family
-from harness.training import Diverged, evaluate, train
+from harness.registry import get_family
+from harness.training import Diverged, TrainConfig, TrainHooks, evaluate, train
 
 PARAMS = {"kl_weight": 1e-3, "latent_dim": 8, "lr": 1e-3, "weight_decay": 1e-5, "dropout": 0.1, "batch_size": 32}
 
@@ -18,16 +19,16 @@ def data():
 
 def test_same_seed_reproduces_the_final_validation_loss_exactly(data):
     vae = get_family("vae")
-    first = train(vae, PARAMS, data, epochs=2, seed=11)
-    second = train(vae, PARAMS, data, epochs=2, seed=11)
+    first = train(vae, PARAMS, data, TrainConfig(epochs=2, seed=11))
+    second = train(vae, PARAMS, data, TrainConfig(epochs=2, seed=11))
     assert first.history[-1]["val_recon_mse"] == second.history[-1]["val_recon_mse"]
     assert first.history[-1]["val_loss"] == second.history[-1]["val_loss"]
-    other = train(vae, PARAMS, data, epochs=2, seed=12)
+    other = train(vae, PARAMS, data, TrainConfig(epochs=2, seed=12))
     assert other.history[-1]["val_recon_mse"] != first.history[-1]["val_recon_mse"]
 
 
 def test_history_has_train_and_validation_metrics_per_epoch(data):
-    result = train(get_family("vae"), PARAMS, data, epochs=3, seed=0)
+    result = train(get_family("vae"), PARAMS, data, TrainConfig(epochs=3, seed=0))
     assert len(result.history) == 3
     for metrics in result.history:
         assert {"train_loss", "train_recon_mse", "train_kl", "val_loss", "val_recon_mse", "val_kl",
@@ -37,20 +38,20 @@ def test_history_has_train_and_validation_metrics_per_epoch(data):
 
 def test_on_epoch_can_stop_training(data):
     seen = []
-    result = train(get_family("vae"), PARAMS, data, epochs=5, seed=0,
-                   on_epoch=lambda epoch, metrics, model: seen.append(epoch) or epoch == 2)
+    result = train(get_family("vae"), PARAMS, data, TrainConfig(epochs=5, seed=0),
+                   TrainHooks(on_epoch=lambda epoch, metrics, model: seen.append(epoch) or epoch == 2))
     assert seen == [1, 2] and result.stopped_at == 2 and len(result.history) == 2
 
 
 def test_a_non_finite_loss_stops_the_trial(data):
     vae = get_family("vae")
 
-    def nan_step(model, x, optimizers, params):
+    def nan_step(model, x, optimizers, params, fast):
         return {"loss": torch.tensor(math.nan)}
 
-    broken = Family("broken", vae.space, vae.metrics, vae.build, vae.make_optimizers, nan_step, vae.eval_step)
+    broken = dataclasses.replace(vae, name="broken", train_step=nan_step)
     with pytest.raises(Diverged, match="epoch 1: train_loss became nan") as caught:
-        train(broken, PARAMS, data, epochs=2, seed=0)
+        train(broken, PARAMS, data, TrainConfig(epochs=2, seed=0))
     assert caught.value.history == []
 
 
@@ -87,23 +88,23 @@ def test_device_resident_and_dataloader_batches_are_the_same():
 
 def test_a_trial_trains_the_same_through_a_dataloader(data):
     vae = get_family("vae")
-    resident = train(vae, PARAMS, data, epochs=1, seed=4).history[-1]
-    streamed = train(vae, PARAMS, data.place(torch.device("cpu"), max_bytes=0), epochs=1, seed=4).history[-1]
+    resident = train(vae, PARAMS, data, TrainConfig(epochs=1, seed=4)).history[-1]
+    streamed = train(vae, PARAMS, data.place(torch.device("cpu"), max_bytes=0), TrainConfig(epochs=1, seed=4)).history[-1]
     assert streamed["val_recon_mse"] == resident["val_recon_mse"]
 
 
 def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
     vae = get_family("vae")
-    straight = train(vae, PARAMS, data, epochs=4, seed=5).history
+    straight = train(vae, PARAMS, data, TrainConfig(epochs=4, seed=5)).history
     saved = []
 
-    train(vae, PARAMS, data, epochs=4, seed=5, checkpoint_every=2, save_checkpoint=saved.append,
-          on_epoch=lambda epoch, metrics, model: False, objective="val_recon_mse")
+    train(vae, PARAMS, data, TrainConfig(epochs=4, seed=5, checkpoint_every=2, objective="val_recon_mse"),
+          TrainHooks(save_checkpoint=saved.append, on_epoch=lambda epoch, metrics, model: False))
     assert [c["epoch"] for c in saved] == [2]  # every 2 epochs, not after the last
     torch.save(saved[0], tmp_path / "last.pt")
     state = torch.load(tmp_path / "last.pt", weights_only=True)  # plain tensors and numbers only
     assert state["best"] == min(h["val_recon_mse"] for h in straight[:2])
-    resumed = train(vae, PARAMS, data, epochs=4, seed=5, resume=state).history
+    resumed = train(vae, PARAMS, data, TrainConfig(epochs=4, seed=5), resume=state).history
     timing = ("epoch_seconds", "train_images_per_s")
     assert len(resumed) == 4 and [{k: v for k, v in h.items() if k not in timing} for h in resumed[:2]] == \
         [{k: v for k, v in h.items() if k not in timing} for h in straight[:2]]
@@ -114,8 +115,8 @@ def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
 def test_adversarial_runs_resume_with_their_schedule(data):
     gan = get_family("gan")
     params = gan.defaults | {"batch_size": 32, "d_steps": 3}
-    straight = train(gan, params, data, epochs=3, seed=1).history
+    straight = train(gan, params, data, TrainConfig(epochs=3, seed=1)).history
     saved = []
-    train(gan, params, data, epochs=3, seed=1, checkpoint_every=1, save_checkpoint=saved.append)
-    resumed = train(gan, params, data, epochs=3, seed=1, resume=saved[0]).history
+    train(gan, params, data, TrainConfig(epochs=3, seed=1, checkpoint_every=1), TrainHooks(save_checkpoint=saved.append))
+    resumed = train(gan, params, data, TrainConfig(epochs=3, seed=1), resume=saved[0]).history
     assert resumed[-1]["train_g_loss"] == straight[-1]["train_g_loss"]

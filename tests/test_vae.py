@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from harness import synthfaces
+from harness.speed import PLAIN
 from harness.training import load_model, save_model
 from models import vae
 
@@ -47,11 +48,11 @@ def test_kl_divergence():
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = vae.build(PARAMS, 1, 32)
-    optimizers = vae.make_optimizers(model, PARAMS)
+    optimizers = vae.make_optimizers(model, PARAMS, PLAIN)
     x = synthfaces.generate(16, 32, seed=0)[0].float() / 255
-    first = vae.train_step(model, x, optimizers, PARAMS)["recon_mse"].item()
+    first = vae.train_step(model, x, optimizers, PARAMS, PLAIN)["recon_mse"].item()
     for _ in range(30):
-        last = vae.train_step(model, x, optimizers, PARAMS)["recon_mse"].item()
+        last = vae.train_step(model, x, optimizers, PARAMS, PLAIN)["recon_mse"].item()
     assert last < 0.7 * first
 
 

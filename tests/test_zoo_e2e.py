@@ -54,11 +54,11 @@ batch_size = 64
 def test_the_last_good_sample_grid_is_kept(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
-    def late_blow_up(model, x, optimizers, params):
-        out = vae.train_step(model, x, optimizers, params)
+    def late_blow_up(model, x, optimizers, params, fast):
+        out = vae.train_step(model, x, optimizers, params, fast)
         return out if params["epoch"] < 3 else {**out, "loss": torch.tensor(math.inf)}
 
-    register_family("late", space=vae.SPACE, metrics=vae.METRICS, build=vae.build, make_optimizers=vae.make_optimizers,
+    register_family("late", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build, make_optimizers=vae.make_optimizers,
                     train_step=late_blow_up, eval_step=vae.eval_step)
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "late"')
     text = text.replace('families = ["vae"]', 'families = ["late"]').replace("[space.vae]", "[space.late]")

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
+from harness import keys
+from harness.keys import Tag
+from harness.report.tables import confidence
+
+VAL_KL, VAL_RECON = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")
+
 if TYPE_CHECKING:
-    from harness.report import StudyRecord
+    from harness.report.records import StudyRecord
 
 
 def _g(value: float) -> str:
@@ -46,12 +52,10 @@ def summary(record: "StudyRecord") -> str:
 
 def seeds(record: "StudyRecord") -> str:
     """The seed re-runs: mean ± 95% CI per configuration, and which differences the intervals support."""
-    from harness.report import confidence
-
     rows = []
-    for config, group in record.confirm.groupby("tags.config"):
+    for config, group in record.confirm.groupby(f"tags.{Tag.CONFIG}"):
         mean, half, n = confidence(group[record.objective])
-        rows.append((group["tags.family"].iloc[0], config, mean, half, n))
+        rows.append((group[f"tags.{Tag.FAMILY}"].iloc[0], config, mean, half, n))
     rows.sort(key=lambda r: r[2], reverse=not record.minimize)
     parts = [f"{family} ({config}): {_g(mean)} ± {_g(half)} over {n} seeds" for family, config, mean, half, n in rows]
     text = "Re-trained with fresh seeds (mean ± 95% CI): " + "; ".join(parts) + "."
@@ -79,13 +83,13 @@ def vae_kl_sweep(record: "StudyRecord") -> str:
     if low is None or high is None:
         return "The sweep has no complete trials at KL weights 1e-3 and 1e-2 to compare with the reports."
     text = (f"The reports found that raising the KL weight from 1e-3 to 1e-2 drops the KL from about 4 to about 0.5 "
-            f"and worsens reconstruction. Here it moved the validation KL from {_g(_metric(low, 'val_kl'))} to "
-            f"{_g(_metric(high, 'val_kl'))} and the validation reconstruction MSE from "
-            f"{_g(_metric(low, 'val_recon_mse'))} to {_g(_metric(high, 'val_recon_mse'))}")
-    if record.objective not in ("val_recon_mse", "val_kl"):
+            f"and worsens reconstruction. Here it moved the validation KL from {_g(_metric(low, VAL_KL))} to "
+            f"{_g(_metric(high, VAL_KL))} and the validation reconstruction MSE from "
+            f"{_g(_metric(low, VAL_RECON))} to {_g(_metric(high, VAL_RECON))}")
+    if record.objective not in (VAL_RECON, VAL_KL):
         text += f"; {record.objective} went from {_g(_metric(low, record.objective))} to {_g(_metric(high, record.objective))}"
     ordered = done.sort_values("params.kl_weight")
-    kl = ordered["metrics.val_kl"].astype(float)
+    kl = ordered[f"metrics.{VAL_KL}"].astype(float)
     trend = "fell at every step up the grid" if kl.is_monotonic_decreasing else "did not fall at every step up the grid"
     return text + f". Over the whole grid ({len(done)} points) the validation KL {trend}."
 

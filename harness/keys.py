@@ -1,0 +1,181 @@
+"""The names of everything a study records, declared once: metric keys, their directions and labels,
+and the tags and attributes that writers and readers of a run share.
+
+Metric keys are `<split>_<metric>` for what the families' eval_step returns (`train_loss`,
+`val_recon_mse`, `test_kl`), and the sample-quality scores are named for the extractor that measured
+them (`fid` with Inception, `fd_domain` with the domain network: a score from another network is never
+called FID). Every module that writes or reads a metric builds its name here, so the objectives,
+the pruner, the report, the findings, `confirm` and the evaluation cannot drift apart. This module
+imports nothing heavy: the report reads it without the training stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["minimize", "maximize"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    direction: Direction | None  # None: logged, never an objective
+    label: str  # what a reader sees on an axis or above a column
+
+
+# ---- sample quality: per extractor ----------------------------------------------------------------
+
+SCORES: dict[str, MetricInfo] = {
+    "fd": MetricInfo("minimize", "Fréchet distance"),
+    "kd": MetricInfo("minimize", "kernel distance (KID estimator)"),
+    "precision": MetricInfo("maximize", "precision (k-NN manifold)"),
+    "recall": MetricInfo("maximize", "recall (k-NN manifold)"),
+    "is": MetricInfo("maximize", "inception score"),
+}
+INCEPTION_NAMES = {"fd": "fid", "kd": "kid", "is": "is", "precision": "precision", "recall": "recall"}
+# What a study file may name as its objective besides the families' val_<metric>: resolved per extractor.
+SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()},
+                                          "val_fd": "minimize"}
+EPOCH_SCORE = "fd"  # the score measured after every epoch (on fewer samples), for pruning
+PRUNABLE_SCORE_OBJECTIVES = ("fd", "val_fd")  # score objectives with a per-epoch value the pruner can follow
+
+
+def score_key(kind: str, extractor: str) -> str:
+    """fd + inception -> fid; fd + domain -> fd_domain."""
+    if kind not in SCORES:
+        raise KeyError(f"unknown score kind {kind!r}; known: {', '.join(SCORES)}")
+    return INCEPTION_NAMES[kind] if extractor == "inception" else f"{kind}_{extractor}"
+
+
+def std_key(key: str) -> str:
+    """The spread logged beside a score (kid_std, kd_domain_std, is_std)."""
+    return f"{key}_std"
+
+
+def epoch_score_key(extractor: str) -> str:
+    """The per-epoch score the pruner sees: val_fid or val_fd_domain."""
+    return split_key("val", score_key(EPOCH_SCORE, extractor))
+
+
+# ---- losses and reconstruction ----------------------------------------------------------------------
+
+def split_key(split: str, metric: str) -> str:
+    """val + recon_mse -> val_recon_mse."""
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    return f"{split}_{metric}"
+
+
+def split_of(key: str) -> tuple[str, str] | None:
+    """val_recon_mse -> (val, recon_mse); None for a key with no split."""
+    split, _, metric = key.partition("_")
+    return (split, metric) if split in SPLITS and metric else None
+
+
+def in_split(key: str, split: str) -> bool:
+    parts = split_of(key)
+    return parts is not None and parts[0] == split
+
+
+PIXEL_MMD = "pixel_mmd"  # scored for every family each epoch (harness/metrics.py)
+COMMON_METRICS: dict[str, Direction] = {PIXEL_MMD: "minimize"}
+RECONSTRUCTION: dict[str, MetricInfo] = {  # autoencoders, on the test split (harness/evaluation.py)
+    "bce": MetricInfo("minimize", "per-pixel BCE of decode(mu)"),
+    "elbo": MetricInfo("maximize", "ELBO (nats per image)"),
+    "psnr": MetricInfo("maximize", "PSNR (dB)"),
+    "ssim": MetricInfo("maximize", "SSIM"),
+}
+
+# ---- cost --------------------------------------------------------------------------------------------
+
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_SECOND = "train_images_per_s"
+TRAIN_SECONDS = "train_seconds"
+COST = (EPOCH_SECONDS, IMAGES_PER_SECOND, TRAIN_SECONDS)  # not losses: never drawn as curves
+
+# ---- labels for readers -----------------------------------------------------------------------------
+
+FAMILY_METRIC_LABELS = {"recon_mse": "reconstruction MSE", "kl": "KL(q(z|x) || p(z))", "loss": "loss",
+                        "d_loss": "discriminator loss", "g_loss": "generator loss", PIXEL_MMD: "pixel MMD²"}
+SPLIT_LABELS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def score_kind(metric: str) -> tuple[str, str] | None:
+    """(kind, extractor) of a score's name without split: fid -> (fd, inception), kd_domain -> (kd, domain)."""
+    for kind, name in INCEPTION_NAMES.items():
+        if metric == name:
+            return kind, "inception"
+    for kind in SCORES:
+        if metric.startswith(f"{kind}_") and not metric.endswith("_std"):
+            return kind, metric.removeprefix(f"{kind}_")
+    return None
+
+
+def label(key: str) -> str:
+    """A reader's name for a metric key: val_recon_mse -> 'validation reconstruction MSE'."""
+    split, metric = split_of(key) or ("", key)
+    scored = score_kind(metric)
+    if scored:
+        kind, extractor = scored
+        text = "FID" if scored == ("fd", "inception") else SCORES[kind].label
+        text += "" if extractor == "inception" else f", {extractor} features"
+    elif metric in RECONSTRUCTION:
+        text = RECONSTRUCTION[metric].label
+    else:
+        text = FAMILY_METRIC_LABELS.get(metric, metric)
+    return f"{SPLIT_LABELS.get(split, '')} {text}".strip()
+
+
+def direction(key: str) -> Direction | None:
+    """The direction of a logged metric key, where one is declared here (scores, reconstruction, pixel MMD)."""
+    _, metric = split_of(key) or ("", key)
+    scored = score_kind(metric)
+    if scored:
+        return SCORES[scored[0]].direction
+    if metric in RECONSTRUCTION:
+        return RECONSTRUCTION[metric].direction
+    return COMMON_METRICS.get(metric)
+
+
+def resolve_objective(objective: str, extractor: str) -> str:
+    """A study's objective as it is logged: fd -> fid or fd_domain, val_fd -> val_fid or val_fd_domain."""
+    if objective == "val_fd":
+        return epoch_score_key(extractor)
+    return score_key(objective, extractor) if objective in SCORES else objective
+
+
+# ---- tags and attributes shared by the writers (search, publish) and the readers (report) -------------
+
+class Tag:
+    """MLflow run tags."""
+
+    STATE = "state"  # COMPLETE | PRUNED | FAIL | RUNNING (child runs); RUNNING | FINISHED | INTERRUPTED (parents)
+    FAILURE = "failure_reason"
+    FAMILY = "family"
+    FAMILY_KIND = "family.kind"  # autoencoder | adversarial: what the report draws for it
+    FAMILY_CURVES = "family.curves"  # comma-separated losses drawn as train/val curves
+    FAMILY_PLOTS = "family.plots"  # comma-separated pictures that suit the family
+    TRIAL = "trial_number"
+    KIND = "kind"  # a parent run's kind: study | confirm
+    OBJECTIVE = "objective"  # the logged objective keys, comma-separated
+    CONFIRM = "confirm"  # "true" on seed re-runs
+    CONFIG = "config"  # trial-N: the configuration a seed re-run repeats
+    BEST_RUN = "best_run_id"
+    BEST_TRIAL = "best_trial"
+    REFERENCE_STATS = "score.reference_stats"  # computed | cached
+    RESUMED_FROM = "resumed_from_epoch"
+    RETRY_OF = "retry_of"
+    LAST_GOOD_EPOCH = "last_good_epoch"
+    PARENT = "mlflow.parentRunId"
+
+
+class Attr:
+    """Optuna trial user attributes."""
+
+    RUN_ID = "mlflow_run_id"
+    PARENT_RUN = "parent_run_id"
+    FAMILY = "family"
+    FAILURE = "failure_reason"
+    REFERENCE_STATS = "reference_stats"
+    RESUMED_FROM = "resumed_from_epoch"

@@ -1,0 +1,53 @@
+"""What one trained configuration came to: the typed value the trial runner returns, and what the
+search loop tells Optuna and the publisher records in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class State(str, Enum):
+    COMPLETE = "COMPLETE"  # trained and scored
+    PRUNED = "PRUNED"  # stopped early by the pruner; its last per-epoch score stands
+    FAIL = "FAIL"  # diverged, raised, or was interrupted
+
+
+class FailureKind(str, Enum):
+    DIVERGED = "diverged"  # a loss or weight became NaN or infinite: the good epochs are kept
+    ERROR = "error"  # an exception: a bug, or the machine (a full disk); its traceback is kept
+    INTERRUPTED = "interrupted"  # Ctrl-C: the study stops after recording it
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    reason: str  # one line, for the trial's user attributes, the run's tags and the progress line
+    details: str = ""  # a traceback, for ERROR
+    last_good_epoch: int = 0  # for DIVERGED
+
+
+@dataclass
+class TrialOutcome:
+    state: State
+    family: str
+    params: dict[str, Any]
+    seed: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch, as trained (resumed epochs included)
+    final: dict[str, float] = field(default_factory=dict)  # end-of-training scores (COMPLETE only)
+    artifacts: list[Path] = field(default_factory=list)  # files for the run's top folder
+    failure: Failure | None = None
+    stopped_at: int | None = None  # the epoch the pruner stopped it after
+    seconds: float = 0.0  # training time
+    reference_stats: str = "cached"  # computed: this trial computed reference statistics
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last epoch's metrics with the final scores on top."""
+        return (self.history[-1] if self.history else {}) | self.final
+
+    def values(self, objective_keys: Sequence[str]) -> list[float]:
+        """The objectives' values of a COMPLETE outcome, in the study's order."""
+        return [self.metrics[key] for key in objective_keys]

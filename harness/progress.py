@@ -1,0 +1,67 @@
+"""What a running study prints: a progress bar (trials done of those to run, best so far), one line
+per finished trial, and the counts the summary at the end is made of."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from harness.keys import Attr
+from harness.studyfile import StudySpec
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class Progress:
+    def __init__(self, spec: StudySpec, total: int, prefix: str = "", bar: bool = True):
+        self.spec, self.prefix = spec, prefix
+        self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True,
+                        disable=None if bar else True)  # None: shown on a terminal only
+        self.counts = {state: 0 for state in COUNTED}
+        self.first_failure = ""
+        self.disk_full = ""  # the reason, once a trial failed because the disk is full: every next one would
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.counts[trial.state] = self.counts.get(trial.state, 0) + 1
+        self.bar.update(1)
+        best = best_text(study, self.spec)
+        if best:
+            self.bar.set_postfix_str(f"best {best}")
+        params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+        if trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get(Attr.FAILURE, "failed")
+            self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
+            detail = reason
+            if is_disk_full(reason):
+                self.disk_full = reason
+        elif trial.values:
+            detail = " ".join(f"{o.metric}={fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
+        else:  # pruned: the last reported value
+            step = trial.last_step
+            detail = f"{self.spec.objectives[0].metric}={fmt(trial.intermediate_values[step])} at epoch {step}" \
+                if step is not None else ""
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        self.bar.write(f"{self.prefix}trial {trial.number:>3} {trial.state.name:<8} {detail}  {params}  ({seconds:.1f} s)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def is_disk_full(reason: str) -> bool:
+    return "No space left on device" in reason or "database or disk is full" in reason
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def best_text(study: optuna.Study, spec: StudySpec) -> str:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return ""
+    if len(spec.objectives) > 1:
+        return f"{len(study.best_trials)} trial(s) on the Pareto front"
+    best = study.best_trial
+    return f"{spec.objectives[0].metric}={fmt(best.value)} (trial {best.number})"

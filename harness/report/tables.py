@@ -1,0 +1,99 @@
+"""The report's tables: best trial per family (with seed re-runs), every trial, and families x
+datasets across studies; Markdown beside the CSV and HTML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from harness import keys
+from harness.keys import Tag
+from harness.report.records import StudyRecord
+
+KEY_METRICS = (keys.split_key("val", "recon_mse"), keys.split_key("val", "kl"),  # beside the objective when present
+               keys.split_key("test", "psnr"), keys.split_key("test", "ssim"))
+
+
+def confidence(values: pd.Series) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% confidence interval (Student t), n)."""
+    values = values.dropna().astype(float)
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else math.nan), math.nan, n
+    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)), n
+
+
+def best_per_family(record: StudyRecord) -> pd.DataFrame:
+    rows = []
+    for family, group in record.complete.groupby("family", sort=False):
+        best = group.iloc[0]
+        row = {"family": family, "trial": int(best["number"]), record.objective: best[record.objective]}
+        configs = record.confirm.get(f"tags.{Tag.CONFIG}", pd.Series(dtype=str))
+        confirm = record.confirm[configs == f"trial-{int(best['number'])}"]
+        mean, half, n = confidence(confirm[record.objective]) if len(confirm) else (math.nan, math.nan, 0)
+        row["seeds"] = n
+        row[f"{record.objective} over seeds"] = f"{mean:.4g} ± {half:.2g}" if n >= 2 else ""
+        for key in KEY_METRICS:
+            if f"metrics.{key}" in best and pd.notna(best[f"metrics.{key}"]) and key != record.objective:
+                row[key] = best[f"metrics.{key}"]
+        for p in record.swept:
+            if pd.notna(best.get(f"params.{p}")):
+                row[p] = best[f"params.{p}"]
+        row["epochs"] = best.get("params.epochs")
+        row["wall_s"] = round(float(best.get(f"metrics.{keys.TRAIN_SECONDS}", best["duration_s"]) or 0), 1)
+        row["run_id"] = best.get("run_id")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def all_trials(record: StudyRecord) -> pd.DataFrame:
+    table = record.table.sort_values(record.objective, ascending=record.minimize, na_position="last")
+    columns = {"number": "trial", "state": "state", "family": "family",
+               **{k: k for k in record.objectives}, **{f"metrics.{k}": k for k in KEY_METRICS if k not in record.objectives},
+               **{f"params.{p}": p for p in record.swept}, "duration_s": "wall_s"}
+    present = {k: v for k, v in columns.items() if k in table}
+    out = table[list(present)].rename(columns=present)
+    failure = f"user_attrs_{keys.Attr.FAILURE}"
+    if failure in table:
+        out["failure"] = table[failure].fillna("")
+    return out
+
+
+def protocol_id(protocol: dict[str, str]) -> str:
+    fields = ("score.extractor", "score.extractor_sha256", "score.generated_final", "score.reference_final", "score.input")
+    return hashlib.sha256(json.dumps({k: protocol.get(k) for k in fields}).encode()).hexdigest()[:8]
+
+
+def cross_study(records: list[StudyRecord]) -> pd.DataFrame:
+    """families x (dataset, objective, protocol): the best value and the study it came from. Scores
+    of different protocols land in different columns, so they are never ranked side by side."""
+    rows = []
+    for record in records:
+        for family, group in record.complete.groupby("family"):
+            value = group.iloc[0][record.objective]
+            rows.append({"family": family, "column": f"{record.dataset}, {record.objective}, protocol "
+                                                     f"{protocol_id(record.protocol)}",
+                         "value": f"{value:.4g} ({record.name})"})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).drop_duplicates(["family", "column"], keep="first")
+    return frame.pivot(index="family", columns="column", values="value").fillna("").reset_index()
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(none)\n"
+    cells = [[fmt(v) for v in row] for row in frame.itertuples(index=False)]
+    header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return header + "".join("| " + " | ".join(c.replace("|", "/") for c in row) + " |\n" for row in cells)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,134 @@
+"""The trial runner: one configuration trained with one seed and scored, returned as a TrialOutcome.
+
+It knows nothing of Optuna or MLflow. While it trains, each epoch's metrics and sample grid, and
+each checkpoint, go to a `RunSink` (the publisher writes them to the trial's MLflow run as they
+come, so a killed trial can resume and the UI shows live curves); a `stop_after` callback (the
+pruner) may end training after any epoch. At the end it writes the run's files into a scratch
+folder (samples, reconstructions, loss curves, weights) and returns them with the scores. Every
+failure comes back as a FAIL outcome naming its reason: a divergence keeps its good epochs, an
+exception its traceback, a Ctrl-C says so (the caller stops the study after recording it).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+
+from harness import figures, keys
+from harness.data import from_model_range, to_model_range
+from harness.evaluation import reconstruction_scores
+from harness.outcome import Failure, FailureKind, State, TrialOutcome
+from harness.registry import Family, get_family
+from harness.session import Session
+from harness.training import (Checkpoint, Diverged, SampleScorer, TrainConfig, TrainHooks, TrainResult, evaluate,
+                              grid_samples, save_model, train)
+
+N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
+StopAfter = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> stop now (pruned)
+
+
+class RunSink(Protocol):
+    """Where a trial's progress goes while it trains."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, float], grid: Path) -> None: ...
+
+    def checkpoint(self, state: Checkpoint) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    family: str
+    params: Mapping[str, Any]
+    seed: int
+    label: str  # "trial 3", "trial 3 seed 2": the progress bar's and the figures' titles
+    resume: Checkpoint | None = None  # go on from here (a retried trial whose worker died)
+
+
+class TrialRunner:
+    def __init__(self, session: Session):
+        self.session = session
+        data = session.data
+        self.references = data.val[:N_GRID_IMAGES].to(data.device)  # uint8: the same images for every run
+        self.scorers = [SampleScorer(data), session.quality.epoch_scores]
+
+    def run(self, job: TrialJob, sink: RunSink, scratch: Path, stop_after: StopAfter | None = None) -> TrialOutcome:
+        """Train (or go on from job.resume) and score; files are written under `scratch`."""
+        s, family = self.session, get_family(job.family)
+        computed_before = s.quality.computed
+        outcome = TrialOutcome(State.FAIL, job.family, dict(job.params), job.seed)
+        config = TrainConfig(epochs=s.spec.epochs, seed=job.seed, checkpoint_every=s.spec.checkpoint_every,
+                             objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize",
+                             fast=s.fast, label=job.label, phases=s.phases)
+        hooks = TrainHooks(on_epoch=lambda epoch, metrics, model: self._epoch(family, epoch, metrics, model, sink,
+                                                                               scratch, stop_after),
+                           save_checkpoint=sink.checkpoint, scorers=self.scorers)
+        try:
+            result = train(family, job.params, s.data, config, hooks, job.resume)
+            outcome.history, outcome.seconds, outcome.stopped_at = result.history, result.seconds, result.stopped_at
+            with s.phases.phase("run artifacts"):
+                outcome.artifacts = self._artifacts(family, job, result, scratch)
+            if result.stopped_at is not None:
+                outcome.state = State.PRUNED
+                return outcome
+            with s.phases.phase("final scores"):
+                outcome.final = self._final_scores(family, job.params, result.model)
+            outcome.state = State.COMPLETE
+        except KeyboardInterrupt:
+            outcome.failure = Failure(FailureKind.INTERRUPTED, "interrupted (Ctrl-C)")
+        except Diverged as e:
+            outcome.history = e.history
+            if e.history:
+                path = scratch / "loss_curves.png"
+                figures.loss_curves(e.history, path, f"{s.spec.study_name} {job.label} ({job.family}), "
+                                                     f"diverged after epoch {len(e.history)}")
+                outcome.artifacts = [path]
+            outcome.failure = Failure(FailureKind.DIVERGED, f"Diverged: {e}", last_good_epoch=len(e.history))
+        except Exception as e:  # noqa: BLE001 - a trial's error fails that trial, recorded with its traceback
+            outcome.failure = Failure(FailureKind.ERROR, f"{type(e).__name__}: {e}", traceback.format_exc())
+        finally:
+            outcome.reference_stats = "computed" if s.quality.computed > computed_before else "cached"
+        return outcome
+
+    def _epoch(self, family: Family, epoch: int, metrics: dict[str, float], model: torch.nn.Module, sink: RunSink,
+               scratch: Path, stop_after: StopAfter | None) -> bool:
+        """The epoch and its sample grid to the sink (the same z every epoch, so epochs compare); then
+        whether to stop."""
+        s = self.session
+        with s.phases.phase("tracking"):
+            path = scratch / "samples" / f"epoch_{epoch:03d}.png"
+            path.parent.mkdir(exist_ok=True)
+            figures.save_png(figures.image_grid(grid_samples(family, model, N_GRID_IMAGES, s.data.device)), path)
+            sink.epoch(epoch, metrics, path)
+        with s.phases.phase("optuna"):
+            return stop_after(epoch, metrics) if stop_after is not None else False
+
+    def _artifacts(self, family: Family, job: TrialJob, result: TrainResult, scratch: Path) -> list[Path]:
+        """Reconstruction grid (autoencoders), samples from a fixed z ~ N(0, I), loss curves, weights."""
+        s = self.session
+        model, value_range = result.model.eval(), family.output_range
+        written = []
+        with torch.no_grad():
+            if "reconstructions" in family.plots:
+                x = to_model_range(self.references, value_range)
+                figures.save_png(figures.reconstruction_grid(from_model_range(x, value_range),
+                                                             from_model_range(model.reconstruct(x), value_range)),
+                                 scratch / "reconstructions.png")
+                written.append(scratch / "reconstructions.png")
+            figures.save_png(figures.image_grid(grid_samples(family, model, N_GRID_IMAGES, s.data.device)),
+                             scratch / "samples.png")
+        figures.loss_curves(result.history, scratch / "loss_curves.png", f"{s.spec.study_name} {job.label} ({family.name})")
+        save_model(model, family.name, job.params, s.data.channels, s.data.image_size, scratch)
+        return written + [scratch / name for name in ("samples.png", "loss_curves.png", "model.pt", "model.json")]
+
+    def _final_scores(self, family: Family, params: Mapping[str, Any], model: torch.nn.Module) -> dict[str, float]:
+        """Held-out losses on the test split, sample quality, and the autoencoders' reconstruction scores."""
+        s = self.session
+        final = {keys.split_key("test", k): v for k, v in evaluate(family, model, s.data, "test", params).items()}
+        final.update(s.quality.final_scores(family, model))
+        if family.autoencoder and family.output_range == (0.0, 1.0):  # BCE and the ELBO need [0, 1] outputs
+            final.update(reconstruction_scores(family, model, s.data, "test", int(params["batch_size"])))
+        return final
