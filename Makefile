@@ -26,7 +26,7 @@ EXPORT ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test ui list data-check bench bench-workers report confirm server
+.PHONY: help setup study test quick ui list data-check bench bench-workers report confirm server
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -45,8 +45,11 @@ study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n
 	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)") $(if $(WORKERS),--workers $(WORKERS))
 
-test: setup ## run the tests (GPU tests skip without CUDA); PYTEST_ARGS="-m 'not slow'" for the quick ones
+test: setup ## run the whole test suite, what CI runs (GPU tests skip without CUDA); PYTEST_ARGS= passes options
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+quick: setup ## the quick tier for development: every test not marked slow (under a minute on 2 cores)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000); STUDY=name prints its link
 	$(PY) -m harness ui --port $(PORT) $(if $(filter command line environment,$(origin STUDY)),$(STUDY))

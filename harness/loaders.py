@@ -18,6 +18,8 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +180,7 @@ def read_mat(path: Path, where: str) -> tuple[dict[str, np.ndarray], str]:
         return arrays, "v7.3 (HDF5)"
     try:
         contents = scipy.io.loadmat(path)
-    except Exception as e:  # scipy raises many kinds (ValueError, MatReadError, TypeError, OSError...)
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError, EOFError, NotImplementedError, zlib.error) as e:
         raise UserError(f"{where}: cannot read {path} as a MATLAB file ({type(e).__name__}: {e}); "
                         "is it truncated or not a .mat? export it again") from None
     return {k: v for k, v in contents.items() if not k.startswith("__") and isinstance(v, np.ndarray)
@@ -227,7 +229,7 @@ def load_npz(path: str, key: str, layout: str, order: str, image_shape: list, si
     try:
         with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as contents:  # closed even when it is no zip
             arrays = {k: contents[k] for k in contents.files if contents[k].dtype.kind in "uifb"}
-    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
         raise UserError(f"{where}: cannot read {file} as a .npz file ({type(e).__name__}: {e})") from None
     key = key or ("images" if "images" in arrays else "")
     loaded = _array_images(file, arrays, "npz", key, layout, order, image_shape, size, where)

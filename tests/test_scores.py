@@ -159,6 +159,7 @@ def blur(images, sigma):
     return TF.gaussian_blur(images, [7, 7], [sigma, sigma]) if sigma else images
 
 
+@pytest.mark.slow
 def test_domain_scores_know_real_from_noise_and_grow_with_damage(synth):
     data, extractor, _ = synth
     assert extractor.name == "domain" and extractor.has_classes  # synthfaces have labels: a classifier
@@ -175,6 +176,7 @@ def test_domain_scores_know_real_from_noise_and_grow_with_damage(synth):
     assert noisy == sorted(noisy) and noisy[-1] > 2 * noisy[0]
 
 
+@pytest.mark.slow
 def test_domain_scores_do_not_depend_on_the_batch_size(synth):
     data, extractor, _ = synth
     images = data.val[:200]
@@ -184,6 +186,7 @@ def test_domain_scores_do_not_depend_on_the_batch_size(synth):
     assert frechet_distance(single, reference) == pytest.approx(frechet_distance(whole, reference), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_domain_extractor_is_trained_once_per_dataset(synth, tmp_path):
     data, extractor, cache = synth
     elsewhere, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
@@ -205,6 +208,7 @@ def test_without_labels_the_domain_extractor_autoencodes(tmp_path):
     assert features.shape == (5, 128) and logits is None
 
 
+@pytest.mark.slow
 def test_reference_statistics_are_cached_on_disk(synth):
     data, extractor, cache = synth
     quality = SampleQuality(extractor, "test", data, ScoreSettings(), cache)

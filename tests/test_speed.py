@@ -84,6 +84,7 @@ def test_four_steps_of_losses_stay_close_to_the_plain_path(family, data):
     assert max(worst_relative(step_losses(family, BF16, data, 4), plain)) <= 3e-2
 
 
+@pytest.mark.slow
 def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
     vae = get_family("vae")
     params = {**vae.defaults, "batch_size": 32}
@@ -179,6 +180,7 @@ def test_a_bad_speed_table_is_refused_in_one_line(tmp_path, runs_dir, capsys, li
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_every_trial_run_records_its_fast_path(smoke_runs):
     _, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
     assert children
@@ -222,6 +224,7 @@ def test_nested_phases_count_their_time_once():
     assert profile.calls == {"outer": 1, "inner": 1}
 
 
+@pytest.mark.slow
 def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
     from harness.bench import bench_training, training_table
 

@@ -93,6 +93,7 @@ def test_a_trial_trains_the_same_through_a_dataloader(data):
     assert streamed["val_recon_mse"] == resident["val_recon_mse"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
     vae = get_family("vae")
     straight = train(vae, PARAMS, data, TrainConfig(epochs=4, seed=5)).history

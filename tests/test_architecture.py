@@ -1,0 +1,147 @@
+"""The shape of the code: no import cycle, a report that reads without the training stack, one owner
+for RUNS_DIR's paths and for metric keys, no work at import time, families that say what they are."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGES = ("harness", "models")
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its file (inside functions too)."""
+    files = {module_name(p, root): p for package in packages for p in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from pkg import sub` imports the submodule when there is one, else names of pkg
+                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in files else node.module
+                           for alias in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in files and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return []
+
+
+def test_the_harness_has_no_import_cycle():
+    graph = import_graph()
+    assert {"harness.search", "harness.report", "harness.report.records", "models.vae"} <= set(graph)
+    assert "harness.trial" in graph["harness.search"]  # edges are found, function-level imports included
+    assert "harness.latent" in graph["harness.search"]
+    assert find_cycle(graph) == [], " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_hidden_cycle(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg import b\n")
+    (package / "b.py").write_text("def later():\n    from pkg.c import thing\n")  # inside a function
+    (package / "c.py").write_text("import pkg.a\nthing = 1\n")
+    assert find_cycle(import_graph(tmp_path, ("pkg",))) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+def imported_by(statement: str, libraries: str = "pass") -> dict:
+    """What importing does in a fresh interpreter (after `libraries` have done their own import-time work)."""
+    code = (f"import json, logging, os, sys; {libraries}; before = dict(os.environ); "
+            f"level = logging.getLogger('mlflow').level; {statement}; "
+            "print(json.dumps({'modules': sorted(sys.modules), 'environ_changed': dict(os.environ) != before, "
+            "'logging_changed': logging.getLogger('mlflow').level != level}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_report_imports_neither_the_training_stack_nor_the_models():
+    modules = imported_by("import harness.report")["modules"]
+    assert "harness.report" in modules
+    assert not [m for m in modules if m == "harness.training" or m == "models" or m.startswith("models.")]
+    assert "torch" not in modules  # it reads what was recorded: no tensors needed
+
+
+@pytest.mark.slow
+def test_importing_does_no_work():
+    """No module changes the environment, configures logging or registers the built-in families on import."""
+    statement = ("import harness.search, harness.report, harness.confirm, harness.cli, harness.bench, harness.registry; "
+                 "assert not harness.registry._BUILTINS, 'the built-in families were registered at import'")
+    found = imported_by(statement, "import torch, torchvision, mlflow, optuna, pandas, seaborn, matplotlib")
+    assert not found["environ_changed"] and not found["logging_changed"]
+    assert not [m for m in found["modules"] if m.startswith("models")]
+
+
+def sources(exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    return {str(p.relative_to(REPO)): p.read_text() for p in (REPO / "harness").rglob("*.py")
+            if str(p.relative_to(REPO)) not in exclude}
+
+
+def test_only_storage_builds_paths_under_runs_dir():
+    offenders = {name: line.strip() for name, text in sources(("harness/storage.py",)).items()
+                 for line in text.splitlines() if re.search(r"runs_dir\s*/", line)}
+    assert offenders == {}
+
+
+def test_metric_keys_are_built_in_one_module():
+    pattern = re.compile(r"""f["'](val|test|train)_\{|["'](val|test|train)_["']\s*\+|\+\s*["']_std["']""")
+    offenders = {name: [line.strip() for line in text.splitlines() if pattern.search(line)]
+                 for name, text in sources(("harness/keys.py",)).items()}
+    assert {name: lines for name, lines in offenders.items() if lines} == {}
+
+
+def test_nothing_guesses_what_a_family_is():
+    offenders = {name: [line.strip() for line in text.splitlines() if "hasattr(" in line]
+                 for name, text in sources().items()}
+    assert {name: lines for name, lines in offenders.items() if lines} == {}
+
+
+@pytest.mark.parametrize("module", ["harness.report", "harness.report.records", "harness.keys", "harness.storage"])
+def test_readers_do_not_import_the_training_stack(module):
+    graph = import_graph()
+    seen, todo = set(), [module]
+    while todo:  # everything it reaches
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(graph.get(current, ()))
+    assert not seen & {"harness.training", "harness.trial", "harness.search", "harness.registry", "models"}

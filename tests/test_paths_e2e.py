@@ -1,0 +1,166 @@
+"""The paths through the harness end to end: a family registered from outside, pruning, several
+objectives, the extractor identity guard, and a checkpoint that cannot be read."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from harness import extractors, registry
+from harness.cli import main
+from harness.publish import CHECKPOINT, read_checkpoint
+from harness.registry import register_family
+from harness.storage import Storage
+from models import gan
+
+from conftest import mlflow_runs, split_runs, write_study
+
+
+RANDOM_VAE = """
+[sampler]
+name = "random"
+[space.vae]
+kl_weight = {low = 1e-5, high = 1e-1, log = true}
+latent_dim = 16
+batch_size = 64
+"""
+
+
+def trials_of(runs_dir, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs_dir / 'optuna.db'}").get_trials()
+
+
+def study_text(name: str, family: str, objective: str, body: str, epochs: int = 1, trials: int = 2) -> str:
+    return f"""
+name = "{name}"
+version = 1
+families = ["{family}"]
+trials = {trials}
+epochs = {epochs}
+seed = 0
+objective = {objective}
+[dataset]
+name = "synthfaces"
+n = 300
+[scores]
+epoch_samples = 100
+final_samples = 100
+{body}
+"""
+
+
+@pytest.mark.slow
+def test_a_family_registered_from_outside_gets_its_tables_and_plots(runs_dir, tmp_path, monkeypatch):
+    """An adversarial family the harness has never heard of: its runs say what it is, and the report
+    draws its losses and samples (and no reconstructions) from that alone."""
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    register_family("outsider_gan", kind="adversarial", space=gan.SPACE, metrics=gan.METRICS, build=gan.build,
+                    make_optimizers=gan.make_optimizers, train_step=gan.train_step, eval_step=gan.eval_step,
+                    reference=gan.REFERENCE)
+    path = write_study(tmp_path, "outsider", study_text("outsider", "outsider_gan", '"fd"', """
+[sampler]
+name = "grid"
+[space.outsider_gan]
+lr_g = [1e-3, 2e-4]
+batch_size = 64
+"""))
+    assert main(["study", str(path)]) == 0
+    _, children = split_runs(mlflow_runs(runs_dir, "outsider-v1"))
+    assert {(c.data.tags["family.kind"], c.data.tags["family.curves"]) for c in children} == {("adversarial", "d_loss,g_loss")}
+    assert main(["report", "outsider", "--out", str(tmp_path / "reports")]) == 0
+    folder = tmp_path / "reports" / "outsider-v1"
+    best = pd.read_csv(folder / "best_per_family.csv")
+    assert list(best["family"]) == ["outsider_gan"]
+    assert (folder / "curves_outsider_gan.png").is_file()  # its declared curves, read from its runs
+    assert (folder / "grids" / "outsider_gan" / "samples.png").is_file()
+    assert not (folder / "grids" / "outsider_gan" / "reconstructions.png").exists()
+    page = (folder / "index.html").read_text()
+    assert "outsider_gan: samples" in page and "curves_outsider_gan" in page
+
+
+@pytest.mark.slow
+def test_pruned_trials_are_recorded_and_reported_as_pruned(runs_dir, tmp_path):
+    """The median pruner stops a trial whose first epoch is worse than the first trial's."""
+    path = write_study(tmp_path, "pruned", study_text("pruned", "vae", '"val_recon_mse"', """
+[sampler]
+name = "grid"
+[pruner]
+name = "median"
+n_startup_trials = 1
+n_warmup_steps = 0
+[space.vae]
+lr = [1e-3, 1e-7]
+latent_dim = 16
+batch_size = 32
+""", epochs=3))
+    assert main(["study", str(path)]) == 0
+    trials = sorted(trials_of(runs_dir, "pruned-v1"), key=lambda t: t.params["lr"], reverse=True)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(trials[1].intermediate_values) == [1] and trials[1].value == trials[1].intermediate_values[1]
+    _, children = split_runs(mlflow_runs(runs_dir, "pruned-v1"))
+    pruned_run = next(c for c in children if c.data.tags["trial_number"] == str(trials[1].number))
+    assert pruned_run.info.status == "FINISHED" and pruned_run.data.tags["state"] == "PRUNED"
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(pruned_run.info.run_id, "val_recon_mse")] == [1]
+    assert "test_recon_mse" not in pruned_run.data.metrics  # never scored as if it had finished
+    assert main(["report", "pruned", "--out", str(tmp_path / "reports")]) == 0
+    table = pd.read_csv(tmp_path / "reports" / "pruned-v1" / "trials.csv")
+    assert sorted(table["state"]) == ["COMPLETE", "PRUNED"]
+    assert "1 pruned" in (tmp_path / "reports" / "pruned-v1" / "tables.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_multi_objective_study_reports_its_pareto_front(runs_dir, tmp_path):
+    path = write_study(tmp_path, "pareto", study_text("pareto", "vae", '["val_recon_mse", "val_kl"]', RANDOM_VAE, trials=3))
+    assert main(["study", str(path)]) == 0
+    trials = trials_of(runs_dir, "pareto-v1")
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    parents, _ = split_runs(mlflow_runs(runs_dir, "pareto-v1"))
+    assert parents[0].data.tags["objective"] == "val_recon_mse,val_kl"
+    assert not [k for k in parents[0].data.metrics if k.startswith("best_")]  # no single best with two objectives
+    assert main(["report", "pareto", "--out", str(tmp_path / "reports")]) == 0
+    folder = tmp_path / "reports" / "pareto-v1"
+    assert (folder / "pareto.png").is_file()
+    assert 'alt="pareto.png"' in (folder / "index.html").read_text()  # on the page
+
+
+@pytest.mark.slow
+def test_a_changed_extractor_is_refused_and_nothing_is_recorded(runs_dir, tmp_path, monkeypatch, capsys):
+    path = write_study(tmp_path, "guarded", study_text("guarded", "vae", '"fd"', RANDOM_VAE, trials=1))
+    assert main(["study", str(path)]) == 0
+    before = [(r.info.run_id, r.info.status) for r in mlflow_runs(runs_dir, "guarded-v1")]
+    monkeypatch.setitem(extractors.RECIPE, "epochs", extractors.RECIPE["epochs"] + 1)  # a new recipe: other features
+    capsys.readouterr()
+    assert main(["study", str(path), "--trials", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was scored with another extractor" in err and "epochs" in err
+    assert [t.state for t in trials_of(runs_dir, "guarded-v1")] == [TrialState.COMPLETE]
+    assert [(r.info.run_id, r.info.status) for r in mlflow_runs(runs_dir, "guarded-v1")] == before
+
+
+def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys):
+    storage = Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")})
+    storage.prepare()
+    client = storage.mlflow()
+    experiment = client.create_experiment("checkpoints", artifact_location=storage.artifact_location("checkpoints"))
+    empty, cut, good = (client.create_run(experiment).info.run_id for _ in range(3))
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(b"PK\x03\x04 cut short by a crash")
+    client.log_artifact(cut, str(folder / "last.pt"), "checkpoint")
+    state = {"model": {"w": torch.ones(2)}, "optimizers": {}, "rng": {}, "epoch": 2, "history": [{"a": 1.0}] * 2}
+    torch.save(state, folder / "last.pt")
+    client.log_artifact(good, str(folder / "last.pt"), "checkpoint")
+
+    assert read_checkpoint(client, empty, "trial 3") is None
+    assert "trial 3 left no checkpoint" in capsys.readouterr().out
+    assert read_checkpoint(client, cut, "trial 7") is None
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("warning: checkpoint of trial 7 is unreadable (")
+    assert err.endswith("); restarting it from epoch 0")
+    assert read_checkpoint(client, good, "trial 8")["epoch"] == 2
+    assert CHECKPOINT == "checkpoint/last.pt"
