@@ -50,7 +50,7 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path, title: str) -> 
         if (values > 0).all() and values.max() / values.min() > 20:
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(loss)
+        ax.set_title(keys.label(loss))
         ax.set_ylabel("")
     fig.suptitle(title)
     save_figure(fig, path)

@@ -18,9 +18,10 @@ import os
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -215,7 +216,12 @@ class TrialLoop:
                                       stop_after=lambda epoch, metrics: self._report(trial, epoch, metrics, decide=True))
             _check_objectives(outcome, self.keys)
             trial.set_user_attr(Attr.REFERENCE_STATS, outcome.reference_stats)
-            self.publisher.publish(run_id, outcome)
+            try:
+                self.publisher.publish(run_id, outcome)
+            except (MlflowException, SQLAlchemyError, OSError) as e:  # the run must not stay RUNNING
+                outcome = replace(outcome, state=State.FAIL, failure=Failure(
+                    FailureKind.ERROR, f"recording the trial failed: {type(e).__name__}: {e}", traceback.format_exc()))
+                self.publisher.publish(run_id, outcome)  # a failure is recorded as far as the store allows
         if outcome.failure is not None:
             trial.set_user_attr(Attr.FAILURE, outcome.failure.reason)
         return outcome

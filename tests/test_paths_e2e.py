@@ -164,3 +164,28 @@ def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys)
     assert err.endswith("); restarting it from epoch 0")
     assert read_checkpoint(client, good, "trial 8")["epoch"] == 2
     assert CHECKPOINT == "checkpoint/last.pt"
+
+
+@pytest.mark.slow
+def test_a_trial_whose_recording_fails_is_closed_as_failed(runs_dir, tmp_path, monkeypatch, capsys):
+    """Writing the finished trial's files fails (the disk filled up at the end): its run is closed as
+    FAILED with the reason, not left RUNNING, and the study stops saying the disk is full."""
+    import errno
+
+    from harness.tracking import Tracker
+
+    real = Tracker.log_artifact
+
+    def full_at_the_weights(self, run_id, path, folder=None):
+        if path.name == "model.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, run_id, path, folder)
+
+    monkeypatch.setattr(Tracker, "log_artifact", full_at_the_weights)
+    path = write_study(tmp_path, "recording", study_text("recording", "vae", '"val_recon_mse"', RANDOM_VAE, trials=1))
+    assert main(["study", str(path)]) == 2
+    assert "is full" in capsys.readouterr().err
+    (trial,) = trials_of(runs_dir, "recording-v1")
+    assert trial.state == TrialState.FAIL and trial.user_attrs["failure_reason"].startswith("recording the trial failed")
+    _, children = split_runs(mlflow_runs(runs_dir, "recording-v1"))
+    assert [(c.info.status, c.data.tags["state"]) for c in children] == [("FAILED", "FAIL")]

@@ -39,11 +39,11 @@ def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: P
     plots_of = record.table.set_index("number").get(f"tags.{Tag.FAMILY_PLOTS}", pd.Series(dtype=str))
     grids = []
     for _, row in best.iterrows():
-        declared = (plots_of.get(row["trial"]) or "samples").split(",")
+        declared = (plots_of.get(row["trial"]) or "samples").split(",")  # runs from before the tag: samples
         folder = out / "grids" / row["family"]
         folder.mkdir(parents=True, exist_ok=True)
         for plot, name in GRIDS.items():
-            if plot not in declared and plot != "samples":
+            if plot not in declared:
                 continue
             try:
                 grids.append((row["family"], name, Path(client.download_artifacts(row["run_id"], name, str(folder)))))

@@ -58,7 +58,7 @@ def plot_objective_vs_params(record: StudyRecord, out: Path) -> list[Path]:
             if (y > 0).all() and y.max() / max(y.min(), 1e-12) > 20:
                 ax.set_yscale("log")
             ax.set_xlabel(param)
-            ax.set_ylabel(metric)
+            ax.set_ylabel(keys.label(metric))
         fig.suptitle(f"{record.name}: {', '.join(metrics)} vs {param}")
         paths.append(save_figure(fig, out / f"vs_{param}.png"))
     return paths
@@ -81,8 +81,8 @@ def plot_tradeoff(record: StudyRecord, x: str, y: str, out: Path, name: str) -> 
     for values, set_scale in ((xs, ax.set_xscale), (ys, ax.set_yscale)):
         if (values > 0).all() and values.max() / values.min() > 20:
             set_scale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(keys.label(x))
+    ax.set_ylabel(keys.label(y))
     ax.legend(fontsize=8)
     better = ", ".join(f"{k} {'lower' if s > 0 else 'higher'}" for k, s in zip((x, y), signs))
     ax.set_title(f"{y} vs {x}\n(better: {better}; red: Pareto front)", fontsize=10)
@@ -114,7 +114,7 @@ def plot_loss_curves(record: StudyRecord, client: MlflowClient, out: Path) -> li
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=8)
-            ax.set_title(f"{loss} (faint: raw, solid: smoothed)")
+            ax.set_title(f"{keys.label(loss)} (faint: raw, solid: smoothed)")
         fig.suptitle(f"{record.name}: {best['family']}, trial {best['trial']}")
         paths.append(save_figure(fig, out / f"curves_{best['family']}.png"))
     return paths
@@ -163,6 +163,6 @@ def plot_confirm(record: StudyRecord, out: Path) -> Path | None:
     fig = new_figure(6, max(2.4, 1.0 + 0.5 * len(frame)))
     ax = fig.subplots()
     ax.errorbar(frame["mean"], frame["config"], xerr=frame["ci"].fillna(0), fmt="o", capsize=4)
-    ax.set_xlabel(f"{record.objective}: mean ± 95% CI over fresh seeds")
+    ax.set_xlabel(f"{keys.label(record.objective)}: mean ± 95% CI over fresh seeds")
     ax.set_title(f"{record.name}: seed re-runs")
     return save_figure(fig, out / "confirm.png")
