@@ -115,7 +115,8 @@ class SampleQuality:
     @torch.no_grad()
     def generated(self, family: Family, model: nn.Module, n: int, seed: int) -> tuple[FeatureStats, Tensor | None]:
         """Features of n samples from a fixed z, turned into uint8 images as real ones are stored."""
-        images = to_uint8(fixed_samples(model, family.output_range, n, seed, self.data.device, batch=BATCH)).cpu()
+        images = fixed_samples(model, family.output_range, n, seed, self.data.device, batch=BATCH,
+                               keep=lambda batch: to_uint8(batch).cpu())
         features, logits = self._features(images)
         return FeatureStats.of(features), logits
 

@@ -5,6 +5,8 @@ random stream (dropout, batch noise) untouched."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -20,13 +22,16 @@ def fixed_z(n: int, latent_dim: int, seed: int, device: torch.device | str = "cp
 
 @torch.no_grad()
 def fixed_samples(model: nn.Module, output_range: tuple[float, float], n: int, seed: int, device: torch.device,
-                  batch: int | None = None) -> Tensor:
-    """n images in [0, 1] (float, on `device`) from fixed_z(seed), in eval mode, `batch` at a time."""
+                  batch: int | None = None, keep: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """n images from fixed_z(seed), in eval mode, `batch` at a time: floats in [0, 1] on `device`, or
+    what `keep` turns each batch into (e.g. uint8 on the CPU, so thousands of samples never sit on
+    the device as floats)."""
     was_training = model.training
     model.eval()
     z = fixed_z(n, model.latent_dim, seed)
     step = batch or n
-    images = torch.cat([from_model_range(model.sample(z[s:s + step].to(device)).float(), output_range)
+    keep = keep or (lambda images: images)
+    images = torch.cat([keep(from_model_range(model.sample(z[s:s + step].to(device)).float(), output_range))
                         for s in range(0, n, step)])
     model.train(was_training)
     return images
