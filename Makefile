@@ -22,14 +22,19 @@ DATASET ?=
 DATA ?=
 KEY ?=
 EXPORT ?=
+OPTIONS ?=
+EXTRACTORS ?= domain
+EXTRACTOR ?= auto
+IMAGES ?=
+N ?=
 # Where studies write (MLflow db + artifacts, Optuna db). STORAGE and TRACKING_URI override parts.
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test quick ui list data-check bench bench-workers report confirm server
+.PHONY: help setup study test quick ui list data-check validate-scores score bench bench-workers report confirm server
 
 help: ## list the targets and their variables
-	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT RUNS_DIR STORAGE TRACKING_URI PORT):"
+	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(VENV)/.installed ## create .venv and install the versions pinned in pyproject.toml
@@ -39,6 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -qq --upgrade pip
 	$(VENV)/bin/pip install -qq -e '.[test]'
+	$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
 	@touch $@
 
 study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n]
@@ -60,6 +66,16 @@ list: setup ## list families (with their spaces), datasets and studies; checks e
 data-check: setup ## inspect data as the harness loads it: make data-check DATA=file.mat [KEY=name EXPORT=out.npz DATASET=...]
 	@test -n "$(DATA)" || { echo "give DATA=path (a .mat/.npz file, a folder, or a dataset name such as synthfaces)"; exit 2; }
 	$(PY) -m harness data check "$(DATA)" $(if $(DATASET),--dataset $(DATASET)) $(if $(KEY),--key $(KEY)) $(if $(EXPORT),--export "$(EXPORT)")
+
+validate-scores: setup ## does the score rank broken images last? make validate-scores DATA=synthfaces [OPTIONS="size=64" EXTRACTORS=domain,inception N=2000]
+	@test -n "$(DATA)" || { echo "give DATA= (a dataset name such as synthfaces, or a .mat/.npz file or folder)"; exit 2; }
+	$(PY) -m harness validate-scores "$(DATA)" $(if $(DATASET),--dataset $(DATASET)) $(foreach o,$(OPTIONS),--option $(o)) \
+		--extractors $(EXTRACTORS) $(if $(N),--n $(N)) --device $(DEVICE)
+
+score: setup ## score your own samples as a study would: make score DATA=synthfaces IMAGES=samples.npz [EXTRACTOR=domain|inception OPTIONS=...]; last line JSON
+	@test -n "$(DATA)" -a -n "$(IMAGES)" || { echo "give DATA= (the dataset) and IMAGES= (a .npz or a folder of images)"; exit 2; }
+	$(PY) -m harness score "$(DATA)" --images "$(IMAGES)" $(if $(DATASET),--dataset $(DATASET)) \
+		$(foreach o,$(OPTIONS),--option $(o)) --extractor $(EXTRACTOR) --device $(DEVICE)
 
 confirm: setup ## re-train a study's best configurations with fresh seeds: make confirm STUDY=name [SEEDS=5 TOP=1]
 	$(PY) -m harness confirm $(STUDY) --seeds $(SEEDS) --top $(TOP) --device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) \

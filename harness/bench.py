@@ -91,8 +91,9 @@ def bench_sampler(device: torch.device, n: int = 50_000, size: int = 64, batch_s
 def bench_evaluation(device: torch.device, storage: Storage) -> dict[str, Any]:
     from harness.evaluation import SampleQuality, ScoreSettings
     from harness.extractors import ExtractorContext, resolve_extractor
+    from harness.reference import score_data
 
-    data = load_dataset("synthfaces", {"n": 6000, "size": 32}, storage.cache_dir).place(device)
+    data = score_data("synthfaces", {"size": 32}, storage.cache_dir)
     extractor, reason = resolve_extractor("auto", ExtractorContext(data, device, storage.extractor_cache, download=False))
     family = get_family("vae")
     torch.manual_seed(0)
@@ -100,13 +101,13 @@ def bench_evaluation(device: torch.device, storage: Storage) -> dict[str, Any]:
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("without_cache", "with_cache"):  # the second finds the first's statistics on disk
-            quality = SampleQuality(extractor, reason, data, ScoreSettings(), Path(tmp))
+            quality = SampleQuality(extractor, reason, data, ScoreSettings(), Path(tmp), device)
             start = time.perf_counter()
             quality.final_scores(family, model)
             timings[label] = time.perf_counter() - start
             timings[f"{label}_reference_sets_computed"] = quality.computed
     return {"benchmark": "final sample-quality scores", "device": str(device), "extractor": extractor.name,
-            "generated": quality.final_samples, "reference": f"val {len(data.val)} + test {len(data.test)}",
+            "generated": quality.final_samples, "reference": f"reference + holdout, {quality.final_samples} each",
             "seconds_without_cache": timings["without_cache"], "seconds_with_cache": timings["with_cache"],
             "reference_sets_computed": [timings["without_cache_reference_sets_computed"],
                                         timings["with_cache_reference_sets_computed"]]}

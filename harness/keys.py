@@ -28,12 +28,14 @@ class MetricInfo:
 
 SCORES: dict[str, MetricInfo] = {
     "fd": MetricInfo("minimize", "Fréchet distance"),
+    "fd_inf": MetricInfo("minimize", "Fréchet distance extrapolated to infinite n (FD∞)"),
     "kd": MetricInfo("minimize", "kernel distance (KID estimator)"),
     "precision": MetricInfo("maximize", "precision (k-NN manifold)"),
     "recall": MetricInfo("maximize", "recall (k-NN manifold)"),
     "is": MetricInfo("maximize", "inception score"),
 }
-INCEPTION_NAMES = {"fd": "fid", "kd": "kid", "is": "is", "precision": "precision", "recall": "recall"}
+INCEPTION_NAMES = {"fd": "fid", "fd_inf": "fid_inf", "kd": "kid", "is": "is", "precision": "precision",
+                   "recall": "recall"}
 # What a study file may name as its objective besides the families' val_<metric>: resolved per extractor.
 SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()},
                                           "val_fd": "minimize"}
@@ -106,7 +108,7 @@ def score_kind(metric: str) -> tuple[str, str] | None:
     for kind, name in INCEPTION_NAMES.items():
         if metric == name:
             return kind, "inception"
-    for kind in SCORES:
+    for kind in sorted(SCORES, key=len, reverse=True):  # fd_inf_domain is fd_inf, not fd of "inf_domain"
         if metric.startswith(f"{kind}_") and not metric.endswith("_std"):
             return kind, metric.removeprefix(f"{kind}_")
     return None
@@ -118,7 +120,7 @@ def label(key: str) -> str:
     scored = score_kind(metric)
     if scored:
         kind, extractor = scored
-        text = "FID" if scored == ("fd", "inception") else SCORES[kind].label
+        text = {("fd", "inception"): "FID", ("fd_inf", "inception"): "FID∞"}.get(scored, SCORES[kind].label)
         text += "" if extractor == "inception" else f", {extractor} features"
     elif metric in RECONSTRUCTION:
         text = RECONSTRUCTION[metric].label

@@ -214,8 +214,33 @@ def _array_images(path: Path, arrays: dict[str, np.ndarray], fmt: str, key: str,
     name, array = pick_array(arrays, key, path, where)
     stack, used = array_to_images(array, layout, order, image_shape, f"{where} ({path.name}:{name})")
     images = _finish(stack, size, f"{where} ({path.name}:{name})")
-    return LoadedImages(images, source={"file": str(path), "format": fmt, "key": name, "layout": used,
-                                        "order": order if used in ("NF", "FN") else "-", "array_shape": list(array.shape)})
+    source = {"file": str(path), "format": fmt, "key": name, "layout": used,
+              "order": order if used in ("NF", "FN") else "-", "array_shape": list(array.shape)}
+    label = _class_labels(arrays, len(images))
+    if label is None:
+        return LoadedImages(images, source=source)
+    label_name, codes, classes = label
+    return LoadedImages(images, labels=codes[:, None], label_names=(label_name,), label_classes={label_name: classes},
+                        source={**source, "labels": f"{label_name} ({classes} classes)"})
+
+
+LABEL_KEYS = ("gnd", "labels", "label", "y")  # class labels as the Deng Cai face sets and NumPy users name them
+
+
+def _class_labels(arrays: dict[str, np.ndarray], n: int) -> tuple[str, Tensor, int] | None:
+    """(name, class index per image as float, number of classes) from an integer column beside the
+    images (one value per image, between 2 and n / 2 distinct values), or None."""
+    for name in LABEL_KEYS:
+        values = arrays.get(name)
+        if values is None or values.size != n or values.ndim > 2 or (values.ndim == 2 and 1 not in values.shape):
+            continue
+        flat = values.reshape(-1)
+        if not np.issubdtype(flat.dtype, np.number) or not np.all(np.equal(np.mod(flat, 1), 0)):
+            continue
+        classes, codes = np.unique(flat, return_inverse=True)
+        if 2 <= len(classes) <= n // 2:
+            return name, torch.from_numpy(codes.astype(np.float32)), len(classes)
+    return None
 
 
 def load_mat(path: str, key: str, layout: str, order: str, image_shape: list, size: int, where: str = "dataset") -> LoadedImages:

@@ -28,6 +28,7 @@ from harness.errors import redact, warn
 from harness.keys import Attr, Tag
 from harness.metrics import PIXEL_MMD_PROTOCOL
 from harness.outcome import FailureKind, State, TrialOutcome
+from harness.provenance import provenance_params
 from harness.registry import get_family
 from harness.session import Session
 from harness.tracking import Tracker
@@ -72,7 +73,7 @@ class Publisher:
                     "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
                     "trials": spec.trials, "epochs": spec.epochs, "seed": spec.seed,
                     "objective": ",".join(o.metric for o in spec.objectives), "device": str(s.device),
-                    **s.quality.protocol(), **(extra or {})},
+                    **s.quality.protocol(), "score.panel": s.panel, **provenance_params(), **(extra or {})},
             tags={"study": spec.study_name, Tag.KIND: kind, "optuna_study": spec.study_name,
                   "optuna_storage": redact(s.storage.storage_url), Tag.STATE: "RUNNING",
                   Tag.OBJECTIVE: ",".join(s.objective_keys)})
@@ -89,7 +90,7 @@ class Publisher:
         s = self.session
         return self.tracker.start_run(
             name, params={**params, "family": family, "epochs": s.spec.epochs, "seed": seed,
-                          "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(),
+                          "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(), **provenance_params(),
                           "data.source": json.dumps({"dataset": s.spec.dataset, "options": dict(s.spec.dataset_options)}),
                           **{f"data.{k}": v for k, v in s.data.description.items()},
                           **s.fast.params(), "speed.data": "device-resident" if s.data.resident else "DataLoader"},

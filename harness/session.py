@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from harness import keys
-from harness.data import ImageSplits, load_dataset
+from harness.data import ImageSplits, get_dataset, load_dataset
 from harness.devices import resolve_device
-from harness.errors import UserError
+from harness.errors import UserError, warn
 from harness.evaluation import SampleQuality
 from harness.extractors import ExtractorContext, resolve_extractor
+from harness.panel import PanelResult, run_panel
 from harness.phases import OFF, Profiler
+from harness.reference import TARGET_N, score_data, warn_if_trained_on
 from harness.registry import get_family
 from harness.speed import FastPath
 from harness.storage import Storage
@@ -28,6 +30,7 @@ class Session:
     data: ImageSplits
     quality: SampleQuality
     fast: FastPath  # the study's [speed] switches as they apply on this device
+    panel: str = "not run"  # the extractor's validation panel on this data, in one line (logged)
     phases: Profiler = OFF  # where the time goes (make bench profiles a real trial through this)
 
     @property
@@ -51,13 +54,19 @@ def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) 
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
     check_families_fit(spec, data)
     data = data.place(dev)
+    wanted = spec.scores.final_samples or (10_000 if dev.type == "cuda" else TARGET_N)
+    scoring = score_data(spec.dataset, spec.dataset_options, storage.cache_dir, wanted)
+    if get_dataset(spec.dataset).draw is None:
+        warn_if_trained_on(scoring, data.train)
     extractor, reason = resolve_extractor(spec.scores.extractor, ExtractorContext(
-        data, dev, storage.extractor_cache, download=spec.scores.extractor == "inception"))
-    quality = SampleQuality(extractor, reason, data, spec.scores, storage.reference_cache)
+        scoring, dev, storage.extractor_cache, download=spec.scores.extractor == "inception"))
+    quality = SampleQuality(extractor, reason, scoring, spec.scores, storage.reference_cache, dev)
     quality.check([o.metric for o in spec.objectives])
-    print(f"scores: {extractor.name} extractor ({reason})", flush=True)
+    print(f"scores: {extractor.name} extractor ({reason}); {scoring.size_note(quality.final_samples)}", flush=True)
+    panel = require_panel(quality, [o.metric for o in spec.objectives], storage)
     fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before anything is recorded
-    return Session(spec, storage, dev, data, quality, fast)
+    return Session(spec, storage, dev, data, quality, fast,
+                   panel="not run (Inception on a CPU)" if panel is None else panel.summary())
 
 
 def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:
@@ -69,3 +78,25 @@ def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:
         except ValueError as e:
             raise UserError(f"family {name} cannot take the {spec.dataset} images ({data.channels} channel(s), "
                             f"{data.image_size}x{data.image_size}): {e}; set the dataset's size option") from None
+
+
+def require_panel(quality: SampleQuality, objectives: list[str], storage: Storage) -> PanelResult | None:
+    """Run (or read) the validation panel of the study's extractor on its data at the study's n, and
+    refuse a score objective on an extractor that fails it. Inception on a CPU is not run here (it
+    would take hours): the study says so and names the command that runs it."""
+    extractor = quality.extractor
+    if extractor.name == "inception" and quality.device.type != "cuda":
+        warn("Inception's validation panel is not run on a CPU before a study; `make validate-scores "
+             "EXTRACTORS=inception` runs it")
+        return None
+    result = run_panel(quality, quality.final_samples, storage.panel_cache)
+    print(f"scores: {result.summary()}{' (cached)' if result.cached else ''}", flush=True)
+    scored = [o for o in objectives if o in keys.SCORE_OBJECTIVES]
+    if scored and not result.verdict.passed and quality.settings.panel == "warn":
+        warn(f"objective {scored[0]} is measured with an extractor that fails the validation panel "
+             f"({result.verdict.failures[0]}); its ranking may be wrong. [scores] panel = \"require\" refuses it")
+    elif scored and not result.verdict.passed:
+        raise UserError(f"objective {scored[0]}: the {extractor.name} extractor fails the validation panel on "
+                        f"{quality.data.dataset} {quality.data.image_size}px at n = {result.n} "
+                        f"({result.verdict.failures[0]}); see `make validate-scores`, or choose another objective")
+    return result

@@ -3,8 +3,9 @@
   RUNS_DIR/mlflow.db             MLflow backend store   (TRACKING_URI overrides, e.g. http://host:5000)
   RUNS_DIR/artifacts/<exp>/      MLflow artifacts, one folder per experiment, then per run
   RUNS_DIR/optuna.db             Optuna storage         (STORAGE overrides, e.g. postgresql://...)
-  RUNS_DIR/cache/                decoded datasets; extractors/ and reference/ below it
-  RUNS_DIR/bench/, data-check/, latent/<run id>/   what `make bench`, `data-check` and `latent` write
+  RUNS_DIR/cache/                decoded datasets; extractors/, reference/ and panel/ below it
+  RUNS_DIR/bench/, data-check/, latent/<run id>/, validation/   what `make bench`, `data-check`,
+                                 `latent` and `validate-scores` write
 The MLflow client is always bound to the store explicitly (MLflow's default URI depends on the
 working directory), and the Optuna tables are created here, once, before any worker touches them.
 """
@@ -73,6 +74,15 @@ class Storage:
     @property
     def reference_cache(self) -> Path:
         return self.cache_dir / "reference"
+
+    @property
+    def panel_cache(self) -> Path:
+        """Validation panel results per (extractor weights, dataset, n): harness/panel.py."""
+        return self.cache_dir / "panel"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.runs_dir / "validation"
 
     @property
     def bench_dir(self) -> Path:

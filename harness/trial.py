@@ -11,6 +11,8 @@ exception its traceback, a Ctrl-C says so (the caller stops the study after reco
 
 from __future__ import annotations
 
+import json
+
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +77,8 @@ class TrialRunner:
                 outcome.state = State.PRUNED
                 return outcome
             with s.phases.phase("final scores"):
-                outcome.final = self._final_scores(family, job.params, result.model)
+                outcome.final = self._final_scores(family, job.params, result.model, scratch)
+                outcome.artifacts.append(scratch / "scores.json")
             outcome.state = State.COMPLETE
         except KeyboardInterrupt:
             outcome.failure = Failure(FailureKind.INTERRUPTED, "interrupted (Ctrl-C)")
@@ -124,11 +127,15 @@ class TrialRunner:
         save_model(model, family.name, job.params, s.data.channels, s.data.image_size, scratch)
         return written + [scratch / name for name in ("samples.png", "loss_curves.png", "model.pt", "model.json")]
 
-    def _final_scores(self, family: Family, params: Mapping[str, Any], model: torch.nn.Module) -> dict[str, float]:
-        """Held-out losses on the test split, sample quality, and the autoencoders' reconstruction scores."""
+    def _final_scores(self, family: Family, params: Mapping[str, Any], model: torch.nn.Module,
+                      scratch: Path) -> dict[str, float]:
+        """Held-out losses on the test split, sample quality, and the autoencoders' reconstruction scores;
+        the sample-quality scores with FD∞'s fit points also go to scores.json."""
         s = self.session
         final = {keys.split_key("test", k): v for k, v in evaluate(family, model, s.data, "test", params).items()}
-        final.update(s.quality.final_scores(family, model))
+        scored = s.quality.final_scores(family, model)
+        final.update(scored.scores)
+        (scratch / "scores.json").write_text(json.dumps(scored.record(), indent=1))
         if family.autoencoder and family.output_range == (0.0, 1.0):  # BCE and the ELBO need [0, 1] outputs
             final.update(reconstruction_scores(family, model, s.data, "test", int(params["batch_size"])))
         return final

@@ -33,10 +33,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def shared_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained domain extractors and validation panels, shared by every test's RUNS_DIR: they are keyed
+    by their recipe and data, so sharing changes no result, and the synthfaces extractor (minutes to
+    train) is trained once per test session, as it is once per machine for a user."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+def share_caches(runs: Path, shared: Path) -> None:
+    (runs / "cache").mkdir(parents=True, exist_ok=True)
+    for name in ("extractors", "panel"):
+        (shared / name).mkdir(exist_ok=True)
+        (runs / "cache" / name).symlink_to(shared / name, target_is_directory=True)
+
+
 @pytest.fixture
-def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh RUNS_DIR for one test, with no STORAGE/TRACKING_URI leaking in."""
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_caches: Path) -> Path:
+    """A fresh RUNS_DIR for one test (sharing the trained extractors), with no STORAGE/TRACKING_URI leaking in."""
     path = tmp_path / "runs"
+    share_caches(path, shared_caches)
     monkeypatch.setenv("RUNS_DIR", str(path))
     monkeypatch.delenv("STORAGE", raising=False)
     monkeypatch.delenv("TRACKING_URI", raising=False)
@@ -44,9 +60,10 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory, shared_caches: Path) -> Path:
     """RUNS_DIR holding one finished `smoke` study, shared by read-only tests."""
     path = tmp_path_factory.mktemp("smoke") / "runs"
+    share_caches(path, shared_caches)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RUNS_DIR", str(path))
         mp.delenv("STORAGE", raising=False)

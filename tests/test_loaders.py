@@ -100,6 +100,20 @@ def test_pie_faces_load_upright():
     assert left_right < 0.75 * top_bottom  # a face is mirror-symmetric left to right, not top to bottom
     eyes_row = mean[:, 8:24].mean(1).argmin()
     assert eyes_row < 14  # the darkest band across the middle, the eyes, is in the upper half
+    assert data.label_names == ("gnd",) and data.label_classes == {"gnd": 10}  # the person, read from gnd
+    people = torch.cat([data.labels[s][:, 0] for s in ("train", "val", "test")])
+    assert sorted(people.unique().tolist()) == list(range(10)) and len(people) == 1700
+
+
+def test_class_labels_beside_the_images_are_read_and_others_are_not(tmp_path):
+    import scipy.io
+
+    faces = np.random.default_rng(0).integers(0, 255, (40, 64), dtype=np.uint8)
+    scipy.io.savemat(tmp_path / "labelled.mat", {"fea": faces, "gnd": np.repeat(np.arange(1, 5), 10)[:, None]})
+    loaded = load_images("mat", resolve_options("mat", {"path": str(tmp_path / "labelled.mat")}))
+    assert loaded.label_classes == {"gnd": 4} and loaded.labels[:, 0].tolist() == [float(i // 10) for i in range(40)]
+    scipy.io.savemat(tmp_path / "ids.mat", {"fea": faces, "gnd": np.arange(40)[:, None]})  # one class per image
+    assert load_images("mat", resolve_options("mat", {"path": str(tmp_path / "ids.mat")})).labels is None
 
 
 @pytest.mark.parametrize("arrays, options, message", [

@@ -130,14 +130,15 @@ def test_a_multi_objective_study_reports_its_pareto_front(runs_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_changed_extractor_is_refused_and_nothing_is_recorded(runs_dir, tmp_path, monkeypatch, capsys):
-    path = write_study(tmp_path, "guarded", study_text("guarded", "vae", '"fd"', RANDOM_VAE, trials=1))
+    path = write_study(tmp_path, "guarded", study_text("guarded", "vae", '"val_recon_mse"', RANDOM_VAE, trials=1))
+    monkeypatch.setitem(extractors.RECIPE, "steps", 20)  # the guard, not the extractor's quality, is tested here
     assert main(["study", str(path)]) == 0
     before = [(r.info.run_id, r.info.status) for r in mlflow_runs(runs_dir, "guarded-v1")]
-    monkeypatch.setitem(extractors.RECIPE, "epochs", extractors.RECIPE["epochs"] + 1)  # a new recipe: other features
+    monkeypatch.setitem(extractors.RECIPE, "steps", 21)  # a new recipe: other features
     capsys.readouterr()
     assert main(["study", str(path), "--trials", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "was scored with another extractor" in err and "epochs" in err
+    assert len(err.splitlines()) == 1 and "was scored with another extractor" in err and "steps" in err
     assert [t.state for t in trials_of(runs_dir, "guarded-v1")] == [TrialState.COMPLETE]
     assert [(r.info.run_id, r.info.status) for r in mlflow_runs(runs_dir, "guarded-v1")] == before
 

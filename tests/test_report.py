@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.report import StudyRecord, confidence, pareto_mask
 from harness.report.findings import vae_kl_sweep
 
-from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser test leaves for people to look at
 STUDY = """
@@ -43,10 +43,11 @@ batch_size = 64
 
 
 @pytest.fixture(scope="module")
-def studied(tmp_path_factory):
+def studied(tmp_path_factory, shared_caches):
     """A small real study (3 random trials), its best configuration re-run with 2 seeds, and the report."""
     root = tmp_path_factory.mktemp("report")
     runs, reports = root / "runs", root / "reports"
+    share_caches(runs, shared_caches)
     study_file = write_study(root / "studies", "report_demo", STUDY)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RUNS_DIR", str(runs))

@@ -22,7 +22,7 @@ from harness.data import load_dataset
 from harness.registry import get_family
 from harness.training import TrainConfig, train
 
-from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,8 @@ def harness(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_local_workers_share_one_study(tmp_path):
+def test_local_workers_share_one_study(tmp_path, shared_caches):
+    share_caches(tmp_path / "runs", shared_caches)
     path = write_study(tmp_path, "parallel", study_text("parallel", trials=4, epochs=1))
     env = {"RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
     done = harness("study", str(path), "--workers", "2", env=env)
@@ -82,8 +83,9 @@ def study_exists(db: Path, name: str) -> bool:
         return False
 
 
-def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, shared_caches):
     runs = tmp_path / "runs"
+    share_caches(runs, shared_caches)
     path = write_study(tmp_path, "killme", study_text("killme", trials=2, epochs=6, checkpoint_every=2).replace(
         "kl_weight = [1e-3, 1e-2, 3e-3, 3e-4]", "kl_weight = [1e-3, 1e-2]"))
     env = {**os.environ, "RUNS_DIR": str(runs), "HEARTBEAT_SECONDS": "1", "STORAGE": "", "TRACKING_URI": ""}
@@ -168,13 +170,15 @@ def test_workers_share_postgres_and_a_tracking_server(tmp_path):
         server.wait(timeout=30)
 
 
-def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(tmp_path, monkeypatch, capsys,
+                                                                                shared_caches):
     import errno
     import sqlite3
 
     from harness import figures
 
     runs = tmp_path / "runs"
+    share_caches(runs, shared_caches)
     for key, value in (("RUNS_DIR", str(runs)), ("STORAGE", ""), ("TRACKING_URI", "")):
         monkeypatch.setenv(key, value)
     path = write_study(tmp_path, "full", study_text("full", trials=4, epochs=1))

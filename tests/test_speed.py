@@ -32,7 +32,7 @@ from harness.registry import get_family
 from harness.studyfile import load_study
 from harness.storage import Storage
 from harness.training import TrainConfig, TrainHooks, train, train_epoch
-from conftest import REPO, mlflow_runs, split_runs, write_study
+from conftest import REPO, mlflow_runs, split_runs, write_study, share_caches
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
              "wgan_gp": ["d_loss", "g_loss"]}
@@ -238,9 +238,10 @@ def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_overhead_profiles_a_real_trial(tmp_path):
+def test_bench_overhead_profiles_a_real_trial(tmp_path, shared_caches):
     from harness.bench import OVERHEAD_PHASES, bench_overhead, overhead_lines
 
+    share_caches(tmp_path / "runs", shared_caches)
     r = bench_overhead(torch.device("cpu"), Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")}))
     per_epoch = r["per_epoch_seconds"]
     assert {"data", "forward/backward", "optimizer", "validation", "epoch scores", "tracking", "optuna",

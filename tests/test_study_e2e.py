@@ -20,7 +20,7 @@ from models import vae
 from conftest import REPO, mlflow_runs, split_runs, write_study
 
 pytestmark = pytest.mark.slow
-ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples"}
+ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples", "scores.json"}
 
 
 def optuna_trials(runs_dir: Path, study: str = "smoke-v1") -> list[optuna.trial.FrozenTrial]:
@@ -60,7 +60,9 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
         assert {"val_fd_domain", "fd_domain", "kd_domain", "kd_domain_std", "precision_domain", "recall_domain",
                 "is_domain", "test_fd_domain", "test_bce", "test_elbo", "test_psnr", "test_ssim"} <= set(metrics)
         assert not [k for k in metrics if "fid" in k or k in ("kid", "is")]
-        assert params["score.extractor"] == "domain" and params["score.generated_final"] == "2000"
+        assert params["score.extractor"] == "domain" and params["score.n"] == "2000" and "fd_inf_domain" in metrics
+        assert parent.data.params["score.panel"].startswith("domain ") and "validation panel at n = 2000" in parent.data.params["score.panel"]
+        assert float(params["score.floor_fd"]) < metrics["fd_domain"] and params["code.commit"] != ""
         assert len(client.get_metric_history(run.info.run_id, "val_fd_domain")) == 2
         extra = {"latent"} if run.info.run_id == parent.data.tags["best_run_id"] else set()  # the best trial's pictures
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS | extra

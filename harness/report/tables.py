@@ -65,7 +65,7 @@ def all_trials(record: StudyRecord) -> pd.DataFrame:
 
 
 def protocol_id(protocol: dict[str, str]) -> str:
-    fields = ("score.extractor", "score.extractor_sha256", "score.generated_final", "score.reference_final", "score.input")
+    fields = ("score.extractor", "score.extractor_sha256", "score.n", "score.reference_identity", "score.input")
     return hashlib.sha256(json.dumps({k: protocol.get(k) for k in fields}).encode()).hexdigest()[:8]
 
 

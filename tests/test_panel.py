@@ -1,0 +1,249 @@
+"""The validation panel, FD∞, the refusal of an objective on an extractor that fails the panel, and
+`make validate-scores` / `make score`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from conftest import mlflow_runs, split_runs, write_study
+from harness import extractors
+from harness.cli import main
+from harness.evaluation import SampleQuality, ScoreSettings, fd_inf_sizes, frechet_distance_infinity
+from harness.extractors import Extractor, ExtractorContext, resolve_extractor
+from harness.panel import BROKEN, LEVELS, judge, panel_sets, run_panel, spearman
+from harness.reference import score_data
+from harness.scores import FeatureStats
+
+
+@pytest.fixture(scope="module")
+def small():
+    return score_data("synthfaces", {"size": 32}, None, 64)
+
+
+def test_the_panel_has_the_floor_five_disturbances_at_four_levels_and_five_broken_generators(small):
+    sets = panel_sets(small, 64)
+    assert [(s.name, s.level) for s in sets][:1] == [("floor", 0)] and len(sets) == 1 + 5 * 4 + 5
+    assert torch.equal(sets[0].images, small.holdout[:64])
+    assert all(s.images.shape == (64, 1, 32, 32) and s.images.dtype == torch.uint8 for s in sets)
+    assert {s.name for s in sets if s.level == 0} - {"floor"} == set(BROKEN)
+    real = small.holdout[:64].float()
+    for name in LEVELS:  # each disturbance damages the pixels more at each level
+        damage = [float((s.images.float() - real).abs().mean()) for s in sets if s.name == name]
+        assert damage == sorted(damage) and damage[0] > 0, name
+    by_name = {s.name: s.images for s in sets if s.level == 0}
+    assert len(torch.unique(by_name["mean_image"], dim=0)) == 1 and len(torch.unique(by_name["eight_images"], dim=0)) == 8
+
+
+def test_the_verdict_names_each_failed_check():
+    good = {("floor", 0): 1.0, **{(n, lv): 10.0 * lv for n in LEVELS for lv in range(1, 5)},
+            **{(n, 0): 100.0 for n in BROKEN}}
+    assert judge(good).passed and judge(good).failures == []
+    bad = {**good, ("swirl", 4): 25.0, ("eight_images", 0): 15.0}  # below level 3 (30); below level 2 (20)
+    failures = judge(bad).failures
+    assert not judge(bad).passed and len(failures) == 2
+    assert failures[0] == "swirl is not monotone: level 4 scores 25, not above level 3 (30)"
+    assert failures[1] == "broken generator eight_images scores 15, not worse than level 2 of gaussian_noise (20)"
+    high_floor = judge({**good, ("floor", 0): 12.0}).failures  # above every level 1 (10)
+    assert "the real-vs-real floor (12) is not below every other set (10)" in high_floor
+    assert "gaussian_noise is not monotone: level 1 scores 10, not above level 0 (12)" in high_floor
+
+
+def test_spearman_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=26).tolist(), rng.normal(size=26).tolist()
+    b[3] = b[4]  # a tie
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, a) == pytest.approx(1.0)
+
+
+def test_fd_infinity_removes_the_small_sample_bias():
+    """Two Gaussians 0.5 apart in each of 64 dimensions: FD = 64 x 0.25 = 16 with infinitely many
+    samples; at n = 400 the plain FD is biased upwards by the covariance estimate's noise."""
+    g = torch.Generator().manual_seed(0)
+    d = 64
+    reference = FeatureStats.of(torch.randn(50_000, d, generator=g, dtype=torch.float64))
+    generated = torch.randn(400, d, generator=g, dtype=torch.float64) + 0.5
+    fd_inf, points = frechet_distance_infinity(generated, reference)
+    plain = points[-1][1]
+    assert [size for size, _ in points] == fd_inf_sizes(400) == sorted(fd_inf_sizes(400)) and points[-1][0] == 400
+    assert plain > 16 + 2 and abs(fd_inf - 16) < abs(plain - 16) / 2  # measured: 18.6 and 14.9
+
+
+class MeanPixel(Extractor):
+    """A useless extractor: the image's mean brightness and its square. Blur keeps the mean."""
+
+    def __init__(self):
+        self.name, self.weights_sha256, self.source, self.has_classes = "meanpixel", "none", "a test", False
+        self.input_description, self.identity, self.quality = "uint8", {"extractor": "meanpixel"}, {}
+
+    def __call__(self, images):
+        m = images.float().mean(dim=(1, 2, 3))[:, None] / 255
+        return torch.cat([m, m ** 2], dim=1), None
+
+
+@pytest.fixture
+def meanpixel():
+    extractors.register_extractor("meanpixel", lambda context: MeanPixel())
+    yield
+    del extractors._EXTRACTORS["meanpixel"]
+
+
+def test_the_panel_fails_a_useless_extractor_and_is_cached(small, tmp_path, meanpixel):
+    quality = SampleQuality(MeanPixel(), "test", small, ScoreSettings(final_samples=64), tmp_path, torch.device("cpu"))
+    result = run_panel(quality, 64, tmp_path / "panel")
+    assert not result.verdict.passed and not result.cached
+    assert any(f.startswith("broken generator quarter_resolution scores") for f in result.verdict.failures)  # same mean
+    again = run_panel(quality, 64, tmp_path / "panel")
+    assert again.cached and again.scores == result.scores
+
+
+@pytest.mark.slow
+def test_the_domain_extractor_on_the_panel_at_a_studys_size(shared_caches):
+    """At n = 2,000 (a study's size on a CPU), as `make study` checks it before the first trial. It
+    does not pass yet: mode collapse (8 faces repeated) scores better than 2 black rectangles per
+    face. This test pins what passes, so a change that breaks more of the panel fails here."""
+    data = score_data("synthfaces", {"size": 32}, None, 2000)
+    extractor, reason = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"),
+                                                                     shared_caches / "extractors", download=False))
+    quality = SampleQuality(extractor, reason, data, ScoreSettings(final_samples=2000), shared_caches / "reference",
+                            torch.device("cpu"))
+    result = run_panel(quality, 2000, shared_caches / "panel")
+    failures = result.verdict.failures  # measured: only "8 images repeated" scores below level 2 of the rectangles
+    assert all(f.startswith("broken generator eight_images") for f in failures), failures
+    worst_level2 = max(result.scores[(name, 2)] for name in LEVELS)
+    assert min(result.scores[(name, 0)] for name in BROKEN if name != "eight_images") > worst_level2
+
+
+STUDY = """
+name = "{name}"
+version = 1
+families = ["vae"]
+trials = 1
+epochs = 1
+objective = "{objective}"
+[dataset]
+name = "synthfaces"
+n = 300
+[sampler]
+name = "random"
+[space.vae]
+latent_dim = 8
+batch_size = 64
+[scores]
+extractor = "{extractor}"
+epoch_samples = 64
+final_samples = 64
+panel = "{panel}"
+"""
+
+
+def test_a_score_objective_on_an_extractor_that_fails_the_panel_is_refused(runs_dir, tmp_path, meanpixel, capsys):
+    path = write_study(tmp_path / "studies", "useless", STUDY.format(name="useless", objective="fd", extractor="meanpixel", panel="require"))
+    assert main(["study", str(path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the meanpixel extractor fails the validation panel" in err
+    assert "is not monotone: level 1 scores" in err and "Traceback" not in err
+    if (runs_dir / "mlflow.db").exists():  # refused before anything was recorded
+        from mlflow import MlflowClient
+        client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+        found = client.get_experiment_by_name("useless")
+        assert found is None or not client.search_runs([found.experiment_id])
+
+
+def test_by_default_a_failed_panel_is_warned_and_logged(runs_dir, tmp_path, meanpixel, capsys):
+    path = write_study(tmp_path / "studies", "warned", STUDY.format(name="warned", objective="fd", extractor="meanpixel",
+                                                                      panel="warn"))
+    assert main(["study", str(path), "--device", "cpu"]) == 0
+    assert "is measured with an extractor that fails the validation panel" in capsys.readouterr().err
+    parents, _ = split_runs(mlflow_runs(runs_dir, "warned-v1"))
+    assert parents[0].data.params["score.panel"].startswith("meanpixel fails the validation panel at n = 64")
+
+
+def test_validate_scores_writes_a_table_and_a_plot(runs_dir, meanpixel, capsys):
+    assert main(["validate-scores", "synthfaces", "--extractors", "meanpixel", "--n", "64", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "meanpixel fails the validation panel at n = 64" in out
+    table = (runs_dir / "validation" / "synthfaces-32px-n64.md").read_text()
+    assert "| floor | floor | 0 |" in table and "swirl" in table and "quarter_resolution" in table
+    assert (runs_dir / "validation" / "synthfaces-32px-n64.png").stat().st_size > 10_000
+    assert len((runs_dir / "validation" / "synthfaces-32px-n64.csv").read_text().splitlines()) == 27
+
+
+@pytest.mark.slow
+def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir, tmp_path, capsys):
+    from importlib.metadata import version
+
+    from harness.evaluation import FINAL_SEED
+    from harness.storage import Storage
+    from harness.generate import fixed_samples
+    from harness.registry import get_family
+    from harness.scores import to_uint8
+    from harness.training import load_model
+
+    # objective val_recon_mse: at n = 64 the panel is not passed (mode collapse scores too well at
+    # such a small n), so an fd objective would be refused; the scores are logged all the same
+    path = write_study(tmp_path / "studies", "scored", STUDY.format(name="scored", objective="val_recon_mse",
+                                                                     extractor="domain", panel="warn"))
+    assert main(["study", str(path), "--device", "cpu"]) == 0
+    _, children = split_runs(mlflow_runs(runs_dir, "scored-v1"))
+    run = children[0]
+    assert run.data.params["score.n"] == "64" and run.data.params["lib.torch"] == version("torch")
+    assert run.data.params["lib.optuna"] == version("optuna") and run.data.params["lib.torch-fidelity"] == version("torch-fidelity")
+    assert len(run.data.params["code.commit"]) in (40, 7) and run.data.params["code.dirty"] in ("true", "false", "unknown")
+    assert json.loads(run.data.params["score.z_seeds"]) == {"grid": 0, "epoch": 1, "final": 2}
+    assert "subsets of 64 (asked 1000)" in run.data.params["score.kid"]
+    assert float(run.data.params["score.floor_fd"]) < run.data.metrics["fd_domain"]
+    local = tmp_path / "model"
+    local.mkdir()
+    client = Storage.from_env().mlflow()
+    for name in ("model.pt", "model.json", "scores.json"):
+        client.download_artifacts(run.info.run_id, name, str(local))
+    model = load_model(local).eval()
+    images = fixed_samples(model, get_family("vae").output_range, 64, FINAL_SEED, torch.device("cpu"), batch=250,
+                           keep=lambda b: to_uint8(b).cpu())
+    np.savez_compressed(tmp_path / "samples.npz", images=images.numpy())
+    capsys.readouterr()
+    assert main(["score", "synthfaces", "--images", str(tmp_path / "samples.npz"), "--extractor", "domain",
+                 "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fd_domain", "test_fd_domain", "kd_domain", "precision_domain", "recall_domain", "fd_inf_domain"):
+        assert printed["scores"][key] == pytest.approx(run.data.metrics[key], rel=1e-6, abs=1e-9), key
+    assert printed["protocol"]["score.extractor_sha256"] == run.data.params["score.extractor_sha256"]
+    logged = json.loads((local / "scores.json").read_text())
+    assert printed["protocol"]["score.fd_inf_fit"] == logged["fd_inf_fit"] and logged["n"] == 64
+    assert [size for size, _ in logged["fd_inf_fit"]] == fd_inf_sizes(64)
+
+
+def test_make_score_refuses_images_of_another_size(runs_dir, tmp_path, capsys):
+    np.savez_compressed(tmp_path / "wrong.npz", images=np.zeros((10, 1, 16, 16), dtype=np.uint8))
+    assert main(["score", "synthfaces", "--images", str(tmp_path / "wrong.npz"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "images are (1, 16, 16) (C, H, W), the dataset's are (1, 32, 32)" in err and "Traceback" not in err
+
+
+def test_the_scoring_sample_does_not_depend_on_a_studys_n_and_is_never_trained_on():
+    small_study = score_data("synthfaces", {"size": 32, "n": 600, "seed": 4}, None, 100)
+    big_study = score_data("synthfaces", {"size": 32, "n": 6000}, None, 100)
+    assert small_study.identity == big_study.identity and torch.equal(small_study.reference, big_study.reference)
+    assert score_data("synthfaces", {"size": 64}, None, 100).identity != small_study.identity
+    from harness.data import load_dataset
+    from harness.reference import warn_if_trained_on
+    study = load_dataset("synthfaces", {"size": 32, "n": 6000})
+    assert warn_if_trained_on(small_study, study.train) == 0  # fresh draws from other seeds
+    assert small_study.sample_size(2000) == 100 and "fewer than 2000" in small_study.size_note(100)
+
+
+def test_a_file_sets_scoring_sample_is_its_default_split_and_a_study_on_another_split_is_warned(tmp_path, capsys):
+    from harness.data import load_dataset
+    from harness.reference import warn_if_trained_on
+    faces = np.random.default_rng(0).integers(0, 255, (200, 1, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "faces.npz", images=faces)
+    data = score_data("npz", {"path": str(tmp_path / "faces.npz")}, None)
+    assert (len(data.train), len(data.reference), len(data.holdout)) == (160, 20, 20) and data.max_n == 20
+    same_split = load_dataset("npz", {"path": str(tmp_path / "faces.npz")})
+    assert warn_if_trained_on(data, same_split.train) == 0
+    other_split = load_dataset("npz", {"path": str(tmp_path / "faces.npz"), "seed": 5})
+    assert warn_if_trained_on(data, other_split.train) > 0 and "scores will flatter it" in capsys.readouterr().err
