@@ -1,13 +1,14 @@
 """Scoring a trial's samples: one extractor, one protocol, reference statistics computed once.
 
-Per epoch, a cheap Fréchet distance (`val_fd_<extractor>`, `epoch_samples` images from a fixed z
-against as many validation images) goes to the pruner. After training, the full scores use
-`final_samples` generated images (10,000 with a GPU, 2,000 on a CPU unless the study says) against
-the validation split (the objective) and the test split (`test_` scores, reported, never selected
-on): Fréchet distance, kernel distance (+ std over subsets), precision, recall, and the inception
-score for extractors with class outputs. Reference statistics are cached under RUNS_DIR/cache/
-reference/, keyed by extractor (and its weights or recipe), the split's content hash, the split,
-the count and the preprocessing, so every later trial and study reuses them.
+The real images come from the dataset's scoring sample (harness/reference.py), the same for every
+study on it. Per epoch, a cheap Fréchet distance (`val_fd_<extractor>`, `epoch_samples` images from a
+fixed z against as many reference images) goes to the pruner. After training, n generated images
+(`final_samples`: 10,000 with a GPU, 2,000 on a CPU, or what the data has) are scored against n
+reference images (the objective) and n holdout images (`test_` scores, reported, never selected on):
+Fréchet distance, FD-infinity, kernel distance (+ std over subsets), precision, recall, and the
+inception score for extractors with class outputs. Reference statistics are cached under
+RUNS_DIR/cache/reference/, keyed by the extractor (its weights' hash), the images' content hash, the
+count and the preprocessing, so every later trial and study reuses them.
 VAE families also get reconstruction scores on the test split: BCE, ELBO, PSNR, SSIM.
 """
 
@@ -66,6 +67,7 @@ class SampleQuality:
         self.cache_dir = cache_dir
         self.computed = 0  # reference statistics computed here rather than found in the cache
         self._memo: dict[tuple[str, int], FeatureStats] = {}
+        self._floor: float | None = None
 
     def check(self, objectives: list[str]) -> None:
         """Refuse objectives this data or extractor cannot give; warn about scores it must skip."""
@@ -86,8 +88,12 @@ class SampleQuality:
                                 f"{needed_accuracy(q['chance']):.1%}); choose another objective")
 
     def floor(self) -> float:
-        """The real-vs-real Fréchet distance at the compared n: holdout against reference."""
-        return frechet_distance(self.reference("holdout", self.final_samples), self.reference("reference", self.final_samples))
+        """The real-vs-real Fréchet distance at the compared n: holdout against reference (computed once:
+        protocol() is logged with every run)."""
+        if self._floor is None:
+            self._floor = frechet_distance(self.reference("holdout", self.final_samples),
+                                           self.reference("reference", self.final_samples))
+        return self._floor
 
     def protocol(self) -> dict[str, Any]:
         """How every score is measured: logged with each run, so reports compare like with like."""

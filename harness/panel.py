@@ -18,9 +18,7 @@ its centre turns by up to 229 degrees there and the domain features found streng
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.cache import key_of
-from harness.errors import warn
+from harness.cache import key_of, load_or_build
 from harness.reference import ScoreData
 from harness.scores import FeatureStats, frechet_distance
 
@@ -220,31 +217,26 @@ def run_panel(quality: "SampleQuality", n: int, cache_dir: Path) -> PanelResult:
     key = key_of({"extractor": extractor.identity, "weights_sha256": extractor.weights_sha256,
                   "data": data.identity, "n": n, "levels": LEVELS, "seed": PANEL_SEED, "version": VERSION,
                   "input": extractor.input_description})
-    path = cache_dir / f"{extractor.name}-{data.dataset}-{data.image_size}px-n{n}-{key}.json"
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-            scores = {(row["set"], row["level"]): row["fd"] for row in stored["rows"]}
-            return PanelResult(extractor.name, n, scores, judge(scores), cached=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            warn(f"ignoring unreadable validation panel {path} ({type(e).__name__}); scoring it again")
-    reference = quality.reference("reference", n)
-    sets = panel_sets(data, n)
-    print(f"validation panel: {len(sets)} sets of {n} images through the {extractor.name} extractor", flush=True)
-    start = time.perf_counter()
-    scores = {}
-    for number, panel_set in enumerate(sets, start=1):
-        scores[(panel_set.name, panel_set.level)] = frechet_distance(
-            FeatureStats.of(quality.features(panel_set.images)[0]), reference)
-        if number % 6 == 0 or number == len(sets):
-            print(f"  panel: {number}/{len(sets)} sets, {time.perf_counter() - start:.0f} s", flush=True)
-    result = PanelResult(extractor.name, n, scores, judge(scores), cached=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    partial.write_text(json.dumps({"rows": result.rows(), "passed": result.verdict.passed,
-                                   "failures": result.verdict.failures}, indent=1))
-    partial.replace(path)
-    return result
+
+    def build() -> dict[str, list[dict[str, object]]]:
+        reference = quality.reference("reference", n)
+        sets = panel_sets(data, n)
+        print(f"validation panel: {len(sets)} sets of {n} images through the {extractor.name} extractor", flush=True)
+        start = time.perf_counter()
+        rows = []
+        for number, panel_set in enumerate(sets, start=1):
+            fd = frechet_distance(FeatureStats.of(quality.features(panel_set.images)[0]), reference)
+            rows.append({"set": panel_set.name, "level": panel_set.level, "fd": fd})
+            if number % 6 == 0 or number == len(sets):
+                print(f"  panel: {number}/{len(sets)} sets, {time.perf_counter() - start:.0f} s", flush=True)
+        return {"rows": rows}
+
+    def parse(stored: dict[str, list[dict[str, object]]]) -> dict[tuple[str, int], float]:
+        return {(row["set"], row["level"]): row["fd"] for row in stored["rows"]}
+
+    scores, built = load_or_build(cache_dir / f"{extractor.name}-{data.dataset}-{data.image_size}px-n{n}-{key}.pt",
+                                  build, parse, "validation panel")
+    return PanelResult(extractor.name, n, scores, judge(scores), cached=not built)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
