@@ -50,9 +50,8 @@ class ScoreSettings:
     kid_subset_size: int = 1000
     pr_k: int = 3
     # What a failed validation panel does to a score objective: "require" refuses the study, "warn"
-    # says so in one line and logs it (score.panel). The default is "warn" until the domain
-    # extractor passes the panel robustly (see README, "The validation panel").
-    panel: str = "warn"
+    # says so in one line and logs it (score.panel), for exploring at sample sizes too small to rank.
+    panel: str = "require"
 
 
 class SampleQuality:

@@ -187,10 +187,14 @@ def _inception(context: ExtractorContext) -> Extractor:
 # and synthfaces' weighed a 1-pixel blur above mode collapse. The mean and std are weighted
 # (global_weight) so that losing all contrast (std 0.2 -> 0: (100 x 0.2)^2 = 400) costs as much as a
 # broken generator: at 10, flat grey samples with faint structure beat blurry faces (families_compare).
+# An image is divided by its std only down to contrast_floor x the training images' median std: a
+# faint grey mush divided by its own std became full-contrast blobs the body took for a face, and a
+# VAE's mush ranked second of ten in families_compare (307, above blurry faces at 332); with the
+# floor at half the median it ranks fifth (373, faces 313).
 # The panel (harness/panel.py) checks it.
 # A small dataset stops at max_epochs passes over its images (more would only memorise them).
-RECIPE = {"name": "domain-v3", "width": 32, "features": 128, "steps": 2000, "max_epochs": 100, "batch_size": 64,
-          "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "seed": 0}
+RECIPE = {"name": "domain-v4", "width": 32, "features": 128, "steps": 2000, "max_epochs": 100, "batch_size": 64,
+          "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "contrast_floor": 0.5, "seed": 0}
 
 
 class DomainNet(nn.Module):
@@ -198,8 +202,9 @@ class DomainNet(nn.Module):
     image is over 32 pixels) and a linear embedding: 128 features plus the image's mean and std.
     Heads for the recipe; the decoder rebuilds the pooled image."""
 
-    def __init__(self, channels: int, image_size: int, n_classes: int, n_targets: int):
+    def __init__(self, channels: int, image_size: int, n_classes: int, n_targets: int, contrast_floor: float = 1 / 255):
         super().__init__()
+        self.contrast_floor = contrast_floor  # the least std an image is divided by: fainter images stay faint
         self.input_pool = RECIPE["input_pool"]
         self.side = -(-image_size // self.input_pool)  # S' : what the body sees
         first_stride = 2 if self.side > 32 else 1
@@ -226,9 +231,10 @@ class DomainNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130): the features
         x = self.pool(x)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1 / 255)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
         weight = RECIPE["global_weight"]
-        return torch.cat([self.body((x - mean) / std), weight * mean.flatten(1), weight * std.flatten(1)], dim=1)
+        body = self.body((x - mean) / std.clamp(min=self.contrast_floor))
+        return torch.cat([body, weight * mean.flatten(1), weight * std.flatten(1)], dim=1)
 
     def decode_target(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S'): what the decoder rebuilds
         return self.pool(x)
@@ -289,7 +295,8 @@ def _domain(context: ExtractorContext) -> Extractor:
     path = context.cache_dir / f"domain-{key_of(recipe)}.pt"
     with torch.random.fork_rng(devices=[]):  # the recipe's seed sets the initial weights too
         torch.manual_seed(RECIPE["seed"])
-        net = DomainNet(data.channels, data.image_size, train.classes, 0 if train.rest is None else train.rest.shape[1])
+        net = DomainNet(data.channels, data.image_size, train.classes, 0 if train.rest is None else train.rest.shape[1],
+                        contrast_floor(data.train))
 
     def build() -> dict[str, Any]:
         print(f"training the domain extractor for {data.dataset} {data.image_size}px ({task}): {training_steps(len(data.train))} steps "
@@ -307,6 +314,13 @@ def _domain(context: ExtractorContext) -> Extractor:
 
     quality, _ = load_or_build(path, build, parse, "extractor cache")
     return DomainExtractor(net, path, recipe, quality, context.device)
+
+
+def contrast_floor(images: Tensor) -> float:
+    """RECIPE["contrast_floor"] times the median std of the training images (pooled as the network
+    sees them): an image fainter than that is standardised by the floor, not by its own std."""
+    x = F.avg_pool2d(images[:5000].float() / 255, RECIPE["input_pool"], ceil_mode=True)
+    return max(1 / 255, RECIPE["contrast_floor"] * x.std(dim=(1, 2, 3)).median().item())
 
 
 def training_steps(n_images: int) -> int:

@@ -55,7 +55,7 @@ class ScoreData(TrainShape):
         """Says so when the data cannot give TARGET_N reference images."""
         if n >= TARGET_N:
             return f"n = {n} generated and {n} reference images"
-        if n == self.max_n:
+        if n == self.max_n and "draw_seeds" not in self.identity:  # a drawn set has as many as asked
             return (f"n = {n} generated and {n} reference images: the dataset has only {self.max_n} "
                     f"held-out images per side (fewer than {TARGET_N}; small-n scores carry a larger bias)")
         return f"n = {n} generated and {n} reference images (fewer than {TARGET_N}, as asked)"

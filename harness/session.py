@@ -98,5 +98,6 @@ def require_panel(quality: SampleQuality, objectives: list[str], storage: Storag
     elif scored and not result.verdict.passed:
         raise UserError(f"objective {scored[0]}: the {extractor.name} extractor fails the validation panel on "
                         f"{quality.data.dataset} {quality.data.image_size}px at n = {result.n} "
-                        f"({result.verdict.failures[0]}); see `make validate-scores`, or choose another objective")
+                        f"({result.verdict.failures[0]}); raise [scores] final_samples (small n ranks noisily), choose "
+                        f"another objective, or set [scores] panel = \"warn\" to rank anyway; see `make validate-scores`")
     return result

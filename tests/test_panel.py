@@ -101,20 +101,19 @@ def test_the_panel_fails_a_useless_extractor_and_is_cached(small, tmp_path, mean
 
 
 @pytest.mark.slow
-def test_the_domain_extractor_on_the_panel_at_a_studys_size(shared_caches):
-    """At n = 2,000 (a study's size on a CPU), as `make study` checks it before the first trial. It
-    does not pass yet: mode collapse (8 faces repeated) scores better than 2 black rectangles per
-    face. This test pins what passes, so a change that breaks more of the panel fails here."""
+def test_the_domain_extractor_passes_the_panel_at_a_studys_size(shared_caches):
+    """At n = 2,000 (a study's size on a CPU), as `make study` checks it before the first trial:
+    every check passes, the closest call (8 faces repeated against 2 rectangles per face, measured
+    68 against 52) by a clear margin."""
     data = score_data("synthfaces", {"size": 32}, None, 2000)
     extractor, reason = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"),
                                                                      shared_caches / "extractors", download=False))
     quality = SampleQuality(extractor, reason, data, ScoreSettings(final_samples=2000), shared_caches / "reference",
                             torch.device("cpu"))
     result = run_panel(quality, 2000, shared_caches / "panel")
-    failures = result.verdict.failures  # measured: only "8 images repeated" scores below level 2 of the rectangles
-    assert all(f.startswith("broken generator eight_images") for f in failures), failures
+    assert result.verdict.passed, result.verdict.failures
     worst_level2 = max(result.scores[(name, 2)] for name in LEVELS)
-    assert min(result.scores[(name, 0)] for name in BROKEN if name != "eight_images") > worst_level2
+    assert min(result.scores[(name, 0)] for name in BROKEN) > 1.2 * worst_level2
 
 
 STUDY = """
@@ -234,6 +233,7 @@ def test_the_scoring_sample_does_not_depend_on_a_studys_n_and_is_never_trained_o
     study = load_dataset("synthfaces", {"size": 32, "n": 6000})
     assert warn_if_trained_on(small_study, study.train) == 0  # fresh draws from other seeds
     assert small_study.sample_size(2000) == 100 and "fewer than 2000" in small_study.size_note(100)
+    assert "as asked" in small_study.size_note(100) and "only" not in small_study.size_note(100)  # drawn, not short
 
 
 def test_a_file_sets_scoring_sample_is_its_default_split_and_a_study_on_another_split_is_warned(tmp_path, capsys):
@@ -243,6 +243,7 @@ def test_a_file_sets_scoring_sample_is_its_default_split_and_a_study_on_another_
     np.savez(tmp_path / "faces.npz", images=faces)
     data = score_data("npz", {"path": str(tmp_path / "faces.npz")}, None)
     assert (len(data.train), len(data.reference), len(data.holdout)) == (160, 20, 20) and data.max_n == 20
+    assert "the dataset has only 20 held-out images per side" in data.size_note(20)
     same_split = load_dataset("npz", {"path": str(tmp_path / "faces.npz")})
     assert warn_if_trained_on(data, same_split.train) == 0
     other_split = load_dataset("npz", {"path": str(tmp_path / "faces.npz"), "seed": 5})

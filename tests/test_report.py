@@ -39,6 +39,9 @@ name = "random"
 kl_weight = {low = 1e-4, high = 1e-1, log = true}
 latent_dim = 16
 batch_size = 64
+[scores]
+epoch_samples = 200
+final_samples = 300
 """
 
 

@@ -187,6 +187,31 @@ def test_domain_scores_do_not_depend_on_the_batch_size(synth):
     assert frechet_distance(single, reference) == pytest.approx(frechet_distance(whole, reference), rel=1e-5)
 
 
+def test_a_faint_image_is_not_stretched_to_full_contrast_before_the_domain_body():
+    """Above the contrast floor the body sees the same standardised image at any contrast; below it a
+    faint image stays faint, so a grey mush is not turned into full-contrast blobs."""
+    torch.manual_seed(0)
+    images = (torch.rand(64, 1, 32, 32) * 255).to(torch.uint8)
+    floor = extractors.contrast_floor(images)
+    pooled_std = torch.nn.functional.avg_pool2d(images.float() / 255, 2).std(dim=(1, 2, 3))
+    assert floor == pytest.approx(extractors.RECIPE["contrast_floor"] * pooled_std.median().item())
+    net = extractors.DomainNet(1, 32, 0, 0, contrast_floor=floor).eval()
+    x = torch.rand(4, 1, 32, 32)
+
+    def body(images: torch.Tensor) -> torch.Tensor:
+        return net(images)[:, :-2]  # without the mean and std features
+
+    with torch.no_grad():
+        strong = (x - 0.5) * 1.0 + 0.5  # std about 0.29 (pooled: 0.14), above the floor
+        weaker = (x - 0.5) * 0.9 + 0.5
+        faint = (x - 0.5) * 0.1 + 0.5  # pooled std about 0.014, far below the floor
+        fainter = (x - 0.5) * 0.05 + 0.5
+        above = (body(strong) - body(weaker)).abs().max()
+        assert above < 1e-4
+        assert (body(faint) - body(fainter)).abs().max() > 100 * above
+        assert (body(faint) - body(strong)).abs().max() > 100 * above
+
+
 def test_the_domain_extractor_is_trained_once_per_dataset_and_size(tiny_recipe, tmp_path):
     data = score_data("synthfaces", {"size": 32, "n": 600}, None, 100)
     extractor, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path / "a", download=False))
