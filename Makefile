@@ -18,6 +18,8 @@ PYTEST_ARGS ?=
 WORKERS ?=
 SEEDS ?= 5
 TOP ?= 1
+INCEPTION ?= auto
+INCEPTION_N ?= 0
 DATASET ?=
 DATA ?=
 KEY ?=
@@ -77,8 +79,9 @@ score: setup ## score your own samples as a study would: make score DATA=synthfa
 	$(PY) -m harness score "$(DATA)" --images "$(IMAGES)" $(if $(DATASET),--dataset $(DATASET)) \
 		$(foreach o,$(OPTIONS),--option $(o)) --extractor $(EXTRACTOR) --device $(DEVICE)
 
-confirm: setup ## re-train a study's best configurations with fresh seeds: make confirm STUDY=name [SEEDS=5 TOP=1]
+confirm: setup ## re-train a study's best configurations with fresh seeds, Inception FID beside: make confirm STUDY=name [SEEDS=5 TOP=1 INCEPTION=auto|on|off INCEPTION_N=500]
 	$(PY) -m harness confirm $(STUDY) --seeds $(SEEDS) --top $(TOP) --device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		--inception $(INCEPTION) --inception-samples $(INCEPTION_N) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
 
 server: setup ## MLflow tracking server for workers elsewhere: make server [HOST=0.0.0.0 PORT=5000 BACKEND_STORE=postgresql://... ARTIFACTS=dir]

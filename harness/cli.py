@@ -17,14 +17,21 @@ from typing import Any, Sequence
 from harness.errors import UserError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: a whole number >= minimum, or a one-line error saying what was expected."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "a whole number (0 or more)")
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -170,7 +177,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.studyfile import load_study
 
     spec = load_study(args.study).with_overrides(epochs=args.epochs).with_dataset(args.dataset, args.data)
-    result = run_confirm(spec, Storage.from_env(), args.seeds, args.top, device=args.device)
+    result = run_confirm(spec, Storage.from_env(), args.seeds, args.top, device=args.device, inception=args.inception,
+                         inception_samples=args.inception_samples)
     print(result.message)
     return result.exit_code
 
@@ -350,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     confirm.add_argument("--top", type=_positive_int, default=1, help="best configurations per family (default 1)")
     confirm.add_argument("--epochs", type=_positive_int, help="the study's epochs, if it was run with EPOCHS=")
     confirm.add_argument("--device", default="auto")
+    confirm.add_argument("--inception", choices=("auto", "on", "off"), default="auto",
+                         help="Inception FID beside the study's score on every run (auto: when its weights are installed)")
+    confirm.add_argument("--inception-samples", type=_non_negative_int, default=0,
+                         help="Inception's images per run (default 0: the study's n on a GPU, 500 on a CPU)")
     confirm.add_argument("--dataset", help="as given to `study`, for a study run on other data")
     confirm.add_argument("--data", help="as given to `study`")
     confirm.set_defaults(run=cmd_confirm)

@@ -24,7 +24,7 @@ from harness.keys import Attr, Tag
 from harness.outcome import FailureKind, State
 from harness.publish import Publisher
 from harness.search import EXTRACTOR_ATTR, IDENTITY_ATTR, StudyResult, check_identity
-from harness.session import open_session
+from harness.session import inception_cross_check, open_session
 from harness.space import suggest
 from harness.storage import Storage
 from harness.studyfile import StudySpec
@@ -51,7 +51,10 @@ def trial_params(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[str,
     return family, suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.spaces[family], prefix)
 
 
-def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto") -> StudyResult:
+def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto",
+                inception: str = "auto", inception_samples: int = 0) -> StudyResult:
+    """inception, inception_samples: Inception FID beside the study's score on every run
+    (session.inception_cross_check)."""
     storage.prepare()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -72,9 +75,12 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
                                                   f"{seeds} seeds, {len(todo)} run(s) to train")
     check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
                    storage.storage_url)
+    session.cross_check = inception_cross_check(session, inception, inception_samples)
+    checked = {} if session.cross_check is None else {
+        f"cross_check.{k.removeprefix('score.')}": v for k, v in session.cross_check.protocol().items()}
     publisher = Publisher(session, Tracker(storage, spec.study_name))
     parent_id = publisher.start_parent(f"{spec.name}-confirm", "confirm", {"confirm.seeds": ",".join(map(str, seed_list)),
-                                                                           "confirm.top": top})
+                                                                           "confirm.top": top, **checked})
     runner, key = TrialRunner(session), session.objective_keys[0]
     failed = 0
     try:
@@ -88,8 +94,9 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
                                      publisher.sink(run_id), Path(scratch))
                 publisher.publish(run_id, outcome)
             if outcome.state == State.COMPLETE:
+                fid = f", fid={outcome.metrics['fid']:.4g}" if "fid" in outcome.metrics and key != "fid" else ""
                 print(f"trial {trial.number:>3} ({family}) seed {seed}: {key}={outcome.metrics[key]:.4g} "
-                      f"(the trial had {trial.values[0]:.4g})", flush=True)
+                      f"(the trial had {trial.values[0]:.4g}){fid}", flush=True)
                 continue
             if outcome.failure is not None and outcome.failure.kind == FailureKind.INTERRUPTED:
                 raise KeyboardInterrupt

@@ -3,6 +3,7 @@ its device, the sample-quality scorer with its extractor, and the fast path."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from harness.data import ImageSplits, get_dataset, load_dataset
 from harness.devices import resolve_device
 from harness.errors import UserError, warn
 from harness.evaluation import SampleQuality
-from harness.extractors import ExtractorContext, resolve_extractor
+from harness.extractors import ExtractorContext, inception_weights, resolve_extractor
 from harness.panel import PanelResult, run_panel
 from harness.phases import OFF, Profiler
 from harness.reference import TARGET_N, score_data, warn_if_trained_on
@@ -32,6 +33,7 @@ class Session:
     fast: FastPath  # the study's [speed] switches as they apply on this device
     panel: str = "not run"  # the extractor's validation panel on this data, in one line (logged)
     phases: Profiler = OFF  # where the time goes (make bench profiles a real trial through this)
+    cross_check: SampleQuality | None = None  # Inception beside the study's own extractor (confirm runs)
 
     @property
     def objective_keys(self) -> list[str]:
@@ -67,6 +69,33 @@ def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) 
     fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before anything is recorded
     return Session(spec, storage, dev, data, quality, fast,
                    panel="not run (Inception on a CPU)" if panel is None else panel.summary())
+
+
+CROSS_CHECK_CPU_N = 500  # Inception's images per confirm run on a CPU: about 100 s at ~5 images/s
+
+
+def inception_cross_check(session: Session, mode: str, samples: int) -> SampleQuality | None:
+    """Inception FID (the accepted instrument) beside a study's own score, for the runs that back a
+    claim: mode auto (whenever verified weights are installed), on (refuse without them) or off.
+    n: `samples`, else the study's n on a GPU and CROSS_CHECK_CPU_N on a CPU, where Inception is slow."""
+    if mode == "off" or session.quality.extractor.name == "inception":
+        return None
+    if inception_weights(download=False) is None:
+        if mode == "on":
+            raise UserError("--inception on: no Inception weights on this machine; `make setup` installs them")
+        warn("no Inception weights on this machine, so confirm runs carry no FID beside the study's score; "
+             "`make setup` installs them")
+        return None
+    scoring = session.quality.data
+    n = samples or (session.quality.final_samples if session.device.type == "cuda" else CROSS_CHECK_CPU_N)
+    extractor, _ = resolve_extractor("inception", ExtractorContext(scoring, session.device,
+                                                                   session.storage.extractor_cache, download=False))
+    settings = dataclasses.replace(session.spec.scores, extractor="inception", final_samples=n)
+    quality = SampleQuality(extractor, f"cross-check: --inception {mode}", scoring, settings,
+                            session.storage.reference_cache, session.device)
+    print(f"confirm: Inception FID beside {session.objective_keys[0]} on each run, "
+          f"{scoring.size_note(quality.final_samples)} ({extractor.source})", flush=True)
+    return quality
 
 
 def check_families_fit(spec: StudySpec, data: ImageSplits) -> None:

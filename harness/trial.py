@@ -135,7 +135,12 @@ class TrialRunner:
         final = {keys.split_key("test", k): v for k, v in evaluate(family, model, s.data, "test", params).items()}
         scored = s.quality.final_scores(family, model)
         final.update(scored.scores)
-        (scratch / "scores.json").write_text(json.dumps(scored.record(), indent=1))
+        record = scored.record()
+        if s.cross_check is not None:  # Inception's fid, kid, ... beside the study's own scores
+            checked = s.cross_check.final_scores(family, model)
+            final.update(checked.scores)
+            record["cross_check"] = checked.record()
+        (scratch / "scores.json").write_text(json.dumps(record, indent=1))
         if family.autoencoder and family.output_range == (0.0, 1.0):  # BCE and the ELBO need [0, 1] outputs
             final.update(reconstruction_scores(family, model, s.data, "test", int(params["batch_size"])))
         return final

@@ -95,3 +95,67 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 def test_absent_package_gives_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert fid_helper_weights() is None
+
+
+CROSS_CHECK_STUDY = """
+name = "crosscheck"
+version = 1
+families = ["vae"]
+trials = 1
+epochs = 1
+objective = "val_recon_mse"
+[dataset]
+name = "synthfaces"
+n = 300
+[sampler]
+name = "grid"
+[space.vae]
+kl_weight = [1e-3]
+latent_dim = 8
+batch_size = 64
+[scores]
+extractor = "domain"
+epoch_samples = 64
+final_samples = 64
+panel = "warn"
+"""
+
+
+@pytest.mark.slow
+def test_confirm_runs_carry_inception_fid_beside_the_studys_score(runs_dir, tmp_path, capsys):
+    """`make confirm` scores each run with Inception too (16 images here; 500 on a CPU by default), and
+    says how; INCEPTION=off leaves it out."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from conftest import write_study
+    from harness.cli import main
+    from harness.inception import FID_HELPER_SHA256
+
+    _weights()
+    path = write_study(tmp_path / "studies", "crosscheck", CROSS_CHECK_STUDY)
+    assert main(["study", str(path), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["confirm", str(path), "--seeds", "1", "--device", "cpu", "--inception", "on",
+                 "--inception-samples", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "Inception FID beside val_recon_mse" in out and ", fid=" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("crosscheck-v1")
+    runs = client.search_runs([experiment.experiment_id], "tags.confirm = 'true'")
+    (checked,) = [r for r in runs if r.data.tags.get("kind") != "confirm"]
+    assert {"fid", "test_fid", "kid", "fid_inf", "val_recon_mse"} <= set(checked.data.metrics)
+    assert checked.data.metrics["fid"] > 0 and "fd_domain" in checked.data.metrics
+    (parent,) = [r for r in client.search_runs([experiment.experiment_id], "tags.kind = 'confirm'")]
+    assert parent.data.params["cross_check.n"] == "16" and parent.data.params["cross_check.extractor"] == "inception"
+    assert parent.data.params["cross_check.extractor_sha256"] == FID_HELPER_SHA256
+    local = tmp_path / "scores"
+    local.mkdir()
+    record = json.loads(open(client.download_artifacts(checked.info.run_id, "scores.json", str(local))).read())
+    assert record["cross_check"]["n"] == 16 and record["n"] == 64
+
+    assert main(["confirm", str(path), "--seeds", "2", "--device", "cpu", "--inception", "off"]) == 0
+    runs = client.search_runs([experiment.experiment_id], "tags.confirm = 'true' and params.seed = '2'")
+    (plain,) = [r for r in runs if r.data.tags.get("kind") != "confirm"]
+    assert "fid" not in plain.data.metrics and "fd_domain" in plain.data.metrics

@@ -104,7 +104,7 @@ def test_the_panel_fails_a_useless_extractor_and_is_cached(small, tmp_path, mean
 def test_the_domain_extractor_passes_the_panel_at_a_studys_size(shared_caches):
     """At n = 2,000 (a study's size on a CPU), as `make study` checks it before the first trial:
     every check passes, the closest call (8 faces repeated against 2 rectangles per face, measured
-    68 against 52) by a clear margin."""
+    68 against 48) by a clear margin."""
     data = score_data("synthfaces", {"size": 32}, None, 2000)
     extractor, reason = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"),
                                                                      shared_caches / "extractors", download=False))

@@ -57,7 +57,7 @@ def studied(tmp_path_factory, shared_caches):
         mp.delenv("STORAGE", raising=False)
         mp.delenv("TRACKING_URI", raising=False)
         assert main(["study", str(study_file)]) == 0
-        assert main(["confirm", str(study_file), "--seeds", "2"]) == 0
+        assert main(["confirm", str(study_file), "--seeds", "2", "--inception", "off"]) == 0
         assert main(["report", "--out", str(reports)]) == 0
     return runs, reports / "report_demo-v1", study_file
 

@@ -47,6 +47,9 @@ name = "{sampler}"
 {space}
 latent_dim = 16
 batch_size = 64
+[scores]
+epoch_samples = 100
+final_samples = 200
 """
 
 
