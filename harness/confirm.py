@@ -32,6 +32,9 @@ from harness.tracking import Tracker, runs_frame
 from harness.trial import TrialJob, TrialRunner
 
 
+MIN_SEEDS = 3  # fewer gives no usable Student-t interval (t(0.975, 1) = 12.7)
+
+
 def best_trials(study: optuna.Study, spec: StudySpec, top: int) -> list[optuna.trial.FrozenTrial]:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not complete:
@@ -55,6 +58,9 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
                 inception: str = "auto", inception_samples: int = 0) -> StudyResult:
     """inception, inception_samples: Inception FID beside the study's score on every run
     (session.inception_cross_check)."""
+    if seeds < MIN_SEEDS:
+        raise UserError(f"--seeds {seeds}: a 95 % interval needs at least {MIN_SEEDS} seeds (from 2, Student's t makes "
+                        f"it 12.7 standard deviations wide); give SEEDS={MIN_SEEDS} or more (the default is 5)")
     storage.prepare()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:

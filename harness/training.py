@@ -2,8 +2,8 @@
 
 Per-step losses stay on the device and are summed there; they are read once per epoch, and a
 running "all finite" flag is read every CHECK_EVERY steps, so the loop rarely waits on the device.
-A loss that becomes NaN or infinite, or a parameter that does, stops the trial within those steps
-(`Diverged`, carrying the history of the good epochs). With the same seed on the CPU, a trial
+A loss that becomes NaN or infinite or passes LOSS_BOUND, or a parameter that becomes NaN or
+infinite, stops the trial within those steps (`Diverged`, carrying the history of the good epochs). With the same seed on the CPU, a trial
 reproduces its losses exactly: the seed sets the initial weights, the batch order and the noise.
 A checkpoint holds everything that decides the rest of the run (weights, optimiser states, every
 random generator, the epoch, the history, the best score), so a resumed run on the CPU ends with
@@ -114,8 +114,29 @@ class SampleScorer:
         return {keys.split_key("val", keys.PIXEL_MMD): pixel_mmd(samples, self.references, self.bandwidth)}
 
 
+# Every training output here is a per-image mean: pixel losses are averaged over pixels (about 0.01
+# to 1), the KL term is summed over at most a few thousand latent dimensions (tens to hundreds when
+# healthy), the GAN losses are logistic, so they grow like the logit, and a WGAN critic's value is a
+# mean score. A healthy value is below 1e3. Past 1e6 a logit, critic score or latent mean is in the
+# millions: the run has diverged, though fp32 still holds the number (a reports' GAN reached 2e14, and
+# the trial ended COMPLETE).
+LOSS_BOUND = 1e6
+
+
 def _first_bad(values: Mapping[str, float]) -> str | None:
     return next((f"{k} became {v}" for k, v in values.items() if not math.isfinite(v)), None)
+
+
+def _extreme(value: Tensor) -> float:
+    """The element of largest magnitude (NaN first), with its sign."""
+    flat = value.detach().float().flatten()
+    return flat[flat.abs().nan_to_num(nan=math.inf).argmax()].item()
+
+
+def _first_diverged(losses: Mapping[str, float]) -> str | None:
+    """The first training output that is non-finite or past LOSS_BOUND, said in words."""
+    return _first_bad(losses) or next((f"{k} reached {v:.3g}, past the divergence bound {LOSS_BOUND:g}"
+                                       for k, v in losses.items() if abs(v) > LOSS_BOUND), None)
 
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
@@ -189,15 +210,15 @@ def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch
             for key, value in out.items():  # a key may come from some steps only (D or G steps)
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
                 counts[key] = counts.get(key, 0) + x.shape[0]
-                finite &= torch.isfinite(value).all()
+                finite &= (value.float().abs() <= LOSS_BOUND).all()  # False for NaN and inf too
             seen += x.shape[0]
             if step % CHECK_EVERY == 0 and not finite.item():
-                raise Diverged(f"epoch {epoch}, step {step}: " + (_first_bad({k: v.item() for k, v in out.items()})
-                                                                  or "a training loss became NaN or infinite"),
-                               list(history))
+                raise Diverged(f"epoch {epoch}, step {step}: " + (
+                    _first_diverged({k: _extreme(v) for k, v in out.items()})
+                    or f"a training loss became NaN or infinite or passed {LOSS_BOUND:g}"), list(history))
     with phases.phase("loss bookkeeping"):
         metrics = {keys.split_key("train", key): (value / counts[key]).item() for key, value in sums.items()}  # one sync
-    bad = _first_bad(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
+    bad = _first_diverged(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
                                        model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad:
         raise Diverged(f"epoch {epoch}: {bad}", list(history))

@@ -47,7 +47,7 @@ final_samples = 300
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory, shared_caches):
-    """A small real study (3 random trials), its best configuration re-run with 2 seeds, and the report."""
+    """A small real study (3 random trials), its best configuration re-run with 3 seeds, and the report."""
     root = tmp_path_factory.mktemp("report")
     runs, reports = root / "runs", root / "reports"
     share_caches(runs, shared_caches)
@@ -57,7 +57,7 @@ def studied(tmp_path_factory, shared_caches):
         mp.delenv("STORAGE", raising=False)
         mp.delenv("TRACKING_URI", raising=False)
         assert main(["study", str(study_file)]) == 0
-        assert main(["confirm", str(study_file), "--seeds", "2", "--inception", "off"]) == 0
+        assert main(["confirm", str(study_file), "--seeds", "3", "--inception", "off"]) == 0
         assert main(["report", "--out", str(reports)]) == 0
     return runs, reports / "report_demo-v1", study_file
 
@@ -71,7 +71,7 @@ def test_tables_match_the_study(studied):
     assert best["fd_domain"][0] == pytest.approx(study.best_trial.value, rel=1e-6)
     confirm = [r for r in split_runs(mlflow_runs(runs, "report_demo-v1"))[1] if r.data.tags.get("confirm") == "true"]
     values = [r.data.metrics["fd_domain"] for r in confirm]
-    assert len(values) == 2 and int(best["seeds"][0]) == 2
+    assert len(values) == 3 and int(best["seeds"][0]) == 3
     mean, half, _ = confidence(pd.Series(values))
     assert best["fd_domain over seeds"][0] == f"{mean:.4g} ± {half:.2g}"
     trials = pd.read_csv(folder / "trials.csv")
@@ -125,8 +125,11 @@ def test_latent_command_with_chosen_images(studied, monkeypatch, tmp_path):
 def test_confirm_again_trains_nothing_and_report_refuses_unknown_studies(studied, monkeypatch, capsys):
     runs, _, study_file = studied
     monkeypatch.setenv("RUNS_DIR", str(runs))
-    assert main(["confirm", str(study_file), "--seeds", "2"]) == 0
-    assert "already has runs for seeds [1, 2]" in capsys.readouterr().out
+    assert main(["confirm", str(study_file), "--seeds", "3"]) == 0
+    assert "already has runs for seeds [1, 2, 3]" in capsys.readouterr().out
+    assert main(["confirm", str(study_file), "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds 2: a 95 % interval needs at least 3 seeds" in err and len(err.strip().splitlines()) == 1
     assert main(["report", "no_such_study"]) == 2
     assert "no study 'no_such_study'" in capsys.readouterr().err
 

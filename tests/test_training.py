@@ -55,6 +55,25 @@ def test_a_non_finite_loss_stops_the_trial(data):
     assert caught.value.history == []
 
 
+def test_a_finite_loss_past_the_bound_stops_the_trial_and_one_below_does_not(data):
+    """The reports' GAN reached a discriminator loss of 2e14 and ended COMPLETE: finite is not enough."""
+    vae = get_family("vae")
+
+    def blowing_up(value, from_epoch):
+        def step(model, x, optimizers, params, fast):
+            out = vae.train_step(model, x, optimizers, params, fast)
+            return {**out, "loss": torch.tensor(value)} if params["epoch"] >= from_epoch else out
+        return dataclasses.replace(vae, name="blowing_up", train_step=step)
+
+    with pytest.raises(Diverged, match=r"epoch 2: train_loss reached 2e\+14, past the divergence bound 1e\+06") as caught:
+        train(blowing_up(2e14, 2), PARAMS, data, TrainConfig(epochs=3, seed=0))
+    assert len(caught.value.history) == 1
+    # within an epoch (every CHECK_EVERY = 25 steps; 60 steps of 4 here), with its sign
+    with pytest.raises(Diverged, match=r"epoch 1, step 25: loss reached -3e\+08, past the divergence bound"):
+        train(blowing_up(-3e8, 1), {**PARAMS, "batch_size": 4}, data, TrainConfig(epochs=1, seed=0))
+    assert len(train(blowing_up(9e5, 1), PARAMS, data, TrainConfig(epochs=2, seed=0)).history) == 2
+
+
 def test_evaluate_weights_by_images(data):
     vae = get_family("vae")
     model = vae.build(PARAMS, 1, 32)
