@@ -32,7 +32,7 @@ from harness.extractors import Extractor, extractor_names
 from harness.generate import GRID_SEED, fixed_samples
 from harness.metrics import gaussian_kl
 from harness.registry import Family
-from harness.scores import (KID_SEED, FeatureStats, frechet_distance, inception_score, kernel_distance,
+from harness.scores import (KID_SEED, FeatureStats, diversity, frechet_distance, inception_score, kernel_distance,
                             precision_recall, to_uint8)
 
 EPOCH_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-epoch and the final samples
@@ -187,6 +187,7 @@ class SampleQuality:
             if n > s.pr_k:  # else too few for k-NN balls
                 precision, recall = precision_recall(generated, reference, s.pr_k)
                 scores.update({key("precision"): precision, key("recall"): recall})
+        scores[keys.score_key("diversity", self.extractor.name)] = diversity(generated, self.reference("reference", n))
         fd_inf, points = frechet_distance_infinity(generated.features, self.reference("reference", n))
         scores[keys.score_key("fd_inf", self.extractor.name)] = fd_inf
         if logits is not None:

@@ -33,12 +33,14 @@ SCORES: dict[str, MetricInfo] = {
     "precision": MetricInfo("maximize", "precision (k-NN manifold)"),
     "recall": MetricInfo("maximize", "recall (k-NN manifold)"),
     "is": MetricInfo("maximize", "inception score"),
+    "diversity": MetricInfo("maximize", "diversity (nearest-neighbour distance, generated / real)"),
 }
 INCEPTION_NAMES = {"fd": "fid", "fd_inf": "fid_inf", "kd": "kid", "is": "is", "precision": "precision",
-                   "recall": "recall"}
+                   "recall": "recall", "diversity": "diversity"}
+DIAGNOSTIC_SCORES = ("diversity",)  # logged, never an objective: uniform noise maximises it
 # What a study file may name as its objective besides the families' val_<metric>: resolved per extractor.
-SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()},
-                                          "val_fd": "minimize"}
+SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()
+                                             if kind not in DIAGNOSTIC_SCORES}, "val_fd": "minimize"}
 EPOCH_SCORE = "fd"  # the score measured after every epoch (on fewer samples), for pruning
 PRUNABLE_SCORE_OBJECTIVES = ("fd", "val_fd")  # score objectives with a per-epoch value the pruner can follow
 

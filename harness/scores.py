@@ -10,6 +10,10 @@ written to agree with torch-fidelity and torchmetrics on the same features (test
     plain unbiased MMD^2, whatever the draw.
   - precision and recall: the k-nearest-neighbour manifold estimate of Kynkäänniemi et al. 2019.
   - inception score: exp E_x KL(p(y|x) || p(y)) over splits, for extractors with class outputs.
+  - diversity: the median distance from each generated image to its nearest other generated image,
+    over the same among the real images, in features standardised by the real ones' std. About 1
+    for real data, 0 for a set of repeated images (mode collapse); a diagnostic, never an objective
+    (uniform noise scores above 1).
 """
 
 from __future__ import annotations
@@ -95,6 +99,23 @@ def precision_recall(generated: FeatureStats, reference: FeatureStats, k: int = 
     precision = _coverage(fake, real, _kth_neighbour_radii(real, k))
     recall = _coverage(real, fake, _kth_neighbour_radii(fake, k))
     return precision, recall
+
+
+def _median_neighbour_distance(x: Tensor, block: int = 4096) -> float:
+    nearest = []
+    for start in range(0, len(x), block):
+        d = torch.cdist(x[start:start + block], x)  # (b, N)
+        d[torch.arange(len(d)), torch.arange(start, start + len(d))] = torch.inf  # not itself
+        nearest.append(d.min(dim=1).values)
+    return torch.cat(nearest).median().item()
+
+
+def diversity(generated: FeatureStats, reference: FeatureStats) -> float:
+    """Median nearest-neighbour distance among the generated features over the same among the
+    reference features, both standardised by the reference's per-feature std."""
+    scale = reference.features.std(dim=0).clamp(min=1e-12)
+    real = _median_neighbour_distance(reference.features / scale)
+    return _median_neighbour_distance(generated.features / scale) / max(real, 1e-12)
 
 
 def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:

@@ -208,7 +208,8 @@ def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir,
     assert main(["score", "synthfaces", "--images", str(tmp_path / "samples.npz"), "--extractor", "domain",
                  "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("fd_domain", "test_fd_domain", "kd_domain", "precision_domain", "recall_domain", "fd_inf_domain"):
+    for key in ("fd_domain", "test_fd_domain", "kd_domain", "precision_domain", "recall_domain", "fd_inf_domain",
+                "diversity_domain"):
         assert printed["scores"][key] == pytest.approx(run.data.metrics[key], rel=1e-6, abs=1e-9), key
     assert printed["protocol"]["score.extractor_sha256"] == run.data.params["score.extractor_sha256"]
     logged = json.loads((local / "scores.json").read_text())

@@ -19,7 +19,8 @@ from harness.evaluation import SampleQuality, ScoreSettings, needed_accuracy, re
 from harness.extractors import ExtractorContext, inception_weights, resolve_extractor
 from harness.reference import score_data
 from harness.registry import get_family
-from harness.scores import FeatureStats, frechet_distance, inception_score, kernel_distance, precision_recall, to_uint8
+from harness.scores import (FeatureStats, diversity, frechet_distance, inception_score, kernel_distance, precision_recall,
+                            to_uint8)
 
 # ---- agreement on identical features ---------------------------------------------------------------
 
@@ -185,6 +186,18 @@ def test_domain_scores_do_not_depend_on_the_batch_size(synth):
     single = FeatureStats.of(torch.cat([extractor(images[i:i + 1])[0] for i in range(len(images))]))
     reference = FeatureStats.of(extractor(data.reference)[0])
     assert frechet_distance(single, reference) == pytest.approx(frechet_distance(whole, reference), rel=1e-5)
+
+
+def test_diversity_is_one_for_real_data_and_zero_for_a_collapse():
+    """Known answers on Gaussian features: two draws of the same distribution give about 1, eight
+    points repeated give 0, the same points shrunk to a tenth of their spread give 0.1."""
+    g = torch.Generator().manual_seed(0)
+    real, other = torch.randn(2000, 16, generator=g), torch.randn(2000, 16, generator=g)
+    reference = FeatureStats.of(real)
+    assert 0.9 < diversity(FeatureStats.of(other), reference) < 1.1
+    assert diversity(FeatureStats.of(other[:8].repeat(250, 1)), reference) == 0.0
+    assert diversity(FeatureStats.of(real * 0.1), reference) == pytest.approx(0.1, rel=1e-6)
+    assert "diversity" not in keys.SCORE_OBJECTIVES  # uniform noise maximises it
 
 
 def test_a_faint_image_is_not_stretched_to_full_contrast_before_the_domain_body():
