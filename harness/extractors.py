@@ -197,6 +197,11 @@ RECIPE = {"name": "domain-v4", "width": 32, "features": 128, "steps": 2000, "max
           "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "contrast_floor": 0.5, "seed": 0}
 
 
+def _pool(x: Tensor, factor: int) -> Tensor:
+    """Average-pool by `factor` (ceil: no pixel dropped), as the domain network sees an image."""
+    return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+
+
 class DomainNet(nn.Module):
     """Standardise and pool, four 3x3 convolutions (three of stride 2, the first too when the pooled
     image is over 32 pixels) and a linear embedding: 128 features plus the image's mean and std.
@@ -226,7 +231,7 @@ class DomainNet(nn.Module):
             nn.ConvTranspose2d(w, channels, 4, 2, 1), nn.Sigmoid())
 
     def pool(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S')
-        return F.avg_pool2d(x, self.input_pool, ceil_mode=True) if self.input_pool > 1 else x
+        return _pool(x, self.input_pool)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130): the features
         x = self.pool(x)
@@ -319,7 +324,7 @@ def _domain(context: ExtractorContext) -> Extractor:
 def contrast_floor(images: Tensor) -> float:
     """RECIPE["contrast_floor"] times the median std of the training images (pooled as the network
     sees them): an image fainter than that is standardised by the floor, not by its own std."""
-    x = F.avg_pool2d(images[:5000].float() / 255, RECIPE["input_pool"], ceil_mode=True)
+    x = _pool(images[:5000].float() / 255, RECIPE["input_pool"])
     return max(1 / 255, RECIPE["contrast_floor"] * x.std(dim=(1, 2, 3)).median().item())
 
 
