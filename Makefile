@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 
 STUDY ?= vae_kl_sweep
 TRIALS ?=
-EPOCHS ?=
+STEPS ?=
+SCALE ?= cpu
 DEVICE ?= auto
 PORT ?= 5000
 HOST ?= 127.0.0.1
@@ -16,6 +17,7 @@ BACKEND_STORE ?=
 ARTIFACTS ?=
 PYTEST_ARGS ?=
 WORKERS ?=
+FAMILIES ?=
 SEEDS ?= 5
 TOP ?= 1
 INCEPTION ?= auto
@@ -36,7 +38,7 @@ export RUNS_DIR STORAGE TRACKING_URI
 .PHONY: help setup study test quick ui list data-check validate-scores score bench bench-workers report confirm server
 
 help: ## list the targets and their variables
-	@echo "genbench targets (variables: STUDY TRIALS EPOCHS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
+	@echo "genbench targets (variables: STUDY SCALE TRIALS STEPS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(VENV)/.installed ## create .venv and install the versions pinned in pyproject.toml
@@ -49,8 +51,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
 	@touch $@
 
-study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [TRIALS=n EPOCHS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n]
-	$(PY) -m harness study $(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) \
+study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [SCALE=cpu|full TRIALS=n STEPS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n]
+	$(PY) -m harness study $(STUDY) --scale $(SCALE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STEPS),--steps $(STEPS)) --device $(DEVICE) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)") $(if $(WORKERS),--workers $(WORKERS))
 
 test: setup ## run the whole test suite, what CI runs (GPU tests skip without CUDA); PYTEST_ARGS= passes options
@@ -79,8 +81,8 @@ score: setup ## score your own samples as a study would: make score DATA=synthfa
 	$(PY) -m harness score "$(DATA)" --images "$(IMAGES)" $(if $(DATASET),--dataset $(DATASET)) \
 		$(foreach o,$(OPTIONS),--option $(o)) --extractor $(EXTRACTOR) --device $(DEVICE)
 
-confirm: setup ## re-train a study's best configurations with fresh seeds, Inception FID beside: make confirm STUDY=name [SEEDS=5 TOP=1 INCEPTION=auto|on|off INCEPTION_N=500]
-	$(PY) -m harness confirm $(STUDY) --seeds $(SEEDS) --top $(TOP) --device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+confirm: setup ## re-train a study's best configurations (TOP per family) with fresh seeds at the study's budget, Inception FID beside: make confirm STUDY=name [SCALE= SEEDS=5 TOP=1 FAMILIES=a,b INCEPTION=auto|on|off INCEPTION_N=500]
+	$(PY) -m harness confirm $(STUDY) --scale $(SCALE) --seeds $(SEEDS) $(if $(FAMILIES),--families $(FAMILIES)) --top $(TOP) --device $(DEVICE) $(if $(STEPS),--steps $(STEPS)) \
 		--inception $(INCEPTION) --inception-samples $(INCEPTION_N) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
 

@@ -1,7 +1,7 @@
 """`make bench`: measured speeds, printed as a table and written to RUNS_DIR/bench/bench.json.
 
 Training throughput: images/s of every family at 32 and 64 px on the current device, the harness's
-fast path (device-resident batches, the device's [speed] defaults, the harness's own epoch loop with
+fast path (device-resident batches, the device's [speed] defaults, the harness's own training loop with
 its on-device loss sums) against a plain PyTorch loop on the same model and the same images (a
 torch DataLoader over the float32 tensors, fp32, torch.optim.Adam, `loss.item()` every step: the
 way the reports trained), measured in turn in one process: after a warm-up step, three rounds of
@@ -12,11 +12,12 @@ torch.compile: the conv VAE's first steps with and without compilation (inductor
 off: a fresh machine's first trial), its steady-state step time, and the number of steps
 compilation needs to pay for itself.
 
-Harness overhead: one real vae_kl_sweep trial (3 epochs, a checkpoint after epoch 2, MLflow and
-Optuna in a scratch RUNS_DIR) with every phase timed (harness/phases.py): the per-epoch seconds
-in data, forward/backward, optimizer, validation, per-epoch scores, and in what a plain loop does
-not do at all (tracking, Optuna, the progress bar, checkpoints): that last share is the overhead.
-The plain loop's epoch (training + validation loss) on the same model and data is measured beside it.
+Harness overhead: one real vae_kl_sweep trial (3 rounds of one epoch's steps each, a checkpoint
+after round 2, MLflow and Optuna in a scratch RUNS_DIR) with every phase timed (harness/phases.py):
+the per-round seconds in data, forward/backward, optimizer, validation, per-round scores, and in
+what a plain loop does not do at all (tracking, Optuna, the progress bar, checkpoints): that last
+share is the overhead. The plain loop's epoch (training + validation loss) on the same model and
+data is measured beside it.
 
 Data sampler: batches/second of the device-resident sampler (the whole set on the device, a
 batch drawn by index) against a torch DataLoader over the same uint8 tensor (per-image indexing
@@ -35,6 +36,7 @@ import itertools
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +51,7 @@ from harness import phases, speed
 from harness.data import ImageSplits, load_dataset, to_model_range
 from harness.registry import Family, family_names, get_family
 from harness.storage import Storage
-from harness.training import train_epoch
+from harness.training import StepCounter, train_round
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
 
@@ -139,15 +141,17 @@ def _best_rates(runners: Mapping[str, Callable[[int], float]], images_per_step: 
 
 def fast_path_runner(family: Family, params: Mapping[str, Any], data: ImageSplits,
                      fast: speed.FastPath) -> Callable[[int], float]:
-    """n steps of the harness's own epoch loop (training.train_epoch) over device-resident batches -> seconds."""
+    """n batches of the harness's own training loop (training.train_round) over device-resident batches -> seconds."""
     model, optimizers = _build(family, params, data, fast)
+    counter = StepCounter(optimizers, family.budget_optimizer)
     order = torch.Generator().manual_seed(0)
     batches = (x for _ in itertools.count() for x in data.train_batches(int(params["batch_size"]), order))
 
     def run_steps(n: int) -> float:
         start = time.perf_counter()
-        with fast.applied():  # train_epoch reads its sums from the device at the end: synchronised
-            train_epoch(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1}, fast)
+        with fast.applied():  # train_round reads its sums from the device at the end: synchronised
+            train_round(family, model, optimizers, itertools.islice(batches, n), counter, sys.maxsize, sys.maxsize,
+                        dict(params), fast)
         return time.perf_counter() - start
 
     return run_steps
@@ -176,7 +180,7 @@ def plain_runner(family: Family, params: Mapping[str, Any], data: ImageSplits) -
 
     def run_steps(n: int) -> float:
         start = time.perf_counter()
-        plain_steps(family, model, optimizers, itertools.islice(batches, n), {**params, "epoch": 1}, data.device)
+        plain_steps(family, model, optimizers, itertools.islice(batches, n), params, data.device)
         return time.perf_counter() - start
 
     return run_steps
@@ -249,14 +253,15 @@ def bench_compile(device: torch.device, cache_dir: Path, seconds: float) -> dict
 
 
 def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
-    """One real, profiled vae_kl_sweep trial, and the plain loop's epochs on the same model and data."""
+    """One real, profiled vae_kl_sweep trial of 3 rounds of an epoch's steps each, and the plain loop's
+    epochs on the same model and data."""
     from harness.search import run_study
     from harness.session import open_session
     from harness.space import suggest
     from harness.studyfile import load_study
 
     epochs = 3
-    spec = dataclasses.replace(load_study("vae_kl_sweep").with_overrides(trials=1, epochs=epochs), checkpoint_every=2)
+    spec = load_study("vae_kl_sweep").with_overrides(trials=1)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Storage.from_env({"RUNS_DIR": str(Path(tmp) / "runs")})
         scratch.prepare()
@@ -264,6 +269,8 @@ def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
         scratch.cache_dir.symlink_to(storage.cache_dir.resolve(), target_is_directory=True)
         session = open_session(spec, scratch, str(device), "overhead: warming the caches for one vae_kl_sweep trial")
         session.quality.warm()  # computed once per dataset in real use; `evaluation` above measures that cost
+        per_epoch_steps = len(session.data.train) // int(spec.spaces["vae"]["batch_size"].value)
+        spec = dataclasses.replace(spec, steps=epochs * per_epoch_steps, rounds=epochs, checkpoint_every=2)
         with phases.profiling(device) as profile:
             run_study(spec, scratch, str(device), profiler=profile)
     per_trial = ("final scores", "run artifacts")
@@ -280,7 +287,7 @@ def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        plain_steps(family, model, optimizers, (x for (x,) in loader), {**params, "epoch": epoch}, device)
+        plain_steps(family, model, optimizers, (x for (x,) in loader), params, device)
         model.eval()
         with torch.no_grad():  # the reports' validation loss, every epoch
             for (x,) in DataLoader(TensorDataset(to_model_range(data.val.cpu(), family.output_range)),
@@ -364,11 +371,12 @@ def evaluation_line(evaluation: dict[str, Any]) -> str:
 
 WORKER_STUDY = """
 name = "{name}"
-version = 1
+version = 2
 description = "make bench-workers: the same 8 trials at each worker count"
 families = ["vae"]
 trials = 8
-epochs = {epochs}
+steps = {steps}
+rounds = 3
 seed = 0
 objective = "val_recon_mse"
 checkpoint_every = 0
@@ -382,7 +390,7 @@ kl_weight = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
 """
 
 
-def bench_workers(counts: list[int], out_dir: Path, device: str, epochs: int = 3) -> str:
+def bench_workers(counts: list[int], out_dir: Path, device: str, steps: int = 36) -> str:
     """Trials/hour of one 8-trial study for each worker count: wall time end to end (start-up, the
     trials, the report at the end), in one RUNS_DIR whose caches a warm-up study fills first."""
     import subprocess
@@ -394,7 +402,7 @@ def bench_workers(counts: list[int], out_dir: Path, device: str, epochs: int = 3
 
         def study(name: str, workers: int, trials: int | None = None) -> float:
             path = Path(tmp) / f"{name}.toml"
-            path.write_text(WORKER_STUDY.format(name=name, epochs=epochs))
+            path.write_text(WORKER_STUDY.format(name=name, steps=steps))
             command = [sys.executable, "-m", "harness", "study", str(path), "--workers", str(workers), "--device", device]
             command += ["--trials", str(trials)] if trials else []
             start = time.perf_counter()
@@ -404,12 +412,12 @@ def bench_workers(counts: list[int], out_dir: Path, device: str, epochs: int = 3
         study("warmup", 1, trials=1)  # the data, the domain extractor and its reference statistics, cached
         for count in counts:
             seconds = study(f"workers{count}", count)
-            rows.append({"workers": count, "trials": 8, "epochs": epochs, "seconds": seconds, "trials_per_hour": 8 * 3600 / seconds})
+            rows.append({"workers": count, "trials": 8, "steps": steps, "seconds": seconds, "trials_per_hour": 8 * 3600 / seconds})
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "cpus": os.cpu_count(), "device": device,
               "gpus": torch.cuda.device_count(), "rows": rows}
     (out_dir / "workers.json").write_text(json.dumps(record, indent=2))
-    lines = [f"one study of 8 trials x {epochs} epochs (conv VAE, 1,600 training images), {os.cpu_count()} CPUs, "
+    lines = [f"one study of 8 trials x {steps} steps (conv VAE, 1,600 training images, batch 128), {os.cpu_count()} CPUs, "
              f"{torch.cuda.device_count()} GPU(s):", f"{'workers':>8} {'seconds':>9} {'trials/hour':>12}"]
     lines += [f"{r['workers']:>8} {r['seconds']:>9.1f} {r['trials_per_hour']:>12.0f}" for r in rows]
     return "\n".join(lines + [f"written to {out_dir / 'workers.json'}"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import UserError
+from harness.keys import SCALES
 
 
 def _int_at_least(minimum: int, what: str):
@@ -39,7 +40,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from harness.storage import Storage
     from harness.studyfile import load_study
 
-    spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
+    spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
     spec = spec.with_dataset(args.dataset, args.data)
     if spec.grid is not None and spec.trials > spec.grid_size:
         print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
@@ -54,7 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from harness.storage import Storage
     from harness.studyfile import load_study
 
-    spec = load_study(args.study).with_overrides(trials=args.trials, epochs=args.epochs)
+    spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
     spec = spec.with_dataset(args.dataset, args.data)
     return run_worker(spec, Storage.from_env(), args.device, args.parent_run, args.share, args.index)
 
@@ -176,9 +177,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.storage import Storage
     from harness.studyfile import load_study
 
-    spec = load_study(args.study).with_overrides(epochs=args.epochs).with_dataset(args.dataset, args.data)
+    spec = load_study(args.study, args.scale).with_overrides(steps=args.steps).with_dataset(args.dataset, args.data)
     result = run_confirm(spec, Storage.from_env(), args.seeds, args.top, device=args.device, inception=args.inception,
-                         inception_samples=args.inception_samples)
+                         inception_samples=args.inception_samples,
+                         families=[f for f in (args.families or "").split(",") if f] or None)
     print(result.message)
     return result.exit_code
 
@@ -282,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     study = commands.add_parser("study", help="run (or continue) a study")
     study.add_argument("study", help="a name under studies/ (e.g. vae_kl_sweep) or a path to a .toml file")
     study.add_argument("--trials", type=_positive_int, help="override the study's budget of finished trials")
-    study.add_argument("--epochs", type=_positive_int, help="override the epochs per trial")
+    study.add_argument("--steps", type=_positive_int, help="override the step budget per trial")
+    study.add_argument("--scale", choices=SCALES, default="cpu",
+                       help="cpu: minutes on a laptop; full: the reports' scale, the file's [full] table (for a GPU)")
     study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
     study.add_argument("--dataset", help="run on this dataset instead of the study's (e.g. ck, celeba, mnist)")
     study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
@@ -294,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("study")
     for flag in ("--parent-run", "--device", "--dataset", "--data"):
         worker.add_argument(flag)
-    for flag in ("--share", "--index", "--trials", "--epochs"):
+    worker.add_argument("--scale", default="cpu")
+    for flag in ("--share", "--index", "--trials", "--steps"):
         worker.add_argument(flag, type=int)
     worker.set_defaults(run=cmd_worker)
 
@@ -356,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     confirm.add_argument("study", help="the study (as for `study`)")
     confirm.add_argument("--seeds", type=_positive_int, default=5, help="fresh seeds per configuration (default 5)")
     confirm.add_argument("--top", type=_positive_int, default=1, help="best configurations per family (default 1)")
-    confirm.add_argument("--epochs", type=_positive_int, help="the study's epochs, if it was run with EPOCHS=")
+    confirm.add_argument("--steps", type=_positive_int, help="the study's step budget, if it was run with STEPS=")
+    confirm.add_argument("--scale", choices=SCALES, default="cpu", help="the scale the study was run at")
+    confirm.add_argument("--families", help="comma-separated families to confirm (default: every family of the study)")
     confirm.add_argument("--device", default="auto")
     confirm.add_argument("--inception", choices=("auto", "on", "off"), default="auto",
                          help="Inception FID beside the study's score on every run (auto: when its weights are installed)")

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
 from harness.errors import UserError, warn
+from harness.flags import ranked_trials
 from harness.keys import Attr, Tag
 from harness.outcome import FailureKind, State
 from harness.publish import Publisher
@@ -35,13 +35,19 @@ from harness.trial import TrialJob, TrialRunner
 MIN_SEEDS = 3  # fewer gives no usable Student-t interval (t(0.975, 1) = 12.7)
 
 
-def best_trials(study: optuna.Study, spec: StudySpec, top: int) -> list[optuna.trial.FrozenTrial]:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+def best_trials(study: optuna.Study, spec: StudySpec, top: int,
+                families: list[str] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The best `top` unflagged complete trials of each family (of `families`, default all)."""
+    for family in families or []:
+        if family not in spec.families:
+            raise UserError(f"FAMILIES: {family!r} is not a family of {spec.study_name} ({', '.join(spec.families)})")
+    complete = ranked_trials(study)
     if not complete:
-        raise UserError(f"study {spec.study_name} has no complete trial to confirm; run it first: make study STUDY={spec.name}")
+        raise UserError(f"study {spec.study_name} has no complete, unflagged trial to confirm (collapsed or did-not-learn "
+                        f"trials are never confirmed as best); run it first, or with more TRIALS: make study STUDY={spec.name}")
     reverse = spec.objectives[0].direction == "maximize"
     chosen = []
-    for family in spec.families:
+    for family in families or spec.families:
         mine = [t for t in complete if t.user_attrs.get(Attr.FAMILY, spec.families[0]) == family]
         chosen += sorted(mine, key=lambda t: t.values[0], reverse=reverse)[:top]
     return chosen
@@ -55,7 +61,7 @@ def trial_params(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[str,
 
 
 def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto",
-                inception: str = "auto", inception_samples: int = 0) -> StudyResult:
+                inception: str = "auto", inception_samples: int = 0, families: list[str] | None = None) -> StudyResult:
     """inception, inception_samples: Inception FID beside the study's score on every run
     (session.inception_cross_check)."""
     if seeds < MIN_SEEDS:
@@ -68,7 +74,7 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
     except KeyError:
         raise UserError(f"no study {spec.study_name} under {storage.runs_dir}; run it first: make study STUDY={spec.name}") from None
     check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
-    trials = best_trials(study, spec, top)
+    trials = best_trials(study, spec, top, families)
     seed_list = [spec.seed + 1 + i for i in range(seeds)]
     done_runs = runs_frame(storage.mlflow(), spec.study_name,
                            f"tags.{Tag.CONFIRM} = 'true' and tags.{Tag.STATE} = 'COMPLETE'")

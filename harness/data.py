@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from harness import loaders, synthfaces
 from harness.cache import key_of, load_or_build
@@ -83,10 +83,13 @@ class ImageSplits(TrainShape):
             for start in range(0, n - batch_size + 1, batch_size):
                 yield self.train[order[start:start + batch_size]]
             return
-        # The loader's own generator only seeds workers; without one it would draw from the global
-        # RNG and shift every later dropout and sampling draw.
-        loader = DataLoader(TensorDataset(self.train), batch_size=batch_size, drop_last=True,
-                            sampler=RandomSampler(self.train, generator=generator), generator=torch.Generator())
+        # The same one permutation per epoch as above (a RandomSampler draws a second one when it runs
+        # out, which would shift the next epoch's order). The loader's own generator only seeds
+        # workers; without one it would draw from the global RNG and shift every later dropout and
+        # sampling draw.
+        order = torch.randperm(n, generator=generator).tolist()
+        loader = DataLoader(TensorDataset(self.train), batch_size=batch_size, drop_last=True, sampler=order,
+                            generator=torch.Generator())
         for (x,) in loader:
             yield x.to(self.device, non_blocking=True)
 

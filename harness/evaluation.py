@@ -1,7 +1,7 @@
 """Scoring a trial's samples: one extractor, one protocol, reference statistics computed once.
 
 The real images come from the dataset's scoring sample (harness/reference.py), the same for every
-study on it. Per epoch, a cheap Fréchet distance (`val_fd_<extractor>`, `epoch_samples` images from a
+study on it. After every round, a cheap Fréchet distance (`val_fd_<extractor>`, `round_samples` images from a
 fixed z against as many reference images) goes to the pruner. After training, n generated images
 (`final_samples`: 10,000 with a GPU, 2,000 on a CPU, or what the data has) are scored against n
 reference images (the objective) and n holdout images (`test_` scores, reported, never selected on):
@@ -35,7 +35,7 @@ from harness.registry import Family
 from harness.scores import (KID_SEED, FeatureStats, diversity, frechet_distance, inception_score, kernel_distance,
                             precision_recall, to_uint8)
 
-EPOCH_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-epoch and the final samples
+ROUND_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-round and the final samples
 BATCH = 250  # images per forward pass when sampling and extracting
 
 
@@ -44,7 +44,7 @@ class ScoreSettings:
     """The [scores] table of a study file."""
 
     extractor: str = "auto"  # auto | inception | domain
-    epoch_samples: int = 1000
+    round_samples: int = 1000
     final_samples: int = 0  # 0: 10,000 with a GPU, 2,000 on a CPU
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -52,6 +52,9 @@ class ScoreSettings:
     # What a failed validation panel does to a score objective: "require" refuses the study, "warn"
     # says so in one line and logs it (score.panel), for exploring at sample sizes too small to rank.
     panel: str = "require"
+    # What a collapsed or did-not-learn flag does (harness/flags.py): "exclude" never reports the trial
+    # as best in a study judged by sample quality; "tag" only tags it (for studies too small to learn).
+    flags: str = "exclude"
 
 
 class SampleQuality:
@@ -62,7 +65,7 @@ class SampleQuality:
         self.extractor, self.reason, self.data, self.settings, self.device = extractor, reason, data, settings, device
         wanted = settings.final_samples or (10_000 if device.type == "cuda" else TARGET_N)
         self.final_samples = data.sample_size(wanted)  # generated = reference = holdout images
-        self.epoch_samples = data.sample_size(settings.epoch_samples)
+        self.round_samples = data.sample_size(settings.round_samples)
         self.cache_dir = cache_dir
         self.computed = 0  # reference statistics computed here rather than found in the cache
         self._memo: dict[tuple[str, int], FeatureStats] = {}
@@ -106,9 +109,9 @@ class SampleQuality:
                 "score.reference_data": self.data.how,
                 "score.reference_identity": json.dumps(self.data.identity, sort_keys=True),
                 "score.n": n, "score.sample_size": self.data.size_note(n),
-                "score.n_epoch": self.epoch_samples,
+                "score.n_round": self.round_samples,
                 "score.floor_fd": round(self.floor(), 6),
-                "score.z_seeds": json.dumps({"grid": GRID_SEED, "epoch": EPOCH_SEED, "final": FINAL_SEED}),
+                "score.z_seeds": json.dumps({"grid": GRID_SEED, "round": ROUND_SEED, "final": FINAL_SEED}),
                 "score.dtype": "float32 features, float64 statistics",
                 "score.kid": f"cubic polynomial kernel, {s.kid_subsets} subsets of "
                              f"{min(s.kid_subset_size, n)} (asked {s.kid_subset_size}), seed {KID_SEED}",
@@ -153,14 +156,14 @@ class SampleQuality:
 
     def warm(self) -> None:
         """Compute (or find) every reference set the trials will ask for, once, before workers start."""
-        self.reference("reference", self.epoch_samples)
+        self.reference("reference", self.round_samples)
         self.reference("reference", self.final_samples)
         self.reference("holdout", self.final_samples)
 
-    def epoch_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
-        n = self.epoch_samples
-        generated = FeatureStats.of(self.features(self.generated_images(family, model, n, EPOCH_SEED))[0])
-        return {keys.epoch_score_key(self.extractor.name): frechet_distance(generated, self.reference("reference", n))}
+    def round_scores(self, family: Family, model: nn.Module) -> dict[str, float]:
+        n = self.round_samples
+        generated = FeatureStats.of(self.features(self.generated_images(family, model, n, ROUND_SEED))[0])
+        return {keys.round_score_key(self.extractor.name): frechet_distance(generated, self.reference("reference", n))}
 
     def final_scores(self, family: Family, model: nn.Module) -> "ScoredImages":
         return self.score_images(self.generated_images(family, model, self.final_samples, FINAL_SEED))
@@ -288,7 +291,9 @@ def score_settings(table: Mapping[str, Any], where: str) -> ScoreSettings:
         raise UserError(f"{where}.extractor: {settings.extractor!r}; valid: auto, {', '.join(extractor_names())}")
     if settings.panel not in ("require", "warn"):
         raise UserError(f"{where}.panel: {settings.panel!r}; valid: require, warn")
-    for key in ("epoch_samples", "kid_subsets", "kid_subset_size", "pr_k"):
+    if settings.flags not in ("exclude", "tag"):
+        raise UserError(f"{where}.flags: {settings.flags!r}; valid: exclude, tag")
+    for key in ("round_samples", "kid_subsets", "kid_subset_size", "pr_k"):
         if getattr(settings, key) < (2 if key != "kid_subsets" else 1):
             raise UserError(f"{where}.{key}: {getattr(settings, key)} is too small")
     if settings.final_samples < 0 or settings.final_samples == 1:

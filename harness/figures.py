@@ -36,8 +36,8 @@ def save_png(grid: Tensor, path: Path, min_width: int = 1024) -> None:
 
 def loss_curves(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
     """Train and validation curves, one panel per loss, log y when a loss spans decades."""
-    rows = [{"epoch": epoch, "split": parts[0], "loss": parts[1], "value": value}
-            for epoch, metrics in enumerate(history, start=1) for key, value in metrics.items()
+    rows = [{"step": metrics[keys.STEPS], "split": parts[0], "loss": parts[1], "value": value}
+            for metrics in history for key, value in metrics.items()
             if (parts := keys.split_of(key)) and parts[0] in ("train", "val") and key not in keys.COST]
     frame = pd.DataFrame(rows)
     losses = list(dict.fromkeys(frame["loss"]))
@@ -45,7 +45,7 @@ def loss_curves(history: Sequence[dict[str, float]], path: Path, title: str) -> 
     axes = fig.subplots(1, len(losses), squeeze=False)
     for ax, loss in zip(axes[0], losses):
         part = frame[frame["loss"] == loss]
-        sns.lineplot(data=part, x="epoch", y="value", hue="split", marker="o", ax=ax)
+        sns.lineplot(data=part, x="step", y="value", hue="split", marker="o", ax=ax)
         values = part["value"]
         if (values > 0).all() and values.max() / values.min() > 20:
             ax.set_yscale("log")

@@ -1,5 +1,5 @@
-"""Images from a fixed z: the same latent codes for every epoch, trial and run, so their pictures and
-scores compare. Each use names its own seed (grids 0, per-epoch scores 1, final scores 2), and z is
+"""Images from a fixed z: the same latent codes for every round, trial and run, so their pictures and
+scores compare. Each use names its own seed (grids 0, per-round scores 1, final scores 2), and z is
 drawn on the CPU from its own generator, so it is the same on every device and leaves the global
 random stream (dropout, batch noise) untouched."""
 
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from harness.data import from_model_range
 
-GRID_SEED = 0  # the sample grids logged with every epoch and trial, the latent pictures
+GRID_SEED = 0  # the sample grids logged with every round and trial, the latent pictures
 
 
 def fixed_z(n: int, latent_dim: int, seed: int, device: torch.device | str = "cpu") -> Tensor:

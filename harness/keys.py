@@ -16,6 +16,7 @@ from typing import Literal
 
 Direction = Literal["minimize", "maximize"]
 SPLITS = ("train", "val", "test")
+SCALES = ("cpu", "full")  # a study file's top level (minutes on a CPU) and its [full] table (the reports' scale)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ DIAGNOSTIC_SCORES = ("diversity",)  # logged, never an objective: uniform noise 
 # What a study file may name as its objective besides the families' val_<metric>: resolved per extractor.
 SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()
                                              if kind not in DIAGNOSTIC_SCORES}, "val_fd": "minimize"}
-EPOCH_SCORE = "fd"  # the score measured after every epoch (on fewer samples), for pruning
-PRUNABLE_SCORE_OBJECTIVES = ("fd", "val_fd")  # score objectives with a per-epoch value the pruner can follow
+ROUND_SCORE = "fd"  # the score measured after every round (on fewer samples), for pruning
+PRUNABLE_SCORE_OBJECTIVES = ("fd", "val_fd")  # score objectives with a per-round value the pruner can follow
 
 
 def score_key(kind: str, extractor: str) -> str:
@@ -57,9 +58,9 @@ def std_key(key: str) -> str:
     return f"{key}_std"
 
 
-def epoch_score_key(extractor: str) -> str:
-    """The per-epoch score the pruner sees: val_fid or val_fd_domain."""
-    return split_key("val", score_key(EPOCH_SCORE, extractor))
+def round_score_key(extractor: str) -> str:
+    """The per-round score the pruner sees: val_fid or val_fd_domain."""
+    return split_key("val", score_key(ROUND_SCORE, extractor))
 
 
 # ---- losses and reconstruction ----------------------------------------------------------------------
@@ -82,7 +83,7 @@ def in_split(key: str, split: str) -> bool:
     return parts is not None and parts[0] == split
 
 
-PIXEL_MMD = "pixel_mmd"  # scored for every family each epoch (harness/metrics.py)
+PIXEL_MMD = "pixel_mmd"  # scored for every family each round (harness/metrics.py)
 COMMON_METRICS: dict[str, Direction] = {PIXEL_MMD: "minimize"}
 RECONSTRUCTION: dict[str, MetricInfo] = {  # autoencoders, on the test split (harness/evaluation.py)
     "bce": MetricInfo("minimize", "per-pixel BCE of decode(mu)"),
@@ -93,10 +94,23 @@ RECONSTRUCTION: dict[str, MetricInfo] = {  # autoencoders, on the test split (ha
 
 # ---- cost --------------------------------------------------------------------------------------------
 
-EPOCH_SECONDS = "epoch_seconds"
+# Logged after every round (harness/training.py), so quality can be plotted against cost. The budget is
+# STEPS: optimizer steps of the family's budget_optimizer; every optimizer's own count is steps_<name>
+# (a GAN's steps_d, the discriminator's steps that come on top of its generator's).
+STEPS = "steps"
+IMAGES_SEEN = "images_seen"  # training images drawn so far
+EPOCHS = "epochs"  # images_seen / training images: derived, never the budget
+ROUND_SECONDS = "round_seconds"  # the round's wall-clock: training, validation and per-round scores
+WALL_SECONDS = "wall_seconds"  # wall-clock since the trial began (resumed rounds included)
+SECONDS_PER_STEP = "seconds_per_step"  # training time per judged step (D steps included for a GAN)
 IMAGES_PER_SECOND = "train_images_per_s"
-TRAIN_SECONDS = "train_seconds"
-COST = (EPOCH_SECONDS, IMAGES_PER_SECOND, TRAIN_SECONDS)  # not losses: never drawn as curves
+TRAIN_SECONDS = "train_seconds"  # the whole training of a finished trial, scoring excluded
+COST = (STEPS, IMAGES_SEEN, EPOCHS, ROUND_SECONDS, WALL_SECONDS, SECONDS_PER_STEP, IMAGES_PER_SECOND, TRAIN_SECONDS)
+
+
+def steps_key(optimizer: str) -> str:
+    """steps_g, steps_d: one optimizer's steps so far."""
+    return f"{STEPS}_{optimizer}"
 
 # ---- labels for readers -----------------------------------------------------------------------------
 
@@ -145,7 +159,7 @@ def direction(key: str) -> Direction | None:
 def resolve_objective(objective: str, extractor: str) -> str:
     """A study's objective as it is logged: fd -> fid or fd_domain, val_fd -> val_fid or val_fd_domain."""
     if objective == "val_fd":
-        return epoch_score_key(extractor)
+        return round_score_key(extractor)
     return score_key(objective, extractor) if objective in SCORES else objective
 
 
@@ -168,9 +182,13 @@ class Tag:
     BEST_RUN = "best_run_id"
     BEST_TRIAL = "best_trial"
     REFERENCE_STATS = "score.reference_stats"  # computed | cached
-    RESUMED_FROM = "resumed_from_epoch"
+    RESUMED_FROM = "resumed_from_step"
     RETRY_OF = "retry_of"
-    LAST_GOOD_EPOCH = "last_good_epoch"
+    LAST_GOOD_STEP = "last_good_step"  # a diverged trial's steps at its last good round
+    REFERENCE_CONFIG = "reference_config"  # "true": the family's reference configuration (harness/planning.py)
+    FLAGS = "flags"  # collapsed,did_not_learn | none: never reported as best (harness/flags.py)
+    FLAG_EVIDENCE = "flags.evidence"  # the numbers behind the flags
+    EXCLUDED = "flags.excluded"  # "true": flagged in a study judged by sample quality: never reported as best
     PARENT = "mlflow.parentRunId"
 
 
@@ -182,4 +200,8 @@ class Attr:
     FAMILY = "family"
     FAILURE = "failure_reason"
     REFERENCE_STATS = "reference_stats"
-    RESUMED_FROM = "resumed_from_epoch"
+    RESUMED_FROM = "resumed_from_step"
+    REFERENCE_CONFIG = "reference_config"  # the family whose reference configuration the trial is
+    FLAGS = "flags"  # as the run tag
+    EXCLUDED = "excluded"  # True: never reported as best (the run tag flags.excluded)
+    REFERENCE_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs

@@ -1,6 +1,10 @@
 """Which trials a study runs: its budget of finished trials, the grid points still missing, the
 queue, and the trials a worker must not run because the budget is met elsewhere.
 
+Every sampled (not grid) study runs each family's reference configuration (the seed reports'; see
+harness/registry.py) as that family's first trial, so no family is judged by random draws alone:
+it is enqueued, marked with the user attribute `reference_config`, before any sampled trial.
+
 `trials` in a study file is the study's budget of finished (complete or pruned) trials, not a count
 per invocation (per family, when a study has several: each family gets the same budget, its trials
 enqueued in turn); running a study again continues it until the budget is met. Grid studies plan
@@ -11,14 +15,41 @@ failed point is run again, and a grid that is complete says so and runs nothing.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.keys import Attr
+from harness.registry import get_family
+from harness.space import reference_point
 from harness.studyfile import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A trial to enqueue: its fixed parameters and user attributes."""
+
+    params: dict[str, Any]
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_trial(spec: StudySpec, family: str) -> Queued:
+    """The family's reference configuration in this study's space (see space.reference_point); what
+    the space moved is kept in the user attribute `reference_moved`."""
+    several = len(spec.families) > 1
+    point, moved = reference_point(spec.spaces[family], get_family(family).reference_config,
+                                   f"{family}." if several else "")
+    attrs = {Attr.REFERENCE_CONFIG: family} | ({Attr.REFERENCE_MOVED: {k: list(v) for k, v in moved.items()}} if moved else {})
+    return Queued(({"family": family} if several else {}) | point, attrs)
+
+
+def has_reference(study: optuna.Study, family: str) -> bool:
+    """Whether the study ran, runs or queued the family's reference trial already."""
+    return any(t.user_attrs.get(Attr.REFERENCE_CONFIG) == family for t in study.get_trials(deepcopy=False))
 
 
 def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
@@ -28,8 +59,9 @@ def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
         return 0
 
 
-def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[str, Any]], str]:
-    """(trials to run now, grid points to enqueue, why nothing runs when it is 0)."""
+def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[Queued], str]:
+    """(trials to run now, trials to enqueue (grid points, reference configurations), why nothing runs
+    when it is 0)."""
     done = study.get_trials(deepcopy=False, states=FINISHED)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # another worker's: not ours to run
     left = spec.trials - len(done) - len(running)
@@ -38,7 +70,9 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[st
     if spec.grid is None:
         why = (f"{spec.study_name} already has {len(done)} finished trials, its budget (trials = {spec.trials}); "
                "raise TRIALS= to run more")
-        return max(0, left), [], why
+        family = spec.families[0]
+        reference = [reference_trial(spec, family)] if left > 0 and not has_reference(study, family) else []
+        return max(0, left), reference, why
     names = list(spec.grid)
     points = [dict(zip(names, values)) for values in itertools.product(*spec.grid.values())]
     missing = [p for p in points if not any(matches(p, t.params) for t in done)]
@@ -47,22 +81,25 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[dict[st
     missing = [p for p in missing if not any(matches(p, t.params) for t in running)]
     to_run = max(0, min(len(missing), left))
     waiting = waiting_params(study)
-    enqueue = [p for p in missing[:to_run] if not any(matches(p, w) for w in waiting)]
+    enqueue = [Queued(p) for p in missing[:to_run] if not any(matches(p, w) for w in waiting)]
     why = (f"{spec.study_name} has {len(done)} finished trials, its budget (trials = {spec.trials}); "
            f"{len(missing)} of {len(points)} grid points remain: raise TRIALS= to run them")
     return to_run, enqueue, why
 
 
-def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTrial]) -> tuple[int, list[dict[str, Any]], str]:
-    """The same budget for every family: each family's missing trials, enqueued in turn."""
+def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTrial]) -> tuple[int, list[Queued], str]:
+    """The same budget for every family: each family's missing trials, enqueued in turn, its
+    reference configuration first."""
     waiting = [w.get("family") for w in waiting_params(study)]
     left = {f: max(0, spec.trials - sum(t.params.get("family") == f for t in done)) for f in spec.families}
     to_queue = {f: max(0, n - waiting.count(f)) for f, n in left.items()}
     enqueue = []
+    reference = {f for f in spec.families if to_queue[f] and not has_reference(study, f)}
     while any(to_queue.values()):
         for family in spec.families:
             if to_queue[family]:
-                enqueue.append({"family": family})
+                enqueue.append(reference_trial(spec, family) if family in reference else Queued({"family": family}))
+                reference.discard(family)
                 to_queue[family] -= 1
     why = (f"{spec.study_name} already has {spec.trials} finished trials for each of its {len(spec.families)} "
            "families, its budget; raise TRIALS= to run more")

@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from harness.keys import Attr
+from harness.flags import best_ranked, ranked_trials
 from harness.studyfile import StudySpec
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -41,7 +42,7 @@ class Progress:
             detail = " ".join(f"{o.metric}={fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
         else:  # pruned: the last reported value
             step = trial.last_step
-            detail = f"{self.spec.objectives[0].metric}={fmt(trial.intermediate_values[step])} at epoch {step}" \
+            detail = f"{self.spec.objectives[0].metric}={fmt(trial.intermediate_values[step])} at round {step}" \
                 if step is not None else ""
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         self.bar.write(f"{self.prefix}trial {trial.number:>3} {trial.state.name:<8} {detail}  {params}  ({seconds:.1f} s)")
@@ -63,5 +64,9 @@ def best_text(study: optuna.Study, spec: StudySpec) -> str:
         return ""
     if len(spec.objectives) > 1:
         return f"{len(study.best_trials)} trial(s) on the Pareto front"
-    best = study.best_trial
-    return f"{spec.objectives[0].metric}={fmt(best.value)} (trial {best.number})"
+    best = best_ranked(study, spec.objectives[0].direction == "maximize")
+    flagged = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) - len(ranked_trials(study))
+    note = f"; {flagged} trial(s) not ranked (flagged collapsed or did not learn)" if flagged else ""
+    if best is None:
+        return f"none: every complete trial is flagged{note}"
+    return f"{spec.objectives[0].metric}={fmt(best.value)} (trial {best.number}){note}"

@@ -1,7 +1,7 @@
 """Publishing to MLflow: a parent run per invocation, a child run per trial, and each trial's outcome.
 
 The trial runner (harness/trial.py) returns a TrialOutcome; this module records it: params and tags
-when the run starts, each epoch's metrics and sample grid and each checkpoint as they come (the
+when the run starts, each round's metrics and sample grid and each checkpoint as they come (the
 `MlflowSink`), and at the end the files, the final scores and the state. A failure is recorded as
 far as the machine allows (a full disk must not hide why the trial failed). It also reads back the
 one thing a run needs from an earlier run: the checkpoint a retried trial resumes from.
@@ -34,18 +34,18 @@ from harness.session import Session
 from harness.tracking import Tracker
 from harness.training import Checkpoint
 
-CHECKPOINT = "checkpoint/last.pt"  # a run's latest checkpoint artifact, replaced every checkpoint_every epochs
-CHECKPOINT_KEYS = ("model", "optimizers", "rng", "epoch", "history")
+CHECKPOINT = "checkpoint/last.pt"  # a run's latest checkpoint artifact, replaced every checkpoint_every rounds
+CHECKPOINT_KEYS = ("model", "optimizers", "rng", "round", "steps", "stream", "history")
 
 
 class MlflowSink:
-    """A training run's epochs and checkpoints, into its MLflow run as they come."""
+    """A training run's rounds and checkpoints, into its MLflow run as they come."""
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
 
-    def epoch(self, epoch: int, metrics: Mapping[str, float], grid: Path) -> None:
-        self.tracker.log_metrics(self.run_id, metrics, step=epoch)
+    def round(self, steps: int, metrics: Mapping[str, float], grid: Path) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step=steps)  # the x axis: the budget's steps
         self.tracker.log_artifact(self.run_id, grid, "samples")
 
     def checkpoint(self, state: Checkpoint) -> None:
@@ -71,7 +71,7 @@ class Publisher:
                     "families": ",".join(spec.families), "sampler": spec.sampler,
                     **{f"sampler.{k}": v for k, v in spec.sampler_options.items()},
                     "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
-                    "trials": spec.trials, "epochs": spec.epochs, "seed": spec.seed,
+                    "trials": spec.trials, "steps": spec.steps, "rounds": spec.rounds, "seed": spec.seed,
                     "objective": ",".join(o.metric for o in spec.objectives), "device": str(s.device),
                     **s.quality.protocol(), "score.panel": s.panel, **provenance_params(), **(extra or {})},
             tags={"study": spec.study_name, Tag.KIND: kind, "optuna_study": spec.study_name,
@@ -89,7 +89,8 @@ class Publisher:
                     parent_id: str) -> str:
         s = self.session
         return self.tracker.start_run(
-            name, params={**params, "family": family, "epochs": s.spec.epochs, "seed": seed,
+            name, params={**params, "family": family, "steps": s.spec.steps, "rounds": s.spec.rounds,
+                          "budget_optimizer": get_family(family).budget_optimizer, "seed": seed,
                           "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(), **provenance_params(),
                           "data.source": json.dumps({"dataset": s.spec.dataset, "options": dict(s.spec.dataset_options)}),
                           **{f"data.{k}": v for k, v in s.data.description.items()},
@@ -104,9 +105,9 @@ class Publisher:
 
     def resumed(self, run_id: str, checkpoint: Checkpoint) -> None:
         """The curves of the killed run go on in the retry's run."""
-        for epoch, metrics in enumerate(checkpoint["history"], start=1):
-            self.tracker.log_metrics(run_id, metrics, step=epoch)
-        self.tracker.set_tags(run_id, {Tag.RESUMED_FROM: int(checkpoint["epoch"])})
+        for metrics in checkpoint["history"]:
+            self.tracker.log_metrics(run_id, metrics, step=int(metrics[keys.STEPS]))
+        self.tracker.set_tags(run_id, {Tag.RESUMED_FROM: resumed_step(checkpoint)})
 
     def checkpoint_of(self, run_id: str | None, label: str) -> Checkpoint | None:
         return read_checkpoint(self.tracker.client, run_id, label)
@@ -122,8 +123,10 @@ class Publisher:
         if outcome.state == State.PRUNED:
             t.end_run(run_id, "FINISHED", {Tag.STATE: "PRUNED"})
             return
-        t.log_metrics(run_id, outcome.final | {keys.TRAIN_SECONDS: outcome.seconds}, step=self.session.spec.epochs)
-        t.end_run(run_id, "FINISHED", {Tag.STATE: "COMPLETE", Tag.REFERENCE_STATS: outcome.reference_stats})
+        t.log_metrics(run_id, outcome.final | {keys.TRAIN_SECONDS: outcome.seconds}, step=self.session.spec.steps)
+        flagged = {Tag.FLAGS: outcome.flags.text, Tag.FLAG_EVIDENCE: outcome.flags.evidence,
+                   Tag.EXCLUDED: str(outcome.flags.excluded).lower()} if outcome.flags else {}
+        t.end_run(run_id, "FINISHED", {Tag.STATE: "COMPLETE", Tag.REFERENCE_STATS: outcome.reference_stats, **flagged})
 
     def _fail(self, run_id: str, outcome: TrialOutcome) -> None:
         """Record a failure as far as possible: when the disk is full, recording fails too, and must not
@@ -132,7 +135,7 @@ class Publisher:
         assert failure is not None
         steps = [lambda path=path: t.log_artifact(run_id, path) for path in outcome.artifacts]
         if failure.kind == FailureKind.DIVERGED:
-            steps.append(lambda: t.set_tags(run_id, {Tag.LAST_GOOD_EPOCH: failure.last_good_epoch}))
+            steps.append(lambda: t.set_tags(run_id, {Tag.LAST_GOOD_STEP: failure.last_good_step}))
         if failure.details:
             steps.append(lambda: t.log_text(run_id, failure.details, "error.txt"))
         status = "KILLED" if failure.kind == FailureKind.INTERRUPTED else "FAILED"
@@ -144,12 +147,18 @@ class Publisher:
                 continue
 
 
+def resumed_step(checkpoint: Checkpoint) -> int:
+    """The judged steps a checkpoint was taken at."""
+    history = checkpoint["history"]
+    return int(history[-1][keys.STEPS]) if history else 0
+
+
 def read_checkpoint(client: MlflowClient, run_id: str | None, label: str) -> Checkpoint | None:
     """The last checkpoint a run left, or None, saying in one line why there is none to go on from."""
     if not run_id:
         return None
     if not client.list_artifacts(run_id, str(Path(CHECKPOINT).parent)):
-        print(f"{label} left no checkpoint (it stopped before its first); restarting it from epoch 0", flush=True)
+        print(f"{label} left no checkpoint (it stopped before its first); restarting it from step 0", flush=True)
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -161,7 +170,7 @@ def read_checkpoint(client: MlflowClient, run_id: str | None, label: str) -> Che
             return state
         except (MlflowException, *UNREADABLE) as e:
             warn(f"checkpoint of {label} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                 "restarting it from epoch 0")
+                 "restarting it from step 0")
             return None
 
 

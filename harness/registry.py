@@ -7,7 +7,11 @@ A family declares, once, at registration:
             objective); the loop logs them as train_<m> / val_<m> / test_<m> (harness/keys.py)
   curves    the losses drawn as training and validation curves (default: the kind's)
   plots     the pictures that suit it (default: the kind's; see PLOTS)
-  reference the configuration the seed reports trained (the rest of the space at its defaults)
+  reference the configuration the seed reports trained (the rest of the space at its defaults);
+            every sampled study runs it first (harness/planning.py)
+  budget_optimizer  the optimizer (a key of make_optimizers) whose steps are the study's budget: the
+            generator's ("g", default for the adversarial kind; its D steps come on top), or the one
+            optimizer of an autoencoder
 and its code, usually all in models/<name>.py:
   build(params, channels, image_size) -> nn.Module
   make_optimizers(model, params, fast) -> {name: optimizer}   (fast: harness/speed.FastPath)
@@ -55,6 +59,7 @@ class Family:
     eval_step: Callable[..., Any]
     help: str = ""
     output_range: tuple[float, float] = (0.0, 1.0)  # of the output activation: sigmoid (0, 1), tanh (-1, 1)
+    budget_optimizer: str = "g"  # whose optimizer steps are the budget (harness/training.py)
 
     @property
     def autoencoder(self) -> bool:
@@ -97,13 +102,13 @@ def register_family(name: str, *, kind: str, space: Mapping[str, Param], metrics
                     build: Callable, make_optimizers: Callable, train_step: Callable, eval_step: Callable,
                     curves: tuple[str, ...] | None = None, plots: tuple[str, ...] | None = None,
                     reference: Mapping[str, Any] | None = None, help: str = "",
-                    output_range: tuple[float, float] = (0.0, 1.0)) -> Family:
+                    output_range: tuple[float, float] = (0.0, 1.0), budget_optimizer: str | None = None) -> Family:
     if not isinstance(name, str) or not NAME.match(name):
         raise RegistryError(f"family name {name!r} must match {NAME.pattern} (lowercase, digits, _)")
     if name in _families():
         raise RegistryError(f"family {name!r} is already registered")
     family = _declare(name, kind, space, metrics, build, make_optimizers, train_step, eval_step, curves, plots,
-                      reference, help, output_range)
+                      reference, help, output_range, budget_optimizer)
     _FAMILIES[name] = family
     return family
 
@@ -111,7 +116,7 @@ def register_family(name: str, *, kind: str, space: Mapping[str, Param], metrics
 def _declare(name: str, kind: str, space: Mapping[str, Param], metrics: Mapping[str, str | None], build: Callable,
              make_optimizers: Callable, train_step: Callable, eval_step: Callable, curves: tuple[str, ...] | None,
              plots: tuple[str, ...] | None, reference: Mapping[str, Any] | None, help: str,
-             output_range: tuple[float, float]) -> Family:
+             output_range: tuple[float, float], budget_optimizer: str | None) -> Family:
     """A validated Family; every mistake is a RegistryError naming the family and the field."""
     at = f"family {name!r}"
     if kind not in KINDS:
@@ -150,8 +155,12 @@ def _declare(name: str, kind: str, space: Mapping[str, Param], metrics: Mapping[
             raise RegistryError(f"{at}: {what} is not callable")
     if output_range not in ((0.0, 1.0), (-1.0, 1.0)):
         raise RegistryError(f"{at}: output_range {output_range} must be (0, 1) (sigmoid) or (-1, 1) (tanh)")
+    budget_optimizer = budget_optimizer or ("g" if kind == "adversarial" else "")
+    if not budget_optimizer or not NAME.match(budget_optimizer):
+        raise RegistryError(f"{at}: budget_optimizer must name the optimizer whose steps are the budget "
+                            f"(a key of what make_optimizers returns), got {budget_optimizer!r}")
     return Family(name, kind, dict(space), dict(metrics), curves, plots, reference, build, make_optimizers,
-                  train_step, eval_step, help, tuple(map(float, output_range)))
+                  train_step, eval_step, help, tuple(map(float, output_range)), budget_optimizer)
 
 
 def _check_reference(at: str, space: Mapping[str, Param], name: str, value: Any) -> None:
@@ -193,13 +202,16 @@ def _builtins() -> dict[str, Family]:
 
     built: dict[str, Family] = {}
 
-    def add(name: str, kind: str, module: Any, help: str, output_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    def add(name: str, kind: str, module: Any, help: str, output_range: tuple[float, float] = (0.0, 1.0),
+            budget_optimizer: str | None = None) -> None:
         built[name] = _declare(name, kind, module.SPACE, module.METRICS, module.build, module.make_optimizers,
-                                   module.train_step, module.eval_step, None, None, module.REFERENCE, help,
-                                   output_range)
+                               module.train_step, module.eval_step, None, None, module.REFERENCE, help,
+                               output_range, budget_optimizer)
 
-    add("vae", "autoencoder", vae, "conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL")
-    add("resnet_vae", "autoencoder", resnet_vae, "ResNet18-style encoder and mirrored decoder, MSE + w*KL (report 004)")
+    add("vae", "autoencoder", vae, "conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL",
+        budget_optimizer="vae")
+    add("resnet_vae", "autoencoder", resnet_vae, "ResNet18-style encoder and mirrored decoder, MSE + w*KL (report 004)",
+        budget_optimizer="vae")
     add("gan", "adversarial", gan,
         "the reports' first GAN: VAE decoder as G, VAE encoder + logit as D, BCE with D loss x factor")
     add("dcgan", "adversarial", dcgan,

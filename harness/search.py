@@ -7,7 +7,7 @@ invocation's MLflow parent run, and runs the trial loop here or in worker proces
 (harness/space.py), hand it to the trial runner (harness/trial.py), publish the TrialOutcome it
 returns (harness/publish.py), and tell Optuna its state and values. A trial whose loss or weights
 become NaN or infinite ends as FAIL (the sampler learns nothing from it), with the reason in its
-user attributes and run tags; its per-epoch sample grids up to the last good epoch stay in its run.
+user attributes and run tags; its per-round sample grids up to the last good round stay in its run.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from harness import planning
 from harness.devices import resolve_device
 from harness.errors import UserError, redact, warn
+from harness.flags import best_ranked
 from harness.keys import Attr, Tag
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.phases import OFF, Profiler
 from harness.progress import Progress, best_text, is_disk_full
-from harness.publish import Publisher, close_stale_runs
+from harness.publish import Publisher, close_stale_runs, resumed_step
 from harness.session import Session, open_session
 from harness.space import suggest
 from harness.storage import Storage
@@ -199,21 +200,22 @@ class TrialLoop:
         params = suggest(trial, spec.spaces[family], prefix)
         with heartbeat_api():
             original = planning.retry_of(self.study, trial.number)
-        tags = {Tag.TRIAL: trial.number} | ({Tag.RETRY_OF: original.number} if original else {})
+        tags = {Tag.TRIAL: trial.number} | ({Tag.RETRY_OF: original.number} if original else {}) \
+            | ({Tag.REFERENCE_CONFIG: "true"} if trial.user_attrs.get(Attr.REFERENCE_CONFIG) else {})
         run_id = self.publisher.start_trial(family, params, spec.seed, f"trial-{trial.number}", tags, self.parent_id)
         trial.set_user_attr(Attr.RUN_ID, run_id)
         trial.set_user_attr(Attr.FAMILY, family)
         resume = self.publisher.checkpoint_of(original.user_attrs.get(Attr.RUN_ID), f"trial {original.number}") \
             if original else None
         if resume is not None:
-            trial.set_user_attr(Attr.RESUMED_FROM, int(resume["epoch"]))
-            for epoch, metrics in enumerate(resume["history"], start=1):  # the pruner sees the whole curve
-                self._report(trial, epoch, metrics)
+            trial.set_user_attr(Attr.RESUMED_FROM, resumed_step(resume))
+            for round_, metrics in enumerate(resume["history"], start=1):  # the pruner sees the whole curve
+                self._report(trial, round_, metrics)
             self.publisher.resumed(run_id, resume)
         job = TrialJob(family, params, spec.seed, f"trial {trial.number}", resume)
         with tempfile.TemporaryDirectory(prefix="genbench-trial-") as scratch:
             outcome = self.runner.run(job, self.publisher.sink(run_id), Path(scratch),
-                                      stop_after=lambda epoch, metrics: self._report(trial, epoch, metrics, decide=True))
+                                      stop_after=lambda round_, metrics: self._report(trial, round_, metrics, decide=True))
             _check_objectives(outcome, self.keys)
             trial.set_user_attr(Attr.REFERENCE_STATS, outcome.reference_stats)
             try:
@@ -224,14 +226,19 @@ class TrialLoop:
                 self.publisher.publish(run_id, outcome)  # a failure is recorded as far as the store allows
         if outcome.failure is not None:
             trial.set_user_attr(Attr.FAILURE, outcome.failure.reason)
+        if outcome.flags is not None and outcome.state == State.COMPLETE:
+            trial.set_user_attr(Attr.FLAGS, outcome.flags.text)
+            trial.set_user_attr(Attr.EXCLUDED, outcome.flags.excluded)
         return outcome
 
-    def _report(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float], decide: bool = False) -> bool:
-        """The per-epoch score to the pruner; True asks the training loop to stop (pruned)."""
+    def _report(self, trial: optuna.Trial, round_: int, metrics: dict[str, float], decide: bool = False) -> bool:
+        """The per-round score to the pruner, at the round's number (Optuna's step: every trial of a
+        study ends round r at the same optimizer step, and a pruner's warm-up or Hyperband's resources
+        count rounds, whatever STEPS= says); True asks the training loop to stop (pruned)."""
         pruned_on = self.session.pruned_on
         if len(self.session.spec.objectives) > 1 or pruned_on not in metrics:
-            return False  # Optuna cannot prune multi-objective trials; final-only scores have nothing per epoch
-        trial.report(metrics[pruned_on], epoch)
+            return False  # Optuna cannot prune multi-objective trials; final-only scores have nothing per round
+        trial.report(metrics[pruned_on], round_)
         return decide and trial.should_prune()
 
 
@@ -263,12 +270,12 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
 
     workers = min(workers, to_run)
     session = open_session(spec, storage, device, f"study {spec.study_name}: {to_run} trial(s) to run, "
-                                                  f"{spec.epochs} epoch(s) each" + (f", {workers} workers" if workers > 1 else ""))
+                                                  f"{spec.steps} steps each" + (f", {workers} workers" if workers > 1 else ""))
     session.phases = profiler
     check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
                    storage.storage_url)
-    for point in enqueue:
-        study.enqueue_trial(point)
+    for queued in enqueue:
+        study.enqueue_trial(queued.params, user_attrs=queued.user_attrs)
     publisher = Publisher(session, tracker)
     parent_id = publisher.start_parent(spec.name, "study")
     start = time.perf_counter()
@@ -317,8 +324,9 @@ def _finish_parent(study: optuna.Study, session: Session, publisher: Publisher, 
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     tracker.log_metrics(parent_id, {f"study_trials_{k}": v for k, v in counts.items()}, step=0)
-    if len(session.spec.objectives) == 1 and counts["complete"]:
-        best = study.best_trial
+    best = best_ranked(study, session.spec.objectives[0].direction == "maximize") \
+        if len(session.spec.objectives) == 1 else None
+    if len(session.spec.objectives) == 1 and best is not None:
         tracker.log_metrics(parent_id, {f"best_{session.objective_keys[0]}": best.value}, step=0)
         tracker.set_tags(parent_id, {Tag.BEST_TRIAL: best.number, Tag.BEST_RUN: best.user_attrs.get(Attr.RUN_ID, "")})
     if counts["complete"]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import keys
+from harness import flags, keys
 from harness.data import ImageSplits, get_dataset, load_dataset
 from harness.devices import resolve_device
 from harness.errors import UserError, warn
@@ -34,6 +34,7 @@ class Session:
     panel: str = "not run"  # the extractor's validation panel on this data, in one line (logged)
     phases: Profiler = OFF  # where the time goes (make bench profiles a real trial through this)
     cross_check: SampleQuality | None = None  # Inception beside the study's own extractor (confirm runs)
+    learned_bar: tuple[str, float] | None = None  # the did-not-learn bar from the panel (harness/flags.py)
 
     @property
     def objective_keys(self) -> list[str]:
@@ -42,10 +43,10 @@ class Session:
 
     @property
     def pruned_on(self) -> str:
-        """The per-epoch score the pruner sees: the per-epoch Fréchet distance for a score objective
+        """The per-round score the pruner sees: the per-round Fréchet distance for a score objective
         measured only at the end, else the objective itself."""
         first = self.spec.objectives[0].metric
-        return keys.epoch_score_key(self.quality.extractor.name) if first == "fd" else self.objective_keys[0]
+        return keys.round_score_key(self.quality.extractor.name) if first == "fd" else self.objective_keys[0]
 
 
 def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) -> Session:
@@ -68,7 +69,8 @@ def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) 
     panel = require_panel(quality, [o.metric for o in spec.objectives], storage)
     fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before anything is recorded
     return Session(spec, storage, dev, data, quality, fast,
-                   panel="not run (Inception on a CPU)" if panel is None else panel.summary())
+                   panel="not run (Inception on a CPU)" if panel is None else panel.summary(),
+                   learned_bar=None if panel is None else flags.baseline(panel.scores))
 
 
 CROSS_CHECK_CPU_N = 500  # Inception's images per confirm run on a CPU: about 100 s at ~5 images/s

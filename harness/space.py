@@ -199,3 +199,35 @@ def suggest(trial: optuna.trial.BaseTrial, space: Mapping[str, Param], prefix: s
 def describe(param: Param) -> dict[str, Any]:
     """What a study stores to recognise its own space: the distribution and its condition."""
     return param.describe() | ({"when": list(param.when)} if param.when else {})
+
+
+def reference_point(space: Mapping[str, Param], reference: Mapping[str, Any],
+                    prefix: str = "") -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """The configuration of `space` nearest to a family's reference configuration, as Optuna's
+    enqueue_trial takes it (free parameters only, named prefix + name), and what the study's space
+    moved: {name: (reference value, value used)} where it fixes another value or its range or
+    choices leave the reference out (a range: the nearer end; choices: the nearest number)."""
+    values: dict[str, Any] = {}
+    point: dict[str, Any] = {}
+    moved: dict[str, tuple[Any, Any]] = {}
+    for name, param in space.items():
+        if param.when is not None and values.get(param.when[0]) != param.when[1]:
+            continue
+        wanted = reference.get(name, param.default)
+        values[name] = value = _nearest(param, wanted)
+        if not isinstance(param, FixedParam):
+            point[prefix + name] = value
+        if value != wanted:
+            moved[name] = (wanted, value)
+    return point, moved
+
+
+def _nearest(param: Param, value: Any) -> Any:
+    if isinstance(param, FixedParam):
+        return param.value
+    if isinstance(param, (FloatParam, IntParam)):
+        return type(param.low)(min(max(value, param.low), param.high))
+    if value in param.choices:
+        return value
+    numbers = [c for c in param.choices if _is_number(c)]
+    return min(numbers, key=lambda c: abs(c - value)) if numbers and _is_number(value) else param.default

@@ -1,7 +1,10 @@
 """Study files: a named, versioned declaration of one search, in TOML (studies/<name>.toml).
 
 Everything that defines the search is in the file: dataset, families, space overrides, sampler,
-pruner, budget, epochs, objective(s), seed. Loading validates all of it before anything runs, and
+pruner, trials, the step budget of each trial and its evaluation rounds, objective(s), seed.
+The file describes the CPU scale (minutes on a laptop); its [full] table, the reports' scale for a GPU,
+overrides what differs there (SCALE=full): the runs of the full scale are a study of their own
+(`<name>-v<version>-full`), never mixed with the CPU scale's. Loading validates all of it before anything runs, and
 every mistake is refused with a one-line message naming the key and what is valid.
 """
 
@@ -19,7 +22,7 @@ import optuna
 from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.errors import UserError
 from harness.evaluation import ScoreSettings, score_settings
-from harness.keys import PRUNABLE_SCORE_OBJECTIVES, SCORE_OBJECTIVES
+from harness.keys import PRUNABLE_SCORE_OBJECTIVES, SCALES, SCORE_OBJECTIVES
 from harness.registry import NAME, get_family
 from harness.samplers import make_pruner, make_sampler
 from harness.space import ChoiceParam, FixedParam, Param, describe
@@ -37,16 +40,24 @@ KEYS = {  # every key a study file may have, and what it means
     "sampler": "[sampler] name = grid|tpe|random|qmc|gp|nsgaii, plus its options",
     "pruner": "[pruner] name = none|median|percentile|hyperband|successive_halving|threshold, plus its options",
     "trials": "the budget: finished (complete or pruned) trials the study should have (per family when several)",
-    "epochs": "training epochs per trial",
+    "steps": "the budget of every trial: optimizer steps of the network being judged (the generator of an "
+             "adversarial family, its discriminator steps on top; the whole model of an autoencoder)",
+    "rounds": "evaluations per trial, evenly spaced in steps: validation, per-round score, sample grid, pruner "
+              "(default 5; at most steps)",
     "objective": "val_<metric> of the families, or a list of them for a multi-objective study",
     "seed": "seed of the sampler and of every trial's initialisation and batch order",
     "speed": "[speed] the training fast path: autocast = auto|bf16|off, channels_last = auto|on|off, "
              "fused_adam = auto|on|off, cudnn_benchmark = auto|on|off, compile = off|on",
-    "checkpoint_every": "save a resumable checkpoint every N epochs (default 5; 0: never)",
-    "scores": "[scores] extractor = auto|inception|domain, epoch_samples, final_samples, kid_subsets, "
-              "kid_subset_size, pr_k",
+    "checkpoint_every": "save a resumable checkpoint every N rounds (default 2; 0: never)",
+    "scores": "[scores] extractor = auto|inception|domain, round_samples, final_samples, kid_subsets, "
+              "kid_subset_size, pr_k, panel = require|warn, flags = exclude|tag",
+    "full": "[full] the reports' scale (SCALE=full, for a GPU): the keys that differ there, among trials, steps, "
+            "rounds, checkpoint_every, [dataset], [space.<family>], [scores], [speed]",
 }
-REQUIRED = ("name", "version", "dataset", "families", "trials", "epochs", "objective")
+FULL_KEYS = ("trials", "steps", "rounds", "checkpoint_every", "dataset", "space", "scores", "speed")
+REQUIRED = ("name", "version", "dataset", "families", "trials", "steps", "objective")
+RETIRED = {"epochs": "budgets are optimizer steps now: write steps = N (N = epochs x training images / batch size "
+                     "for an autoencoder; a GAN's generator takes one step in every k + 1 batches), and bump version"}
 
 
 @dataclass(frozen=True)
@@ -70,18 +81,21 @@ class StudySpec:
     pruner: str
     pruner_options: Mapping[str, Any]
     trials: int
-    epochs: int
+    steps: int  # per trial, of each family's budget_optimizer
     seed: int
     objectives: tuple[Objective, ...]
     scores: ScoreSettings = ScoreSettings()
-    checkpoint_every: int = 5
+    checkpoint_every: int = 2  # rounds
+    rounds: int = 5
     speed: Speed = Speed()
     variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
+    scale: str = "cpu"  # cpu | full (the file's [full] table on top)
 
     @property
     def study_name(self) -> str:
-        """The Optuna study and the MLflow experiment: one per study version (and dataset variant)."""
-        return f"{self.name}-v{self.version}" + (f"-{self.variant}" if self.variant else "")
+        """The Optuna study and the MLflow experiment: one per study version (and scale, and dataset variant)."""
+        return (f"{self.name}-v{self.version}" + (f"-{self.scale}" if self.scale != "cpu" else "")
+                + (f"-{self.variant}" if self.variant else ""))
 
     def with_dataset(self, dataset: str | None = None, path: str | None = None) -> "StudySpec":
         """The same study on other data (DATASET=, DATA=). A path alone keeps the study's dataset when
@@ -123,8 +137,9 @@ class StudySpec:
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.pruner, self.pruner_options)
 
-    def with_overrides(self, trials: int | None = None, epochs: int | None = None) -> "StudySpec":
-        return replace(self, trials=trials or self.trials, epochs=epochs or self.epochs)
+    def with_overrides(self, trials: int | None = None, steps: int | None = None) -> "StudySpec":
+        steps = steps or self.steps
+        return replace(self, trials=trials or self.trials, steps=steps, rounds=min(self.rounds, steps))
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs of the study comparable: stored with the Optuna study and checked on resume."""
@@ -132,7 +147,7 @@ class StudySpec:
             "dataset": self.dataset, "dataset_options": dict(self.dataset_options), "families": list(self.families),
             "space": {f: {n: describe(p) for n, p in s.items()} for f, s in self.spaces.items()},
             "sampler": self.sampler, "objectives": [o.metric for o in self.objectives],
-            "epochs": self.epochs, "seed": self.seed, "scores": asdict(self.scores),
+            "steps": self.steps, "rounds": self.rounds, "seed": self.seed, "scores": asdict(self.scores),
         }
 
 
@@ -153,7 +168,10 @@ def find_study(name_or_path: str) -> Path:
     return candidate
 
 
-def load_study(name_or_path: str) -> StudySpec:
+def load_study(name_or_path: str, scale: str = "cpu") -> StudySpec:
+    """The study at a scale: "cpu" (the file's top level) or "full" (its [full] table on top)."""
+    if scale not in SCALES:
+        raise UserError(f"SCALE={scale}: valid scales are {', '.join(SCALES)}")
     path = find_study(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
@@ -161,17 +179,47 @@ def load_study(name_or_path: str) -> StudySpec:
         raise UserError(f"{_shown(path)}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{_shown(path)}: cannot read: {e}") from None
-    return parse_study(data, path)
+    return parse_study(data, path, scale)
 
 
-def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
+def at_scale(data: Mapping[str, Any], scale: str, at: str) -> dict[str, Any]:
+    """The file's keys at a scale: for "full", its [full] table merged over the top level (tables
+    key by key, [space.<family>] parameter by parameter)."""
+    full = _typed(data.get("full", {}), dict, at + "full")
+    for key in full:
+        if key not in FULL_KEYS:
+            raise UserError(f"{at}full.{key}: not a key the full scale may change{did_you_mean(key, FULL_KEYS)}; "
+                            f"valid: {', '.join(FULL_KEYS)}")
+    merged = {k: v for k, v in data.items() if k != "full"}
+    if scale == "cpu":
+        return merged
+    for key, value in full.items():
+        if key == "space":
+            spaces = dict(_typed(merged.get("space", {}), dict, at + "space"))
+            for family, params in _typed(value, dict, at + "full.space").items():
+                spaces[family] = {**_typed(spaces.get(family, {}), dict, at + f"space.{family}"),
+                                  **_typed(params, dict, at + f"full.space.{family}")}
+            merged["space"] = spaces
+        elif isinstance(value, dict):
+            merged[key] = {**_typed(merged.get(key, {}), dict, at + key), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> StudySpec:
     at = _shown(path) + ": "
     for key in data:
+        if key in RETIRED:
+            raise UserError(f"{at}{key}: {RETIRED[key]}")
         if key not in KEYS:
             raise UserError(f"{at}unknown key {key!r}{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
     for key in REQUIRED:
         if key not in data:
             raise UserError(f"{at}missing key {key!r} ({KEYS[key]})")
+    data = at_scale(data, scale, at)
+    if scale != "cpu":
+        at = f"{at}(SCALE={scale}) "
 
     name = _typed(data["name"], str, at + "name")
     if not NAME.match(name) or name != path.stem:
@@ -182,7 +230,10 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
     if seed < 0:
         raise UserError(f"{at}seed: must be >= 0, got {seed}")
     trials = _positive(data["trials"], at + "trials")
-    epochs = _positive(data["epochs"], at + "epochs")
+    steps = _positive(data["steps"], at + "steps")
+    rounds = _positive(data.get("rounds", min(5, steps)), at + "rounds")
+    if rounds > steps:
+        raise UserError(f"{at}rounds = {rounds} but steps = {steps}: a round needs at least one step; lower rounds")
 
     dataset_table = dict(_typed(data["dataset"], dict, at + "dataset"))
     dataset = _typed(dataset_table.pop("name", None), str, at + "dataset.name")
@@ -208,16 +259,16 @@ def parse_study(data: Mapping[str, Any], path: Path) -> StudySpec:
         raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
     if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in PRUNABLE_SCORE_OBJECTIVES:
         raise UserError(f"{at}pruner: {objectives[0].metric} is only measured after training; pruning needs a score "
-                        "measured every epoch: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
+                        "measured every round: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
     scores = score_settings(_typed(data.get("scores", {}), dict, at + "scores"), at + "scores")
 
-    checkpoint_every = _typed(data.get("checkpoint_every", 5), int, at + "checkpoint_every")
+    checkpoint_every = _typed(data.get("checkpoint_every", 2), int, at + "checkpoint_every")
     if checkpoint_every < 0:
         raise UserError(f"{at}checkpoint_every: must be >= 0 (0: never), got {checkpoint_every}")
     fast = speed_settings(_typed(data.get("speed", {}), dict, at + "speed"), at + "speed")
     spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
-                     sampler, sampler_table, pruner, pruner_table, trials, epochs, seed, objectives, scores,
-                     checkpoint_every, fast)
+                     sampler, sampler_table, pruner, pruner_table, trials, steps, seed, objectives, scores,
+                     checkpoint_every, rounds, fast, scale=scale)
     # Build both now so bad options are refused before anything runs.
     make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
     make_pruner(pruner, pruner_table, at + "pruner")

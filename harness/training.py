@@ -1,13 +1,22 @@
-"""The training loop every family shares: epochs of `train_step`, then held-out scores.
+"""The training loop every family shares: a budget of optimizer steps, cut into evaluation rounds.
 
-Per-step losses stay on the device and are summed there; they are read once per epoch, and a
+The budget is steps of the network being judged (the family's `budget_optimizer`: the generator of an
+adversarial family, whose discriminator steps come on top and are logged; the whole model of an
+autoencoder), so a study compares configurations that got the same number of updates, whatever
+their batch size or D:G ratio. The steps are cut into `rounds` evenly spaced evaluations: after
+each, validation losses, per-round sample scores, cost (steps, images seen, epochs, wall-clock) and
+the pruner's decision. Batches run on epoch after epoch (each a fresh shuffle); epochs are a
+derived figure in the logs.
+
+Per-step losses stay on the device and are summed there; they are read once per round, and a
 running "all finite" flag is read every CHECK_EVERY steps, so the loop rarely waits on the device.
 A loss that becomes NaN or infinite or passes LOSS_BOUND, or a parameter that becomes NaN or
-infinite, stops the trial within those steps (`Diverged`, carrying the history of the good epochs). With the same seed on the CPU, a trial
-reproduces its losses exactly: the seed sets the initial weights, the batch order and the noise.
-A checkpoint holds everything that decides the rest of the run (weights, optimiser states, every
-random generator, the epoch, the history, the best score), so a resumed run on the CPU ends with
-the same numbers as one that was never stopped.
+infinite, stops the trial within those steps (`Diverged`, carrying the history of the good rounds).
+With the same seed on the CPU, a trial reproduces its losses exactly: the seed sets the initial
+weights, the batch order and the noise. A checkpoint holds everything that decides the rest of the
+run (weights, optimiser states, every random generator, the position in the batch order, the step
+counts, the history, the best score), so a resumed run on the CPU ends with the same numbers as
+one that was never stopped.
 """
 
 from __future__ import annotations
@@ -32,50 +41,123 @@ from harness.phases import OFF, Profiler
 from harness.registry import Family, get_family
 from harness.speed import PLAIN, FastPath
 
-EpochCallback = Callable[[int, dict[str, float], nn.Module], bool]  # True: stop here (e.g. pruned)
-EpochScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each epoch
-Checkpoint = dict[str, Any]  # see `train`: model, optimizers, rng, epoch, history, best
+RoundCallback = Callable[[int, dict[str, float], nn.Module], bool]  # (round from 1, metrics, model) -> stop now (pruned)
+RoundScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each round
+Checkpoint = dict[str, Any]  # see `_state`: model, optimizers, rng, round, steps, stream, history, best
 CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
-N_SCORE_SAMPLES = 512  # fixed-z samples scored against as many validation images each epoch
+STALL_BATCHES = 1_000_000  # batches without a step of the budget optimizer: a family's bug (the threshold
+# schedule's longest turn is max_consecutive, at most 100,000)
+N_SCORE_SAMPLES = 512  # fixed-z samples scored against as many validation images each round
 
 
 class Diverged(RuntimeError):
-    """A loss or a parameter became NaN or infinite: the trial cannot go on."""
+    """A loss or a parameter became NaN or infinite, or a loss passed LOSS_BOUND: the trial cannot go on."""
 
     def __init__(self, message: str, history: list[dict[str, float]]):
         super().__init__(message)
-        self.history = history  # the epochs before it went wrong
+        self.history = history  # the rounds before it went wrong
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How one configuration is trained, apart from its hyperparameters."""
 
-    epochs: int
+    steps: int  # the budget: optimizer steps of the family's budget_optimizer
     seed: int  # initial weights, batch order and noise
-    checkpoint_every: int = 0  # epochs between checkpoints (0: none)
+    rounds: int = 1  # evaluations, evenly spaced in steps (the last at `steps`)
+    checkpoint_every: int = 0  # rounds between checkpoints (0: none)
     objective: str | None = None  # the metric whose best value so far a checkpoint keeps
     minimize: bool = True
     fast: FastPath = PLAIN  # the fast path (harness/speed.py)
     label: str | None = None  # the progress bar's; None: no bar
     phases: Profiler = OFF  # where the time goes (harness/phases.py)
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.rounds <= self.steps:
+            raise ValueError(f"rounds must be 1 .. steps ({self.steps}), got {self.rounds}")
+
+    def target(self, round_: int) -> int:
+        """The judged steps done at the end of a round (counted from 1)."""
+        return round(self.steps * round_ / self.rounds)
+
 
 @dataclass(frozen=True)
 class TrainHooks:
-    """What the caller does between epochs."""
+    """What the caller does between rounds."""
 
-    on_epoch: EpochCallback | None = None  # (epoch from 1, metrics, model) -> True to stop early
-    save_checkpoint: Callable[[Checkpoint], None] | None = None  # every checkpoint_every epochs
-    scorers: Sequence[EpochScorer] | None = None  # sample scores after every epoch (None: pixel MMD only)
+    on_round: RoundCallback | None = None  # (round from 1, metrics with their steps, model) -> True to stop early
+    save_checkpoint: Callable[[Checkpoint], None] | None = None  # every checkpoint_every rounds
+    scorers: Sequence[RoundScorer] | None = None  # sample scores after every round (None: pixel MMD only)
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per round
     seconds: float = 0.0
-    stopped_at: int | None = None  # the epoch after which on_epoch asked to stop
+    stopped_at: int | None = None  # the judged steps after which on_round asked to stop
+
+
+class StepCounter:
+    """Optimizer steps per optimizer, counted by a hook on each (so no family reports them, and a
+    step the threshold schedule takes is counted like any other)."""
+
+    def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer], judged: str, counts: Mapping[str, int] | None = None):
+        if judged not in optimizers:
+            raise ValueError(f"budget optimizer {judged!r} is not one of the family's optimizers {list(optimizers)}")
+        self.judged = judged
+        self.counts = {name: int((counts or {}).get(name, 0)) for name in optimizers}
+        for name, optimizer in optimizers.items():
+            optimizer.register_step_post_hook(lambda *_, name=name: self._count(name))
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+
+    @property
+    def done(self) -> int:
+        """Steps of the judged network so far."""
+        return self.counts[self.judged]
+
+
+class BatchStream:
+    """Shuffled training batches, epoch after epoch. Its position (the order generator's state where
+    the current epoch began and the batches drawn in it) goes into a checkpoint, so a resumed run
+    draws the very batches an unstopped one would have."""
+
+    def __init__(self, data: ImageSplits, batch_size: int, order: torch.Generator, position: Mapping[str, Any] | None = None):
+        self.data, self.batch_size, self.order = data, batch_size, order
+        self.epochs, self.images, self.drawn = 0, 0, 0
+        self._batches: Iterable[Tensor] | None = None
+        if position is not None:
+            order.set_state(position["epoch_start"])
+            self.epochs, self.images = int(position["epochs"]), int(position["images"])
+            self._begin()
+            for _ in range(int(position["drawn"])):
+                next(self._batches)
+                self.drawn += 1
+
+    def _begin(self) -> None:
+        self._epoch_start = self.order.get_state()  # train_batches draws its permutation on the first next()
+        self._batches, self.drawn = iter(self.data.train_batches(self.batch_size, self.order)), 0
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> Tensor:
+        while True:
+            if self._batches is None:
+                self._begin()
+            x = next(self._batches, None)
+            if x is not None:
+                self.drawn += 1
+                self.images += x.shape[0]
+                return x
+            self._batches, self.epochs = None, self.epochs + 1
+
+    def position(self) -> dict[str, Any]:
+        if self._batches is None:
+            self._begin()
+        return {"epoch_start": self._epoch_start.clone(), "drawn": self.drawn, "epochs": self.epochs, "images": self.images}
 
 
 def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, params: Mapping[str, Any],
@@ -98,7 +180,7 @@ def evaluate(family: Family, model: nn.Module, data: ImageSplits, split: str, pa
 
 
 def grid_samples(family: Family, model: nn.Module, n: int, device: torch.device) -> Tensor:
-    """The n images of a sample grid: the same z for every epoch and trial, so grids compare."""
+    """The n images of a sample grid: the same z for every round and trial, so grids compare."""
     return fixed_samples(model, family.output_range, n, GRID_SEED, device)
 
 
@@ -141,7 +223,7 @@ def _first_diverged(losses: Mapping[str, float]) -> str | None:
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
           hooks: TrainHooks = TrainHooks(), resume: Checkpoint | None = None) -> TrainResult:
-    """Train a fresh model, or go on from `resume`, for config.epochs epochs (counted from 1)."""
+    """Train a fresh model, or go on from `resume`, until config.steps steps of the judged network."""
     fast, phases = config.fast, config.phases
     scorers = [SampleScorer(data)] if hooks.scorers is None else hooks.scorers
     torch.manual_seed(config.seed)
@@ -149,61 +231,73 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
     optimizers = family.make_optimizers(model, params, fast)
     order = torch.Generator().manual_seed(config.seed)  # batch order, on the CPU so it is the same everywhere
     result = TrainResult(model)
-    first, best = 1, None
+    first, best, wall, position, counts = 1, None, 0.0, None, None
     if resume is not None:
-        first, best = _restore(resume, model, optimizers, order, data.device), resume.get("best")
+        first, best = _restore(resume, model, optimizers, data.device), resume.get("best")
         result.history = list(resume["history"])
+        position, counts = resume["stream"], resume["steps"]
+        wall = result.history[-1][keys.WALL_SECONDS] if result.history else 0.0
+    counter = StepCounter(optimizers, family.budget_optimizer, counts)
+    stream = BatchStream(data, int(params["batch_size"]), order, position)
+    step_params = dict(params)  # + progress: the fraction of the budget done, for schedules (KL warm-up)
     start = time.perf_counter()
-    bar = tqdm(range(first, config.epochs + 1), desc=config.label, unit="epoch", leave=False,
+    bar = tqdm(range(first, config.rounds + 1), desc=config.label, unit="round", leave=False,
                disable=True if config.label is None else None)  # None: shown on a terminal only
     with fast.applied():
-        for epoch in bar:
-            t0 = time.perf_counter()
+        for round_ in bar:
+            t0, steps_before, images_before = time.perf_counter(), counter.done, stream.images
             model.train()
-            step_params = {**params, "epoch": epoch}  # for schedules that change over epochs (KL warm-up)
-            batches = data.train_batches(int(params["batch_size"]), order)
-            metrics, seen = train_epoch(family, model, optimizers, batches, step_params, fast, phases, epoch,
-                                        result.history)
+            metrics = train_round(family, model, optimizers, stream, counter, config.target(round_), config.steps,
+                                  step_params, fast, phases, result.history)
+            train_seconds = time.perf_counter() - t0
             with phases.phase("validation"):
                 metrics.update({keys.split_key("val", k): v for k, v in evaluate(family, model, data, "val", params).items()})
-            with phases.phase("epoch scores"):
+            with phases.phase("round scores"):
                 for scorer in scorers:
                     metrics.update(scorer(family, model))
             bad = _first_bad(metrics)
             if bad:
-                raise Diverged(f"epoch {epoch}: {bad}", result.history)
+                raise Diverged(f"step {counter.done}: {bad}", result.history)
             seconds = time.perf_counter() - t0
-            metrics.update({keys.EPOCH_SECONDS: seconds, keys.IMAGES_PER_SECOND: seen / seconds})
+            wall += seconds
+            metrics.update({keys.steps_key(name): float(n) for name, n in counter.counts.items()})
+            metrics.update({keys.STEPS: float(counter.done), keys.IMAGES_SEEN: float(stream.images),
+                            keys.EPOCHS: stream.images / len(data.train), keys.ROUND_SECONDS: seconds,
+                            keys.WALL_SECONDS: wall,
+                            keys.SECONDS_PER_STEP: train_seconds / max(1, counter.done - steps_before),
+                            keys.IMAGES_PER_SECOND: (stream.images - images_before) / train_seconds})
             result.history.append(metrics)
             with phases.phase("progress bar"):
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")})
             if config.objective in metrics and (best is None or (metrics[config.objective] < best) == config.minimize):
                 best = metrics[config.objective]
-            if hooks.on_epoch is not None and hooks.on_epoch(epoch, metrics, model):
-                result.stopped_at = epoch
+            if hooks.on_round is not None and hooks.on_round(round_, metrics, model):
+                result.stopped_at = counter.done
                 break
-            if hooks.save_checkpoint is not None and config.checkpoint_every and epoch % config.checkpoint_every == 0 \
-                    and epoch < config.epochs:
+            if hooks.save_checkpoint is not None and config.checkpoint_every and round_ % config.checkpoint_every == 0 \
+                    and round_ < config.rounds:
                 with phases.phase("checkpoint"):
-                    hooks.save_checkpoint(_state(model, optimizers, order, epoch, result.history, best, data.device))
+                    hooks.save_checkpoint(_state(model, optimizers, round_, counter, stream, result.history, best,
+                                                 data.device))
     bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
 
-def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                batches: Iterable[Tensor], params: Mapping[str, Any], fast: FastPath = PLAIN,
-                phases: Profiler = OFF, epoch: int = 1,
-                history: Sequence[dict[str, float]] = ()) -> tuple[dict[str, float], int]:
-    """One pass of train_step over uint8 batches on the fast path: the image-weighted mean of every
-    output as train_<key> (read from the device once, at the end) and the number of images seen.
-    Diverged carries `history`."""
+def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                batches: Iterable[Tensor], counter: StepCounter, target: int, budget: int, params: dict[str, Any],
+                fast: FastPath = PLAIN, phases: Profiler = OFF,
+                history: Sequence[dict[str, float]] = ()) -> dict[str, float]:
+    """train_step on batches until the judged network has taken `target` steps: the image-weighted
+    mean of every output as train_<key> (read from the device once, at the end). `params` gets
+    `progress`, the fraction of `budget` done, before each step. Diverged carries `history`."""
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     finite = torch.ones((), dtype=torch.bool, device=next(model.parameters()).device)
-    seen = 0
     inputs = phases.timed((fast.layout(to_model_range(x, family.output_range)) for x in batches), "data")
+    stalled_since, done_before = 0, counter.done
     for step, x in enumerate(inputs, start=1):
+        params["progress"] = counter.done / budget
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
             out = family.train_step(model, x, optimizers, params, fast)
         with phases.phase("loss bookkeeping"):
@@ -211,42 +305,48 @@ def train_epoch(family: Family, model: nn.Module, optimizers: Mapping[str, torch
                 sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
                 counts[key] = counts.get(key, 0) + x.shape[0]
                 finite &= (value.float().abs() <= LOSS_BOUND).all()  # False for NaN and inf too
-            seen += x.shape[0]
             if step % CHECK_EVERY == 0 and not finite.item():
-                raise Diverged(f"epoch {epoch}, step {step}: " + (
+                raise Diverged(f"step {counter.done}: " + (
                     _first_diverged({k: _extreme(v) for k, v in out.items()})
                     or f"a training loss became NaN or infinite or passed {LOSS_BOUND:g}"), list(history))
+        if counter.done >= target:
+            break
+        if step - stalled_since >= STALL_BATCHES:
+            raise RuntimeError(f"family {family.name}: {STALL_BATCHES} batches without a step of its budget optimizer "
+                               f"{counter.judged!r}; its train_step must step that optimizer (registry: budget_optimizer)")
+        if counter.done > done_before:
+            stalled_since, done_before = step, counter.done
     with phases.phase("loss bookkeeping"):
         metrics = {keys.split_key("train", key): (value / counts[key]).item() for key, value in sums.items()}  # one sync
     bad = _first_diverged(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
                                        model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad:
-        raise Diverged(f"epoch {epoch}: {bad}", list(history))
-    return metrics, seen
+        raise Diverged(f"step {counter.done}: {bad}", list(history))
+    return metrics
 
 
-def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], order: torch.Generator, epoch: int,
-           history: list[dict[str, float]], best: float | None, device: torch.device) -> Checkpoint:
+def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], round_: int, counter: StepCounter,
+           stream: BatchStream, history: list[dict[str, float]], best: float | None, device: torch.device) -> Checkpoint:
     """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place."""
     return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
                                     for k, v in model.state_dict().items()}),
             "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
-            "rng": {"torch": torch.get_rng_state(), "order": order.get_state(),
+            "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "epoch": epoch, "history": list(history), "best": best}
+            "round": round_, "steps": dict(counter.counts), "stream": stream.position(),
+            "history": list(history), "best": best}
 
 
 def _restore(state: Checkpoint, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-             order: torch.Generator, device: torch.device) -> int:
-    """Put a checkpoint back; the epoch to go on with."""
+             device: torch.device) -> int:
+    """Put a checkpoint back (the batch order and the step counts are the caller's); the round to go on with."""
     model.load_state_dict(state["model"])
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(state["optimizers"][name])
     torch.set_rng_state(state["rng"]["torch"])
-    order.set_state(state["rng"]["order"])
     if device.type == "cuda" and state["rng"]["cuda"] is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return int(state["epoch"]) + 1
+    return int(state["round"]) + 1
 
 
 def save_model(model: nn.Module, family: str, params: Mapping[str, Any], channels: int, image_size: int,

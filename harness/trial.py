@@ -1,11 +1,11 @@
 """The trial runner: one configuration trained with one seed and scored, returned as a TrialOutcome.
 
-It knows nothing of Optuna or MLflow. While it trains, each epoch's metrics and sample grid, and
+It knows nothing of Optuna or MLflow. While it trains, each round's metrics and sample grid, and
 each checkpoint, go to a `RunSink` (the publisher writes them to the trial's MLflow run as they
 come, so a killed trial can resume and the UI shows live curves); a `stop_after` callback (the
-pruner) may end training after any epoch. At the end it writes the run's files into a scratch
+pruner) may end training after any round. At the end it writes the run's files into a scratch
 folder (samples, reconstructions, loss curves, weights) and returns them with the scores. Every
-failure comes back as a FAIL outcome naming its reason: a divergence keeps its good epochs, an
+failure comes back as a FAIL outcome naming its reason: a divergence keeps its good rounds, an
 exception its traceback, a Ctrl-C says so (the caller stops the study after recording it).
 """
 
@@ -23,6 +23,7 @@ import torch
 from harness import figures, keys
 from harness.data import from_model_range, to_model_range
 from harness.evaluation import reconstruction_scores
+from harness.flags import excludes, judge
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.registry import Family, get_family
 from harness.session import Session
@@ -30,13 +31,13 @@ from harness.training import (Checkpoint, Diverged, SampleScorer, TrainConfig, T
                               grid_samples, save_model, train)
 
 N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
-StopAfter = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> stop now (pruned)
+StopAfter = Callable[[int, dict[str, float]], bool]  # (round from 1, metrics) -> stop now (pruned)
 
 
 class RunSink(Protocol):
     """Where a trial's progress goes while it trains."""
 
-    def epoch(self, epoch: int, metrics: Mapping[str, float], grid: Path) -> None: ...
+    def round(self, steps: int, metrics: Mapping[str, float], grid: Path) -> None: ...
 
     def checkpoint(self, state: Checkpoint) -> None: ...
 
@@ -55,17 +56,18 @@ class TrialRunner:
         self.session = session
         data = session.data
         self.references = data.val[:N_GRID_IMAGES].to(data.device)  # uint8: the same images for every run
-        self.scorers = [SampleScorer(data), session.quality.epoch_scores]
+        self.scorers = [SampleScorer(data), session.quality.round_scores]
 
     def run(self, job: TrialJob, sink: RunSink, scratch: Path, stop_after: StopAfter | None = None) -> TrialOutcome:
         """Train (or go on from job.resume) and score; files are written under `scratch`."""
         s, family = self.session, get_family(job.family)
         computed_before = s.quality.computed
         outcome = TrialOutcome(State.FAIL, job.family, dict(job.params), job.seed)
-        config = TrainConfig(epochs=s.spec.epochs, seed=job.seed, checkpoint_every=s.spec.checkpoint_every,
+        config = TrainConfig(steps=s.spec.steps, rounds=s.spec.rounds, seed=job.seed,
+                             checkpoint_every=s.spec.checkpoint_every,
                              objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize",
                              fast=s.fast, label=job.label, phases=s.phases)
-        hooks = TrainHooks(on_epoch=lambda epoch, metrics, model: self._epoch(family, epoch, metrics, model, sink,
+        hooks = TrainHooks(on_round=lambda round_, metrics, model: self._round(family, round_, metrics, model, sink,
                                                                                scratch, stop_after),
                            save_checkpoint=sink.checkpoint, scorers=self.scorers)
         try:
@@ -79,35 +81,39 @@ class TrialRunner:
             with s.phases.phase("final scores"):
                 outcome.final = self._final_scores(family, job.params, result.model, scratch)
                 outcome.artifacts.append(scratch / "scores.json")
+            outcome.flags = judge(outcome.final, s.quality.extractor.name, s.learned_bar,
+                                  excludes(s.objective_keys[0], s.spec.scores.flags))
             outcome.state = State.COMPLETE
         except KeyboardInterrupt:
             outcome.failure = Failure(FailureKind.INTERRUPTED, "interrupted (Ctrl-C)")
         except Diverged as e:
             outcome.history = e.history
+            last_good = int(e.history[-1][keys.STEPS]) if e.history else 0
             if e.history:
                 path = scratch / "loss_curves.png"
                 figures.loss_curves(e.history, path, f"{s.spec.study_name} {job.label} ({job.family}), "
-                                                     f"diverged after epoch {len(e.history)}")
+                                                     f"diverged after step {last_good}")
                 outcome.artifacts = [path]
-            outcome.failure = Failure(FailureKind.DIVERGED, f"Diverged: {e}", last_good_epoch=len(e.history))
+            outcome.failure = Failure(FailureKind.DIVERGED, f"Diverged: {e}", last_good_step=last_good)
         except Exception as e:  # noqa: BLE001 - a trial's error fails that trial, recorded with its traceback
             outcome.failure = Failure(FailureKind.ERROR, f"{type(e).__name__}: {e}", traceback.format_exc())
         finally:
             outcome.reference_stats = "computed" if s.quality.computed > computed_before else "cached"
         return outcome
 
-    def _epoch(self, family: Family, epoch: int, metrics: dict[str, float], model: torch.nn.Module, sink: RunSink,
+    def _round(self, family: Family, round_: int, metrics: dict[str, float], model: torch.nn.Module, sink: RunSink,
                scratch: Path, stop_after: StopAfter | None) -> bool:
-        """The epoch and its sample grid to the sink (the same z every epoch, so epochs compare); then
+        """The round and its sample grid to the sink (the same z every round, so rounds compare); then
         whether to stop."""
         s = self.session
+        steps = int(metrics[keys.STEPS])
         with s.phases.phase("tracking"):
-            path = scratch / "samples" / f"epoch_{epoch:03d}.png"
+            path = scratch / "samples" / f"step_{steps:07d}.png"
             path.parent.mkdir(exist_ok=True)
             figures.save_png(figures.image_grid(grid_samples(family, model, N_GRID_IMAGES, s.data.device)), path)
-            sink.epoch(epoch, metrics, path)
+            sink.round(steps, metrics, path)
         with s.phases.phase("optuna"):
-            return stop_after(epoch, metrics) if stop_after is not None else False
+            return stop_after(round_, metrics) if stop_after is not None else False
 
     def _artifacts(self, family: Family, job: TrialJob, result: TrainResult, scratch: Path) -> list[Path]:
         """Reconstruction grid (autoencoders), samples from a fixed z ~ N(0, I), loss curves, weights."""

@@ -25,7 +25,7 @@ def spawn_workers(spec: StudySpec, device: str, workers: int, to_run: int, paren
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
         command = [sys.executable, "-m", "harness", "worker", str(spec.path), "--parent-run", parent_id,
                    "--share", str(share), "--index", str(index), "--device", "cuda" if gpus else device,
-                   "--trials", str(spec.trials), "--epochs", str(spec.epochs)]
+                   "--trials", str(spec.trials), "--steps", str(spec.steps), "--scale", spec.scale]
         if spec.variant:
             command += ["--dataset", spec.dataset] + (["--data", spec.dataset_options["path"]]
                                                        if spec.dataset_options.get("path") else [])

@@ -95,7 +95,7 @@ SPACE = {
     "lr": vae.SPACE["lr"],
     "weight_decay": vae.SPACE["weight_decay"],
     "batch_size": vae.SPACE["batch_size"],
-    "kl_warmup_epochs": vae.SPACE["kl_warmup_epochs"],
+    "kl_warmup": vae.SPACE["kl_warmup"],
 }
 METRICS = vae.METRICS
 # Seed report 004: resnet18's width (64), latent 256 (it also tried 32 .. 512); the conv VAE's loss and Adam.

@@ -3,9 +3,10 @@
 Encoder: three Conv-BN-ReLU blocks (C->16->32->64, 3x3; the last two average-pool 2x2) and one
 linear layer to mu and log-variance. Decoder: one linear layer and three BN-ReLU-Conv blocks with
 nearest 2x upsampling after the first two, sigmoid output. Loss = MSE + kl_weight * KL, trained
-with Adam with weight decay (the reports: lr 1e-3, wd 1e-5). kl_warmup_epochs > 0 is the beta-VAE
-warm-up: the KL weight grows linearly, kl_weight * min(1, epoch / kl_warmup_epochs), reaching its
-value at that epoch; validation losses always use the full weight, so epochs stay comparable.
+with Adam with weight decay (the reports: lr 1e-3, wd 1e-5). kl_warmup > 0 is the beta-VAE warm-up,
+as a fraction of the trial's step budget so that no draw can outlast the run: the KL weight grows
+linearly, kl_weight * min(1, progress / kl_warmup), and is at full strength from that fraction of
+the budget on; validation losses always use the full weight, so rounds stay comparable.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ SPACE = {
     "weight_decay": FloatParam(1e-6, 1e-3, 1e-5, log=True, limits=(0.0, 1.0), help="Adam L2 weight decay"),
     "dropout": FloatParam(0.0, 0.5, 0.0, limits=(0.0, 0.9), help="dropout after each hidden block"),
     "batch_size": IntParam(32, 512, 128, log=True, limits=(2, 65536), help="images per step"),
-    "kl_warmup_epochs": IntParam(0, 50, 0, limits=(0, 100000), help="beta-VAE warm-up: epochs over which the KL weight grows from 0"),
+    "kl_warmup": FloatParam(0.0, 0.5, 0.0, limits=(0.0, 1.0),
+                            help="beta-VAE warm-up: the fraction of the step budget over which the KL weight grows from 0"),
 }
 
 METRICS = {"recon_mse": "minimize", "kl": "minimize", "loss": "minimize"}
@@ -144,11 +146,12 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:
 
 
 def kl_weight_now(params: Mapping[str, Any]) -> float:
-    """The warm-up: the KL weight at the current epoch (the training loop puts `epoch` in params)."""
-    warmup = int(params.get("kl_warmup_epochs", 0))
+    """The warm-up: the KL weight now (the training loop puts `progress`, the fraction of the budget
+    done, in params; without it, as in evaluation, the full weight)."""
+    warmup = float(params.get("kl_warmup", 0.0))
     if warmup <= 0:
         return params["kl_weight"]
-    return params["kl_weight"] * min(1.0, params.get("epoch", warmup) / warmup)
+    return params["kl_weight"] * min(1.0, params.get("progress", warmup) / warmup)
 
 
 def make_optimizers(model: VAE, params: Mapping[str, Any], fast: FastPath) -> dict[str, torch.optim.Optimizer]:

@@ -45,8 +45,8 @@ def test_every_file_dataset_has_a_source_here(sources):
 @pytest.mark.parametrize("dataset", ["ck", "mat", "npz", "celeba", "mnist", "folder"])
 def test_a_study_runs_on_every_dataset_through_the_overrides(dataset, sources, runs_dir):
     path = sources[dataset]
-    assert main(["study", "smoke", "--dataset", dataset, "--data", str(path), "--trials", "1", "--epochs", "1"]) == 0
-    experiment = f"smoke-v1-{dataset}-{path.name}"
+    assert main(["study", "smoke", "--dataset", dataset, "--data", str(path), "--trials", "1", "--steps", "8"]) == 0
+    experiment = f"smoke-v2-{dataset}-{path.name}"
     parents, children = split_runs(mlflow_runs(runs_dir, experiment))
     assert len(parents) == 1 and len(children) == 1 and children[0].data.tags["state"] == "COMPLETE"
     params = children[0].data.params
@@ -55,8 +55,8 @@ def test_a_study_runs_on_every_dataset_through_the_overrides(dataset, sources, r
 
 
 def test_a_path_alone_infers_the_dataset(sources, runs_dir):
-    assert main(["study", "smoke", "--data", str(sources["mat"]), "--trials", "1", "--epochs", "1"]) == 0
-    assert split_runs(mlflow_runs(runs_dir, f"smoke-v1-mat-{sources['mat'].name}"))[1]
+    assert main(["study", "smoke", "--data", str(sources["mat"]), "--trials", "1", "--steps", "8"]) == 0
+    assert split_runs(mlflow_runs(runs_dir, f"smoke-v2-mat-{sources['mat'].name}"))[1]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -96,7 +96,7 @@ def test_a_vae_learns_the_pie_faces():
     params = {**vae.defaults, "batch_size": 64}
     torch.manual_seed(0)
     before = evaluate(vae, vae.build(params, 1, 32), data, "val", params)["recon_mse"]
-    after = train(vae, params, data, TrainConfig(epochs=4, seed=0)).history[-1]["val_recon_mse"]
+    after = train(vae, params, data, TrainConfig(steps=300, seed=0)).history[-1]["val_recon_mse"]
     assert after < 0.5 * before
 
 

@@ -30,7 +30,7 @@ def test_the_reports_families_are_registered():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_build_train_and_sample(name, size, channels):
     family = get_family(name)
-    params = params_for(name, epoch=1)
+    params = params_for(name, progress=0.0)
     torch.manual_seed(0)
     model = family.build(params, channels, size)
     optimizers = family.make_optimizers(model, params, PLAIN)
@@ -127,13 +127,16 @@ def test_resnet_vae_uses_resnet18_blocks():
     assert get_family("resnet_vae").space["latent_dim"].choices == (32, 64, 128, 256, 512)
 
 
-def test_kl_warm_up_grows_linearly_and_is_logged():
+def test_kl_warm_up_is_a_fraction_of_the_budget_grows_linearly_and_is_logged():
     from models.vae import kl_weight_now
-    params = {"kl_weight": 0.01, "kl_warmup_epochs": 4}
-    assert [kl_weight_now({**params, "epoch": e}) for e in (1, 2, 4, 9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
-    assert kl_weight_now({"kl_weight": 0.01, "kl_warmup_epochs": 0, "epoch": 1}) == 0.01
+    params = {"kl_weight": 0.01, "kl_warmup": 0.4}
+    assert [kl_weight_now({**params, "progress": p}) for p in (0.1, 0.2, 0.4, 0.9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+    assert kl_weight_now({"kl_weight": 0.01, "kl_warmup": 0.0, "progress": 0.0}) == 0.01
+    assert kl_weight_now(params) == 0.01  # evaluation: no progress, the full weight
     from harness.data import load_dataset
     from harness.training import TrainConfig, train
     data = load_dataset("synthfaces", {"n": 200})
-    history = train(get_family("vae"), params_for("vae", kl_warmup_epochs=2, kl_weight=0.01), data, TrainConfig(epochs=3, seed=0)).history
-    assert [h["train_kl_weight"] for h in history] == pytest.approx([0.005, 0.01, 0.01])
+    # 40 steps in 4 rounds; step i (from 0) has progress i/40, so the weight is 0.01 * min(1, i/20)
+    history = train(get_family("vae"), params_for("vae", kl_warmup=0.5, kl_weight=0.01, batch_size=16), data,
+                    TrainConfig(steps=40, rounds=4, seed=0)).history
+    assert [h["train_kl_weight"] for h in history] == pytest.approx([0.00225, 0.00725, 0.01, 0.01])

@@ -102,7 +102,8 @@ name = "crosscheck"
 version = 1
 families = ["vae"]
 trials = 1
-epochs = 1
+steps = 4
+rounds = 1
 objective = "val_recon_mse"
 [dataset]
 name = "synthfaces"
@@ -115,7 +116,7 @@ latent_dim = 8
 batch_size = 64
 [scores]
 extractor = "domain"
-epoch_samples = 64
+round_samples = 64
 final_samples = 64
 panel = "warn"
 """

@@ -31,7 +31,7 @@ def test_directions(key, direction):
 
 def test_split_keys_and_labels():
     assert keys.split_key("val", "recon_mse") == "val_recon_mse" and keys.split_of("val_recon_mse") == ("val", "recon_mse")
-    assert keys.split_of("epoch_seconds") is None and keys.in_split("train_kl", "train")
+    assert keys.split_of("round_seconds") is None and keys.in_split("train_kl", "train")
     assert keys.label("val_recon_mse") == "validation reconstruction MSE"
     with pytest.raises(KeyError):
         keys.split_key("holdout", "kl")

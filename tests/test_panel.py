@@ -121,7 +121,8 @@ name = "{name}"
 version = 1
 families = ["vae"]
 trials = 1
-epochs = 1
+steps = 4
+rounds = 1
 objective = "{objective}"
 [dataset]
 name = "synthfaces"
@@ -133,7 +134,7 @@ latent_dim = 8
 batch_size = 64
 [scores]
 extractor = "{extractor}"
-epoch_samples = 64
+round_samples = 64
 final_samples = 64
 panel = "{panel}"
 """
@@ -192,7 +193,7 @@ def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir,
     assert run.data.params["score.n"] == "64" and run.data.params["lib.torch"] == version("torch")
     assert run.data.params["lib.optuna"] == version("optuna") and run.data.params["lib.torch-fidelity"] == version("torch-fidelity")
     assert len(run.data.params["code.commit"]) in (40, 7) and run.data.params["code.dirty"] in ("true", "false", "unknown")
-    assert json.loads(run.data.params["score.z_seeds"]) == {"grid": 0, "epoch": 1, "final": 2}
+    assert json.loads(run.data.params["score.z_seeds"]) == {"grid": 0, "round": 1, "final": 2}
     assert "subsets of 64 (asked 1000)" in run.data.params["score.kid"]
     assert float(run.data.params["score.floor_fd"]) < run.data.metrics["fd_domain"]
     local = tmp_path / "model"

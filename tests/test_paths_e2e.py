@@ -34,21 +34,23 @@ def trials_of(runs_dir, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{runs_dir / 'optuna.db'}").get_trials()
 
 
-def study_text(name: str, family: str, objective: str, body: str, epochs: int = 1, trials: int = 2) -> str:
+def study_text(name: str, family: str, objective: str, body: str, rounds: int = 1, trials: int = 2) -> str:
     return f"""
 name = "{name}"
 version = 1
 families = ["{family}"]
 trials = {trials}
-epochs = {epochs}
+steps = {4 * rounds}
+rounds = {rounds}
 seed = 0
 objective = {objective}
 [dataset]
 name = "synthfaces"
 n = 300
 [scores]
-epoch_samples = 100
+round_samples = 100
 final_samples = 100
+flags = "tag"  # a few steps learn nothing: tagged, still ranked
 {body}
 """
 
@@ -84,7 +86,7 @@ batch_size = 64
 
 @pytest.mark.slow
 def test_pruned_trials_are_recorded_and_reported_as_pruned(runs_dir, tmp_path):
-    """The median pruner stops a trial whose first epoch is worse than the first trial's."""
+    """The median pruner stops a trial whose first round is worse than the first trial's."""
     path = write_study(tmp_path, "pruned", study_text("pruned", "vae", '"val_recon_mse"', """
 [sampler]
 name = "grid"
@@ -96,16 +98,16 @@ n_warmup_steps = 0
 lr = [1e-3, 1e-7]
 latent_dim = 16
 batch_size = 32
-""", epochs=3))
+""", rounds=3))
     assert main(["study", str(path)]) == 0
     trials = sorted(trials_of(runs_dir, "pruned-v1"), key=lambda t: t.params["lr"], reverse=True)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
-    assert sorted(trials[1].intermediate_values) == [1] and trials[1].value == trials[1].intermediate_values[1]
+    assert sorted(trials[1].intermediate_values) == [1] and trials[1].value == trials[1].intermediate_values[1]  # round 1
     _, children = split_runs(mlflow_runs(runs_dir, "pruned-v1"))
     pruned_run = next(c for c in children if c.data.tags["trial_number"] == str(trials[1].number))
     assert pruned_run.info.status == "FINISHED" and pruned_run.data.tags["state"] == "PRUNED"
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(pruned_run.info.run_id, "val_recon_mse")] == [1]
+    assert [m.step for m in client.get_metric_history(pruned_run.info.run_id, "val_recon_mse")] == [4]
     assert "test_recon_mse" not in pruned_run.data.metrics  # never scored as if it had finished
     assert main(["report", "pruned", "--out", str(tmp_path / "reports")]) == 0
     table = pd.read_csv(tmp_path / "reports" / "pruned-v1" / "trials.csv")
@@ -153,7 +155,8 @@ def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys)
     folder.mkdir()
     (folder / "last.pt").write_bytes(b"PK\x03\x04 cut short by a crash")
     client.log_artifact(cut, str(folder / "last.pt"), "checkpoint")
-    state = {"model": {"w": torch.ones(2)}, "optimizers": {}, "rng": {}, "epoch": 2, "history": [{"a": 1.0}] * 2}
+    state = {"model": {"w": torch.ones(2)}, "optimizers": {}, "rng": {}, "round": 2, "steps": {"vae": 8},
+             "stream": {}, "history": [{"a": 1.0, "steps": 8.0}] * 2}
     torch.save(state, folder / "last.pt")
     client.log_artifact(good, str(folder / "last.pt"), "checkpoint")
 
@@ -162,8 +165,8 @@ def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys)
     assert read_checkpoint(client, cut, "trial 7") is None
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("warning: checkpoint of trial 7 is unreadable (")
-    assert err.endswith("); restarting it from epoch 0")
-    assert read_checkpoint(client, good, "trial 8")["epoch"] == 2
+    assert err.endswith("); restarting it from step 0")
+    assert read_checkpoint(client, good, "trial 8")["round"] == 2
     assert CHECKPOINT == "checkpoint/last.pt"
 
 

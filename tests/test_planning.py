@@ -3,6 +3,7 @@
 import optuna
 
 from harness.planning import plan_trials, surplus, waiting_params
+from harness.registry import get_family
 from harness.studyfile import load_study
 
 from conftest import REPO, write_study
@@ -41,7 +42,52 @@ def test_planning_leaves_running_trials_to_their_workers(tmp_path):
     running = study.ask({"kl_weight": optuna.distributions.CategoricalDistribution([1e-3, 1e-2])})
     assert running.params  # another worker is on one grid point
     to_run, enqueue, _ = plan_trials(study, spec)
-    assert to_run == 1 and len(enqueue) == 1 and enqueue[0]["kl_weight"] != running.params["kl_weight"]
-    study.enqueue_trial(enqueue[0])
-    assert waiting_params(study) == [enqueue[0]]
+    assert to_run == 1 and len(enqueue) == 1 and enqueue[0].params["kl_weight"] != running.params["kl_weight"]
+    study.enqueue_trial(enqueue[0].params)
+    assert waiting_params(study) == [enqueue[0].params]
     assert plan_trials(study, spec)[1] == []  # queued already: not queued twice
+
+
+def test_a_sampled_study_runs_the_reference_configuration_first_and_once(tmp_path):
+    spec = random_study(tmp_path, trials=3)  # kl_weight in [1e-4, 1e-2]; smoke fixes the rest
+    study = optuna.create_study()
+    to_run, enqueue, _ = plan_trials(study, spec)
+    assert to_run == 3 and len(enqueue) == 1
+    reference = get_family("vae").reference_config
+    assert enqueue[0].params["kl_weight"] == 1e-3 == reference["kl_weight"]  # the reports'
+    assert all(reference[k] == v for k, v in enqueue[0].params.items()) and "batch_size" not in enqueue[0].params  # fixed
+    assert enqueue[0].user_attrs["reference_config"] == "vae"
+    study.enqueue_trial(enqueue[0].params, user_attrs=enqueue[0].user_attrs)
+    assert plan_trials(study, spec)[1] == []  # queued already
+    trial = study.ask()
+    assert trial.user_attrs["reference_config"] == "vae"
+    study.tell(trial, 1.0)
+    assert plan_trials(study, spec)[1] == []  # ran already
+
+
+def test_a_space_that_leaves_the_reference_out_runs_the_nearest_point_and_says_so(tmp_path):
+    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "far"')
+    text = text.replace('name = "grid"', 'name = "tpe"').replace("kl_weight = [1e-3, 1e-2]",
+                                                                 "kl_weight = {low = 1e-2, high = 1e-1, log = true}")
+    spec = load_study(str(write_study(tmp_path, "far", text)))
+    (queued,) = plan_trials(optuna.create_study(), spec)[1]
+    assert queued.params["kl_weight"] == 1e-2
+    assert queued.user_attrs["reference_moved"]["kl_weight"] == [1e-3, 1e-2]
+
+
+def test_every_family_of_a_comparison_starts_with_its_reference():
+    spec = load_study("families_compare")
+    _, enqueue, _ = plan_trials(optuna.create_study(), spec)
+    first = {}
+    for queued in enqueue:
+        first.setdefault(queued.params["family"], queued)
+    assert set(first) == set(spec.families)
+    for family, queued in first.items():
+        assert queued.user_attrs["reference_config"] == family
+        reference = get_family(family).reference_config
+        free = {k.removeprefix(f"{family}."): v for k, v in queued.params.items() if k != "family"}
+        moved = queued.user_attrs.get("reference_moved", {})
+        assert all(free[k] == reference[k] for k in free if k not in moved)
+    dcgan = first["dcgan"].params
+    assert dcgan["dcgan.lr_g"] == 2e-4 and dcgan["dcgan.beta1"] == 0.5
+    assert [q.user_attrs.get("reference_config") for q in enqueue].count(None) == len(enqueue) - len(spec.families)

@@ -16,7 +16,7 @@ def private_registry(monkeypatch):
 def family_kwargs(**changes):
     kwargs = dict(kind="autoencoder", space={"lr": FloatParam(1e-4, 1e-2, 1e-3, log=True)}, metrics={"loss": "minimize"},
                   build=vae.build, make_optimizers=vae.make_optimizers, train_step=vae.train_step,
-                  eval_step=vae.eval_step)
+                  eval_step=vae.eval_step, budget_optimizer="vae")
     kwargs.update(changes)
     return kwargs
 
@@ -53,6 +53,7 @@ def test_malformed_names_are_refused(name):
     ({"build": "not a function"}, "build is not callable"),
     ({"train_step": None}, "train_step is not callable"),
     ({"space": {"lr": FloatParam(1e-4, 1e-2, 1e-3, when=("mode", "a"))}}, "depends on 'mode', which must come before it"),
+    ({"budget_optimizer": None}, "budget_optimizer must name the optimizer whose steps are the budget"),
 ])
 def test_malformed_declarations_are_refused(changes, message):
     with pytest.raises(RegistryError, match=message):

@@ -27,7 +27,8 @@ name = "report_demo"
 version = 1
 families = ["vae"]
 trials = 3
-epochs = 2
+steps = 14
+rounds = 2
 seed = 0
 objective = "fd"
 [dataset]
@@ -40,8 +41,9 @@ kl_weight = {low = 1e-4, high = 1e-1, log = true}
 latent_dim = 16
 batch_size = 64
 [scores]
-epoch_samples = 200
+round_samples = 200
 final_samples = 300
+flags = "tag"                 # 14 steps learn nothing: tagged, still ranked, so the report has a best
 """
 
 

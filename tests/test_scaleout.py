@@ -27,14 +27,16 @@ from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_servin
 pytestmark = pytest.mark.slow
 
 
-def study_text(name: str, trials: int, epochs: int, sampler: str = "grid", checkpoint_every: int = 5) -> str:
+def study_text(name: str, trials: int, rounds: int, sampler: str = "grid", checkpoint_every: int = 5) -> str:
+    """480 training images in batches of 64: a round of 7 steps is an epoch."""
     space = 'kl_weight = [1e-3, 1e-2, 3e-3, 3e-4]' if sampler == "grid" else 'kl_weight = {low = 1e-4, high = 1e-2, log = true}'
     return f"""
 name = "{name}"
 version = 1
 families = ["vae"]
 trials = {trials}
-epochs = {epochs}
+steps = {7 * rounds}
+rounds = {rounds}
 seed = 0
 objective = "val_recon_mse"
 checkpoint_every = {checkpoint_every}
@@ -48,7 +50,7 @@ name = "{sampler}"
 latent_dim = 16
 batch_size = 64
 [scores]
-epoch_samples = 100
+round_samples = 100
 final_samples = 200
 """
 
@@ -60,7 +62,7 @@ def harness(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedPr
 
 def test_local_workers_share_one_study(tmp_path, shared_caches):
     share_caches(tmp_path / "runs", shared_caches)
-    path = write_study(tmp_path, "parallel", study_text("parallel", trials=4, epochs=1))
+    path = write_study(tmp_path, "parallel", study_text("parallel", trials=4, rounds=1))
     env = {"RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
     done = harness("study", str(path), "--workers", "2", env=env)
     output = done.stdout + done.stderr
@@ -89,14 +91,14 @@ def study_exists(db: Path, name: str) -> bool:
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, shared_caches):
     runs = tmp_path / "runs"
     share_caches(runs, shared_caches)
-    path = write_study(tmp_path, "killme", study_text("killme", trials=2, epochs=6, checkpoint_every=2).replace(
+    path = write_study(tmp_path, "killme", study_text("killme", trials=2, rounds=6, checkpoint_every=2).replace(
         "kl_weight = [1e-3, 1e-2, 3e-3, 3e-4]", "kl_weight = [1e-3, 1e-2]"))
     env = {**os.environ, "RUNS_DIR": str(runs), "HEARTBEAT_SECONDS": "1", "STORAGE": "", "TRACKING_URI": ""}
     worker = subprocess.Popen([sys.executable, "-m", "harness", "study", str(path)], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     storage = f"sqlite:///{runs / 'optuna.db'}"
     deadline = time.time() + 300
-    while True:  # kill it in the middle of trial 1: after epoch 3, so the epoch-2 checkpoint exists
+    while True:  # kill it in the middle of trial 1: after round 3, so the round-2 checkpoint exists
         time.sleep(0.2)
         assert worker.poll() is None and time.time() < deadline, "the study ended before it could be killed"
         if not study_exists(runs / "optuna.db", "killme-v1"):  # loading it earlier would race the study creating it
@@ -118,24 +120,24 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, sh
     assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert after[0].value == before[0].value  # the finished trial is intact
     assert after[2].params == after[1].params  # retried once, with the same parameters
-    resumed_from = after[2].user_attrs["resumed_from_epoch"]
-    assert resumed_from >= 2 and sorted(after[2].intermediate_values) == [1, 2, 3, 4, 5, 6]
+    resumed_from = after[2].user_attrs["resumed_from_step"]
+    assert resumed_from >= 14 and sorted(after[2].intermediate_values) == [1, 2, 3, 4, 5, 6]  # the pruner's steps: rounds
 
     runs_now = mlflow_runs(runs, "killme-v1")
     assert not [r for r in runs_now if r.info.status == "RUNNING"]  # nothing left RUNNING
     killed = next(r for r in runs_now if r.data.tags.get("trial_number") == "1")
     assert killed.info.status == "KILLED" and "no heartbeat" in killed.data.tags["failure_reason"]
     retry = next(r for r in runs_now if r.data.tags.get("trial_number") == "2")
-    assert retry.data.tags["retry_of"] == "1" and retry.data.tags["resumed_from_epoch"] == str(resumed_from)
+    assert retry.data.tags["retry_of"] == "1" and retry.data.tags["resumed_from_step"] == str(resumed_from)
     client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(retry.info.run_id, "val_recon_mse")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(retry.info.run_id, "val_recon_mse")] == [7, 14, 21, 28, 35, 42]
     # Resumed from its checkpoint, the trial ends exactly where an uninterrupted run ends.
     vae = get_family("vae")
     params = vae.defaults | {"kl_weight": 1e-2, "latent_dim": 16, "batch_size": 64}
     data = load_dataset("synthfaces", {"n": 600})
     torch.set_num_threads(torch.get_num_threads())
     fast = speed.Speed().resolve(torch.device("cpu"))  # the study's fast path (fused Adam where torch has it)
-    assert after[2].value == train(vae, params, data, TrainConfig(epochs=6, seed=0, fast=fast)).history[-1]["val_recon_mse"]
+    assert after[2].value == train(vae, params, data, TrainConfig(steps=42, rounds=6, seed=0, fast=fast)).history[-1]["val_recon_mse"]
 
 
 @pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
@@ -144,7 +146,7 @@ def test_workers_share_postgres_and_a_tracking_server(tmp_path):
     url = os.environ["GENBENCH_TEST_POSTGRES"]
     password = url.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
     name = f"pg_{uuid.uuid4().hex[:8]}"
-    path = write_study(tmp_path, name, study_text(name, trials=4, epochs=1, sampler="random"))
+    path = write_study(tmp_path, name, study_text(name, trials=4, rounds=1, sampler="random"))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "harness", "server", "--port", str(port)], cwd=REPO,
                               env={**os.environ, "RUNS_DIR": str(tmp_path / "server")},
@@ -184,7 +186,7 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     share_caches(runs, shared_caches)
     for key, value in (("RUNS_DIR", str(runs)), ("STORAGE", ""), ("TRACKING_URI", "")):
         monkeypatch.setenv(key, value)
-    path = write_study(tmp_path, "full", study_text("full", trials=4, epochs=1))
+    path = write_study(tmp_path, "full", study_text("full", trials=4, rounds=1))
     real_save, calls = figures.save_png, []
 
     def fills_up(grid, target, *args, **kwargs):

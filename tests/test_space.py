@@ -8,7 +8,7 @@ from models import vae
 
 def test_vae_space_with_fixed_trial():
     values = {"kl_weight": 1e-3, "latent_dim": 32, "lr": 5e-4, "weight_decay": 1e-5, "dropout": 0.2, "batch_size": 64,
-              "kl_warmup_epochs": 3}
+              "kl_warmup": 0.3}
     assert suggest(optuna.trial.FixedTrial(values), vae.SPACE) == values
 
 

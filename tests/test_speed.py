@@ -10,7 +10,7 @@ Tolerances, and why:
   of its gradient, so a gradient component that rounding pushes across zero moves its weight by 2 lr:
   losses then differ by up to ~lr (1e-3 for the VAEs, 2e-4 for DCGAN). Measured <= 4.6e-4 in fp32,
   allowed 2e-3; bf16 measured <= 1.3e-2, allowed 3e-2.
-- After two epochs (~36 steps) those differences compound: the conv VAE's validation loss moved by
+- After two epochs (30 steps) those differences compound: the conv VAE's validation loss moved by
   <= 1.5e-3 (fp32 switches) and 2.2e-2 (bf16) relative; allowed 1e-2 and 5e-2.
 The ResNet18-VAE is left out of the multi-step checks: twenty BatchNorm layers amplify the same
 roundings to 5e-3 within three steps (chaotic, not wrong); its first step is checked like the others.
@@ -31,7 +31,7 @@ from harness.errors import UserError
 from harness.registry import get_family
 from harness.studyfile import load_study
 from harness.storage import Storage
-from harness.training import TrainConfig, TrainHooks, train, train_epoch
+from harness.training import StepCounter, TrainConfig, TrainHooks, train, train_round
 from conftest import REPO, mlflow_runs, split_runs, write_study, share_caches
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
@@ -49,7 +49,7 @@ def data():
 def step_losses(family_name: str, fast: speed.FastPath, data, steps: int, batch_size: int = 16) -> list[dict[str, float]]:
     """The losses of the first `steps` training steps on fixed batches, from seed 0."""
     family = get_family(family_name)
-    params = {**family.defaults, "batch_size": batch_size, "epoch": 1}
+    params = {**family.defaults, "batch_size": batch_size, "progress": 0.0}
     torch.manual_seed(0)
     with fast.applied():
         model = fast.prepare(family.build(params, data.channels, data.image_size))
@@ -90,7 +90,7 @@ def test_two_epochs_end_at_a_validation_loss_close_to_the_plain_path(data):
     params = {**vae.defaults, "batch_size": 32}
 
     def val_loss(fast: speed.FastPath) -> float:
-        return train(vae, params, data, TrainConfig(epochs=2, seed=3, fast=fast), TrainHooks(scorers=[])).history[-1]["val_loss"]
+        return train(vae, params, data, TrainConfig(steps=30, seed=3, fast=fast), TrainHooks(scorers=[])).history[-1]["val_loss"]
 
     plain = val_loss(speed.PLAIN)
     for name, fast in FP32_SWITCHES.items():
@@ -133,7 +133,8 @@ name = "{name}"
 version = 1
 families = ["vae"]
 trials = 1
-epochs = 1
+steps = 4
+rounds = 1
 seed = 0
 objective = "val_recon_mse"
 [dataset]
@@ -182,7 +183,7 @@ def test_a_bad_speed_table_is_refused_in_one_line(tmp_path, runs_dir, capsys, li
 
 @pytest.mark.slow
 def test_every_trial_run_records_its_fast_path(smoke_runs):
-    _, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
+    _, children = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))
     assert children
     expected = {k: str(v) for k, v in speed.Speed().resolve(torch.device("cpu")).params().items()}
     for run in children:
@@ -190,9 +191,9 @@ def test_every_trial_run_records_its_fast_path(smoke_runs):
         assert run.data.params["speed.data"] == "device-resident"
 
 
-def test_profiling_splits_an_epoch_into_phases(data):
+def test_profiling_splits_a_round_into_phases(data):
     vae = get_family("vae")
-    params = {**vae.defaults, "batch_size": 32, "epoch": 1}
+    params = {**vae.defaults, "batch_size": 32}
     torch.manual_seed(0)
     model = vae.build(params, 1, 32)
     optimizers = vae.make_optimizers(model, params, speed.PLAIN)
@@ -200,11 +201,12 @@ def test_profiling_splits_an_epoch_into_phases(data):
     batches = data.train_batches(32, torch.Generator().manual_seed(0))
     with phases.profiling(torch.device("cpu")) as profile:
         optimizers["vae"].step()  # inside profiling but outside a phase (say, an extractor's training): not counted
-        metrics, seen = train_epoch(vae, model, optimizers, batches, params, phases=profile)
-    steps = len(data.train) // 32
-    assert seen == steps * 32 and metrics["train_loss"] > 0
+        counter = StepCounter(optimizers, "vae")
+        steps = len(data.train) // 32 - 2
+        metrics = train_round(vae, model, optimizers, batches, counter, steps, steps, params, phases=profile)
+    assert counter.done == steps and metrics["train_loss"] > 0
     assert profile.calls["optimizer"] == steps and profile.calls["forward/backward"] == steps
-    assert profile.calls["data"] == steps + 1  # the last call finds the batches exhausted
+    assert profile.calls["data"] == steps  # the round ends at its target: no batch drawn past it
     assert all(profile.seconds[name] > 0 for name in ("data", "forward/backward", "optimizer", "loss bookkeeping"))
     with phases.OFF.phase("outside"):  # the default profiler records nothing anywhere
         pass
@@ -244,7 +246,7 @@ def test_bench_overhead_profiles_a_real_trial(tmp_path, shared_caches):
     share_caches(tmp_path / "runs", shared_caches)
     r = bench_overhead(torch.device("cpu"), Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")}))
     per_epoch = r["per_epoch_seconds"]
-    assert {"data", "forward/backward", "optimizer", "validation", "epoch scores", "tracking", "optuna",
+    assert {"data", "forward/backward", "optimizer", "validation", "round scores", "tracking", "optuna",
             "checkpoint"} <= set(per_epoch)
     assert r["epoch_seconds"] == pytest.approx(sum(per_epoch.values()))
     assert r["overhead_seconds"] == pytest.approx(sum(per_epoch[k] for k in OVERHEAD_PHASES if k in per_epoch))
@@ -299,7 +301,7 @@ def test_the_cuda_fast_path_ends_close_to_fp32_on_the_same_gpu(data):
     assert fast.autocast and fast.channels_last and fast.cudnn_benchmark
 
     def val_loss(path: speed.FastPath) -> float:
-        return train(vae, params, placed, TrainConfig(epochs=2, seed=3, fast=path), TrainHooks(scorers=[])).history[-1]["val_loss"]
+        return train(vae, params, placed, TrainConfig(steps=30, seed=3, fast=path), TrainHooks(scorers=[])).history[-1]["val_loss"]
 
     plain = val_loss(speed.PLAIN)
     assert abs(val_loss(fast) - plain) / plain <= 5e-2  # the bf16 tolerance of the CPU test above

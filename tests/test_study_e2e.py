@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples", "scores.json"}
 
 
-def optuna_trials(runs_dir: Path, study: str = "smoke-v1") -> list[optuna.trial.FrozenTrial]:
+def optuna_trials(runs_dir: Path, study: str = "smoke-v2") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{runs_dir / 'optuna.db'}").get_trials()
 
 
@@ -31,11 +31,11 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
     trials = optuna_trials(smoke_runs)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert sorted(t.params["kl_weight"] for t in trials) == [1e-3, 1e-2]
-    assert all(len(t.intermediate_values) == 2 for t in trials)  # reported every epoch, for pruners
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # reported every round, for pruners
     # Reference statistics: computed for the first trial, read from the cache by the second.
     assert [t.user_attrs["reference_stats"] for t in trials] == ["computed", "cached"]
 
-    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
+    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
@@ -47,12 +47,15 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
-        assert (tags["family"], tags["dataset"], tags["study"], tags["state"]) == ("vae", "synthfaces", "smoke-v1", "COMPLETE")
+        assert (tags["family"], tags["dataset"], tags["study"], tags["state"]) == ("vae", "synthfaces", "smoke-v2", "COMPLETE")
         trial = trials[int(tags["trial_number"])]
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert float(params["kl_weight"]) == trial.params["kl_weight"] and params["latent_dim"] == "16"
         history = client.get_metric_history(run.info.run_id, "val_recon_mse")
-        assert [m.step for m in history] == [1, 2] and history[-1].value == trial.value
+        assert [m.step for m in history] == [8, 16] and history[-1].value == trial.value  # steps = 16 in 2 rounds
+        assert params["steps"] == "16" and params["rounds"] == "2" and params["budget_optimizer"] == "vae"
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "images_seen")] == [8 * 64, 16 * 64]
+        assert {"epochs", "wall_seconds", "seconds_per_step", "steps_vae"} <= set(run.data.metrics)
         for key in ("train_loss", "train_kl", "val_kl", "val_loss"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 2
         assert "test_recon_mse" in run.data.metrics
@@ -66,7 +69,7 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
         assert len(client.get_metric_history(run.info.run_id, "val_fd_domain")) == 2
         extra = {"latent"} if run.info.run_id == parent.data.tags["best_run_id"] else set()  # the best trial's pictures
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS | extra
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_0000008.png", "samples/step_0000016.png"]
 
         folder = Path(client.download_artifacts(run.info.run_id, ""))
         torch.load(folder / "model.pt", weights_only=True)
@@ -83,7 +86,7 @@ def vae_family():
 def test_reconstruction_grid_pairs_references_with_reconstructions(smoke_runs):
     from PIL import Image
 
-    run = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))[1][0]
+    run = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1][0]
     folder = Path(MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").download_artifacts(run.info.run_id, ""))
     with Image.open(folder / "reconstructions.png") as grid:
         # 32 pairs, 8 per row -> 16 columns x 4 rows of 32 px tiles with 2 px padding, enlarged 2x.
@@ -93,8 +96,8 @@ def test_reconstruction_grid_pairs_references_with_reconstructions(smoke_runs):
 def test_rerun_of_a_complete_grid_says_so_and_records_nothing(smoke_runs, monkeypatch, capsys):
     monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
     assert main(["study", "smoke"]) == 0
-    assert "grid complete: all 2 points of smoke-v1 are done" in capsys.readouterr().out
-    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))
+    assert "grid complete: all 2 points of smoke-v2 are done" in capsys.readouterr().out
+    parents, children = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))
     assert (len(parents), len(children)) == (1, 2)
 
 
@@ -105,7 +108,7 @@ def test_interrupted_grid_finishes_its_missing_points(runs_dir, smoke_runs, caps
     trials = optuna_trials(runs_dir)
     assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(t.params["kl_weight"] for t in trials) == [1e-3, 1e-2]
-    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v2"))
     assert (len(parents), len(children)) == (2, 2)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
     assert [t.user_attrs["reference_stats"] for t in trials] == ["computed", "cached"]  # across invocations too
@@ -128,7 +131,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
     assert main(["study", "smoke"]) == 130
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
-    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v2"))
     assert parents[0].info.status == "KILLED"
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
@@ -145,22 +148,26 @@ def test_a_non_grid_study_continues_with_new_trial_numbers(runs_dir, tmp_path, c
     text = text.replace('name = "smoke"', 'name = "smoke_random"').replace('name = "grid"', 'name = "random"')
     text = text.replace("kl_weight = [1e-3, 1e-2]", "kl_weight = {low = 1e-4, high = 1e-2}").replace("trials = 2", "trials = 1")
     path = write_study(tmp_path / "studies", "smoke_random", text)
-    assert main(["study", str(path), "--epochs", "1"]) == 0
-    assert main(["study", str(path), "--epochs", "1"]) == 0
+    assert main(["study", str(path), "--steps", "8"]) == 0
+    assert main(["study", str(path), "--steps", "8"]) == 0
     assert "already has 1 finished trials, its budget" in capsys.readouterr().out
-    assert main(["study", str(path), "--epochs", "1", "--trials", "3"]) == 0
-    trials = optuna_trials(runs_dir, "smoke_random-v1")
+    assert main(["study", str(path), "--steps", "8", "--trials", "3"]) == 0
+    trials = optuna_trials(runs_dir, "smoke_random-v2")
     assert [t.number for t in trials] == [0, 1, 2] and len({t.params["kl_weight"] for t in trials}) == 3
-    parents, children = split_runs(mlflow_runs(runs_dir, "smoke_random-v1"))
+    assert trials[0].params["kl_weight"] == 1e-3 and trials[0].user_attrs["reference_config"] == "vae"  # the reports'
+    assert [t.user_attrs.get("reference_config") for t in trials[1:]] == [None, None]
+    parents, children = split_runs(mlflow_runs(runs_dir, "smoke_random-v2"))
+    assert [c.data.tags.get("reference_config") for c in sorted(children, key=lambda c: c.data.tags["trial_number"])] == \
+        ["true", None, None]
     assert (len(parents), len(children)) == (2, 3)
 
 
 def test_a_changed_definition_is_refused_and_nothing_is_lost(smoke_runs, monkeypatch, capsys):
     monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
     before = (smoke_runs / "optuna.db").read_bytes(), (smoke_runs / "mlflow.db").read_bytes()
-    assert main(["study", "smoke", "--epochs", "3"]) == 2
+    assert main(["study", "smoke", "--steps", "20"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "was run with another definition (epochs 2 -> 3)" in err
+    assert err.count("\n") == 0 and "was run with another definition (steps 16 -> 20)" in err
     assert ((smoke_runs / "optuna.db").read_bytes(), (smoke_runs / "mlflow.db").read_bytes()) == before
 
 
@@ -171,16 +178,17 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(runs_dir, tmp_path, m
         raise RuntimeError("boom")
 
     register_family("exploding", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
-                    make_optimizers=vae.make_optimizers, train_step=exploding_step, eval_step=vae.eval_step)
+                    make_optimizers=vae.make_optimizers, train_step=exploding_step, eval_step=vae.eval_step,
+                    budget_optimizer="vae")
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "explode"')
     text = text.replace('families = ["vae"]', 'families = ["exploding"]').replace("[space.vae]", "[space.exploding]")
     assert main(["study", str(write_study(tmp_path, "explode", text))]) == 1
     out = capsys.readouterr().out
     assert "2 trial(s)" in out and "2 failed" in out and "every trial failed, first trial 0: RuntimeError: boom" in out
-    trials = optuna_trials(runs_dir, "explode-v1")
+    trials = optuna_trials(runs_dir, "explode-v2")
     assert [t.state for t in trials] == [TrialState.FAIL] * 2
     assert trials[0].user_attrs["failure_reason"] == "RuntimeError: boom"
-    parents, children = split_runs(mlflow_runs(runs_dir, "explode-v1"))
+    parents, children = split_runs(mlflow_runs(runs_dir, "explode-v2"))
     client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
     for run in children:
         assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "RuntimeError: boom"
@@ -191,7 +199,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(runs_dir, tmp_path, m
 def test_user_mistakes_exit_non_zero_with_one_line_and_no_traceback(tmp_path):
     env = {"RUNS_DIR": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
     bad = write_study(tmp_path, "typo", (REPO / "studies" / "smoke.toml").read_text()
-                      .replace('name = "smoke"', 'name = "typo"').replace("epochs = 2", "epocs = 2"))
+                      .replace('name = "smoke"', 'name = "typo"').replace("steps = 16", "stpes = 16"))
     for args in (["study", "vae_kl_swep"], ["study", str(bad)], ["study", "smoke", "--device", "cuda:7"]):
         done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
@@ -214,5 +222,5 @@ def test_smoke_study_on_the_gpu(runs_dir):
     assert main(["study", "smoke", "--device", "cuda"]) == 0
     trials = optuna_trials(runs_dir)
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    _, children = split_runs(mlflow_runs(runs_dir, "smoke-v1"))
+    _, children = split_runs(mlflow_runs(runs_dir, "smoke-v2"))
     assert all(c.data.tags["device"].startswith("cuda") for c in children)

@@ -11,7 +11,8 @@ name = "mystudy"
 version = 1
 families = ["vae"]
 trials = 4
-epochs = 2
+steps = 10
+rounds = 2
 objective = "val_recon_mse"
 
 [dataset]
@@ -38,7 +39,7 @@ def load(tmp_path, text, name="mystudy"):
 @pytest.mark.parametrize("name", study_names())
 def test_every_study_file_is_valid(name):
     spec = load_study(name)
-    assert spec.name == name and spec.trials >= 1 and spec.epochs >= 1
+    assert spec.name == name and spec.trials >= 1 and spec.steps >= spec.rounds >= 1
     assert spec.families and spec.objectives
 
 
@@ -74,7 +75,9 @@ def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
 
 @pytest.mark.parametrize("old, new, message", [
     ("trials = 4", "trails = 4", r"unknown key 'trails' \(did you mean 'trials'\?\); valid keys: name, version"),
-    ("epochs = 2\n", "", "missing key 'epochs'"),
+    ("steps = 10\n", "", "missing key 'steps'"),
+    ("steps = 10", "epochs = 2", "epochs: budgets are optimizer steps now: write steps = N"),
+    ("rounds = 2", "rounds = 11", "rounds = 11 but steps = 10: a round needs at least one step"),
     ('families = ["vae"]', 'families = ["vea"]', "unknown family 'vea'; valid: dcgan, gan, resnet_vae, vae, wgan_gp"),
     ('families = ["vae"]', "families = []", "families: empty"),
     ('families = ["vae"]', 'families = "vae"', "families: expected a list"),
@@ -89,7 +92,7 @@ def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
     ('objective = "val_recon_mse"', 'objective = "val_fid"', r"objective: 'val_fid' is not a score or metric of vae \(did you mean 'val_fd'\?\); valid: fd, fd_inf, kd, precision, recall, is, val_fd, val_recon_mse"),
     ('objective = "val_recon_mse"', 'objective = "fid"', r"fid is fd when the extractor is inception"),
     ('name = "median"', 'name = "median"\n[scores]\nextractor = "clip"', r"scores.extractor: 'clip'; valid: auto, domain, inception"),
-    ('name = "median"', 'name = "median"\n[scores]\nepoch_sample = 10', r"scores: unknown key 'epoch_sample' \(did you mean 'epoch_samples'\?\)"),
+    ('name = "median"', 'name = "median"\n[scores]\nround_sample = 10', r"scores: unknown key 'round_sample' \(did you mean 'round_samples'\?\)"),
     ('name = "median"', 'name = "median"\n[scores]\nfinal_samples = 1', r"scores.final_samples: 1; give 0"),
     ('objective = "val_recon_mse"', 'objective = ["val_recon_mse", "val_recon_mse"]', "names a metric twice"),
     ("n = 200", "n = 200\nsize = 48", "dataset.size: synthfaces are drawn at 32 or 64 pixels, not 48"),
@@ -132,7 +135,7 @@ def test_scores_as_objectives(tmp_path):
     assert spec.objectives[0].direction == "minimize" and spec.scores.extractor == "auto"
     assert load(tmp_path, BASE.replace('objective = "val_recon_mse"', 'objective = "recall"').replace(
         'name = "median"', 'name = "none"')).objectives[0].direction == "maximize"
-    with pytest.raises(UserError, match="kd is only measured after training; pruning needs a score measured every epoch"):
+    with pytest.raises(UserError, match="kd is only measured after training; pruning needs a score measured every round"):
         load(tmp_path, BASE.replace('objective = "val_recon_mse"', 'objective = "kd"'))
 
 
@@ -151,3 +154,37 @@ def test_broken_toml_and_missing_files(tmp_path):
         load_study("vae_kl_swep")
     with pytest.raises(UserError, match="does not exist"):
         load_study(str(tmp_path / "absent.toml"))
+
+
+def test_every_study_has_a_full_scale_larger_than_its_cpu_scale():
+    for name in study_names():
+        cpu, full = load_study(name), load_study(name, "full")
+        assert full.study_name == f"{cpu.study_name}-full"  # never mixed with the CPU scale's trials
+        assert full.steps > cpu.steps and full.families == cpu.families and full.objectives == cpu.objectives
+        if cpu.dataset == "synthfaces" and name != "smoke":
+            assert full.dataset_options["size"] == 64 and full.dataset_options["n"] == 50_000
+
+
+def test_the_full_table_overrides_key_by_key(tmp_path):
+    text = BASE + '\n[full]\nsteps = 500\ntrials = 9\n[full.dataset]\nn = 900\n[full.space.vae]\nlatent_dim = 64\n'
+    cpu = load(tmp_path, text)
+    full = load_study(str(tmp_path / "mystudy.toml"), "full")
+    assert (cpu.steps, cpu.trials, cpu.dataset_options["n"]) == (10, 4, 200)
+    assert (full.steps, full.trials, full.dataset_options["n"], full.rounds) == (500, 9, 900, 2)
+    assert full.spaces["vae"]["latent_dim"].value == 64 and isinstance(full.spaces["vae"]["kl_weight"], FloatParam)
+    with pytest.raises(UserError, match=r"full.objective: not a key the full scale may change"):
+        load(tmp_path, BASE + '\n[full]\nobjective = "val_kl"\n')
+    with pytest.raises(UserError, match=r"\(SCALE=full\) steps: must be >= 1"):
+        load_study(str(write_study(tmp_path, "mystudy", BASE + "\n[full]\nsteps = 0\n")), "full")
+    with pytest.raises(UserError, match="SCALE=huge: valid scales are cpu, full"):
+        load_study("smoke", "huge")
+
+
+def test_studies_on_the_same_images_share_one_score_protocol():
+    """So the cross-study table has one column per score for them, not one per study."""
+    groups = {}
+    for name in study_names():
+        spec = load_study(name)
+        same_images = (spec.dataset, tuple(sorted((k, v) for k, v in spec.dataset_options.items() if k != "n")))
+        groups.setdefault(same_images, set()).add(spec.scores)
+    assert groups and all(len(settings) == 1 for settings in groups.values())

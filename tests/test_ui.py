@@ -39,8 +39,8 @@ def test_ui_serves_the_runs(smoke_runs):
     try:
         wait_until_serving(port, server, "MLflow UI")
         experiments = json.loads(get(base + "/api/2.0/mlflow/experiments/search?max_results=50"))
-        assert "smoke-v1" in {e["name"] for e in experiments["experiments"]}
-        child = split_runs(mlflow_runs(smoke_runs, "smoke-v1"))[1][0]
+        assert "smoke-v2" in {e["name"] for e in experiments["experiments"]}
+        child = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1][0]
         png = get(f"{base}/get-artifact?path=samples.png&run_uuid={child.info.run_id}")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert listening_addresses(port) == {"127.0.0.1"}  # loopback only

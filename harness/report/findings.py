@@ -36,10 +36,17 @@ def summary(record: "StudyRecord") -> str:
     states = record.table["state"].value_counts()
     text = (f"{len(record.table)} trials: {states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
             f"{states.get('FAIL', 0)} failed.")
-    done = record.complete
+    done, ranked = record.complete, record.ranked
     if done.empty:
         return text + " No trial completed, so nothing is ranked."
-    best = done.iloc[0]
+    flagged = int((~done["flags"].isin(["none", ""])).sum())
+    if flagged:
+        text += (f" {flagged} complete trial(s) are flagged collapsed or did not learn (the flags column)"
+                 + (f"; {len(done) - len(ranked)} of them are never called best, the study being judged by "
+                    "sample quality." if len(done) > len(ranked) else "."))
+    if ranked.empty:
+        return text
+    best = ranked.iloc[0]
     params = ", ".join(f"{p} = {_g(best[f'params.{p}']) if isinstance(best[f'params.{p}'], float) else best[f'params.{p}']}"
                        for p in record.swept if f"params.{p}" in best and pd.notna(best[f"params.{p}"]))
     text += (f" Best {record.objective} ({record.directions[0]}): {_g(best[record.objective])}, trial {int(best['number'])}"
@@ -111,9 +118,9 @@ def gan_k_sweep(record: "StudyRecord") -> str:
 
 def dcgan_lr_sweep(record: "StudyRecord") -> str:
     done = record.complete
-    if done.empty:
+    if record.ranked.empty:
         return ""
-    best = done.iloc[0]
+    best = record.ranked.iloc[0]
     text = (f"Best learning rates: G {_g(best.get('params.lr_g'))}, D {_g(best.get('params.lr_d'))}, beta1 "
             f"{_g(best.get('params.beta1'))} ({record.objective} {_g(best[record.objective])}).")
     if "params.beta1" in done and done["params.beta1"].nunique() > 1:
@@ -121,7 +128,7 @@ def dcgan_lr_sweep(record: "StudyRecord") -> str:
         text += " Best " + record.objective + " by beta1: " + ", ".join(
             f"{_g(float(b))}: {_g(r['min'])} ({int(r['count'])} complete)" for b, r in by_beta.iterrows()) + "."
     pruned = int((record.table["state"] == "PRUNED").sum())
-    return text + f" {pruned} trial(s) were pruned by their per-epoch score."
+    return text + f" {pruned} trial(s) were pruned by their per-round score."
 
 
 def resnet_vae_latent_sweep(record: "StudyRecord") -> str:
@@ -130,13 +137,15 @@ def resnet_vae_latent_sweep(record: "StudyRecord") -> str:
         return ""
     ordered = done.sort_values("params.latent_dim")
     parts = ", ".join(f"{int(r['params.latent_dim'])}: {_g(r[record.objective])}" for _, r in ordered.iterrows())
-    best = done.iloc[0]
+    if record.ranked.empty:
+        return f"{record.objective} by latent size: {parts}; every trial is flagged, so none is called best."
+    best = record.ranked.iloc[0]
     return (f"{record.objective} by latent size: {parts}. The best latent size was {int(best['params.latent_dim'])} "
             "(the report compared 32 to 512).")
 
 
 def families_compare(record: "StudyRecord") -> str:
-    done = record.complete
+    done = record.ranked
     if done.empty:
         return ""
     best = done.groupby("family")[record.objective].min() if record.minimize else done.groupby("family")[record.objective].max()

@@ -67,7 +67,7 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
         drawn.append(path)
     drawn += plots.plot_loss_curves(record, client, out)
     drawn += [p for p in (plots.plot_importances(record, out), plots.plot_wall_times(record, out),
-                          plots.plot_confirm(record, out)) if p]
+                          plots.plot_cost(record, out), plots.plot_confirm(record, out)) if p]
     grids = _grids(record, best, client, out)
     protocol = "; ".join(f"{k.removeprefix('score.')}: {v}" for k, v in record.protocol.items())
     (out / "tables.md").write_text(

@@ -111,7 +111,7 @@ def plot_loss_curves(record: StudyRecord, client: MlflowClient, out: Path) -> li
                 values = pd.Series([m.value for m in history])
                 line, = ax.plot(steps, values, alpha=0.3)
                 ax.plot(steps, values.ewm(alpha=1 - SMOOTHING).mean(), color=line.get_color(), label=split)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("steps (the budget's optimizer)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=8)
             ax.set_title(f"{keys.label(loss)} (faint: raw, solid: smoothed)")
@@ -150,6 +150,28 @@ def plot_wall_times(record: StudyRecord, out: Path) -> Path:
     ax.set_ylabel("wall time (s)")
     ax.set_title(f"{record.name}: trial wall times")
     return save_figure(fig, out / "wall_times.png")
+
+
+def plot_cost(record: StudyRecord, out: Path) -> Path | None:
+    """The objective against the training wall-clock of each complete trial (flagged ones hollow), so
+    quality can be read against cost: every trial had the same step budget, not the same time."""
+    done = record.complete
+    seconds = done.get(f"metrics.{keys.TRAIN_SECONDS}")
+    if seconds is None or seconds.isna().all() or len(done) < 2:
+        return None
+    fig = new_figure(5.2, 3.8)
+    ax = fig.subplots()
+    flagged = ~done["flags"].isin(["none", ""])
+    for family, group in done.groupby("family", sort=False):
+        line = ax.scatter(group.loc[~flagged, f"metrics.{keys.TRAIN_SECONDS}"], group.loc[~flagged, record.objective],
+                          label=family)
+        ax.scatter(group.loc[flagged, f"metrics.{keys.TRAIN_SECONDS}"], group.loc[flagged, record.objective],
+                   facecolors="none", edgecolors=line.get_facecolor())
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel(keys.label(record.objective))
+    ax.legend(fontsize=8)
+    ax.set_title(f"{record.name}: score against cost (hollow: flagged)")
+    return save_figure(fig, out / "cost.png")
 
 
 def plot_confirm(record: StudyRecord, out: Path) -> Path | None:

@@ -47,6 +47,12 @@ class StudyRecord:
         done = self.table[(self.table["state"] == "COMPLETE") & self.table[self.objective].notna()]
         return done.sort_values(self.objective, ascending=self.minimize)
 
+    @property
+    def ranked(self) -> pd.DataFrame:
+        """The complete trials that may be called best: none excluded by a collapsed or did-not-learn flag."""
+        done = self.complete
+        return done[done["excluded"] != "true"]
+
 
 def load_studies(storage: Storage, names: list[str] | None = None) -> list[StudyRecord]:
     """The named studies (a name without its version matches every version), or every study."""
@@ -80,6 +86,8 @@ def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> 
     frame = study.trials_dataframe(attrs=("number", "state", "duration", "user_attrs"))
     table = frame.merge(trial_runs, on="number", how="left", suffixes=("", "_run"))
     table["family"] = table.get(f"tags.{Tag.FAMILY}")
+    table["flags"] = table.get(f"tags.{Tag.FLAGS}", pd.Series("", index=table.index)).fillna("")
+    table["excluded"] = table.get(f"tags.{Tag.EXCLUDED}", pd.Series("", index=table.index)).fillna("")
     table["duration_s"] = table["duration"].dt.total_seconds() if "duration" in table else np.nan
     if not [o for o in objectives if o]:  # runs logged before the objective tag: resolve the study's names
         extractor = parent.get("score.extractor", "")

@@ -30,7 +30,7 @@ def confidence(values: pd.Series) -> tuple[float, float, int]:
 
 def best_per_family(record: StudyRecord) -> pd.DataFrame:
     rows = []
-    for family, group in record.complete.groupby("family", sort=False):
+    for family, group in record.ranked.groupby("family", sort=False):
         best = group.iloc[0]
         row = {"family": family, "trial": int(best["number"]), record.objective: best[record.objective]}
         configs = record.confirm.get(f"tags.{Tag.CONFIG}", pd.Series(dtype=str))
@@ -44,16 +44,16 @@ def best_per_family(record: StudyRecord) -> pd.DataFrame:
         for p in record.swept:
             if pd.notna(best.get(f"params.{p}")):
                 row[p] = best[f"params.{p}"]
-        row["epochs"] = best.get("params.epochs")
+        row["steps"] = best.get("params.steps")
         row["wall_s"] = round(float(best.get(f"metrics.{keys.TRAIN_SECONDS}", best["duration_s"]) or 0), 1)
         row["run_id"] = best.get("run_id")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["family", "trial", record.objective])  # none unflagged
 
 
 def all_trials(record: StudyRecord) -> pd.DataFrame:
     table = record.table.sort_values(record.objective, ascending=record.minimize, na_position="last")
-    columns = {"number": "trial", "state": "state", "family": "family",
+    columns = {"number": "trial", "state": "state", "family": "family", "flags": "flags",
                **{k: k for k in record.objectives}, **{f"metrics.{k}": k for k in KEY_METRICS if k not in record.objectives},
                **{f"params.{p}": p for p in record.swept}, "duration_s": "wall_s"}
     present = {k: v for k, v in columns.items() if k in table}
@@ -61,6 +61,10 @@ def all_trials(record: StudyRecord) -> pd.DataFrame:
     failure = f"user_attrs_{keys.Attr.FAILURE}"
     if failure in table:
         out["failure"] = table[failure].fillna("")
+    evidence = f"tags.{Tag.FLAG_EVIDENCE}"
+    if evidence in table:
+        flagged = ~table["flags"].isin(["none", ""])
+        out["flag evidence"] = table[evidence].where(flagged, "").fillna("")
     return out
 
 
@@ -74,7 +78,7 @@ def cross_study(records: list[StudyRecord]) -> pd.DataFrame:
     of different protocols land in different columns, so they are never ranked side by side."""
     rows = []
     for record in records:
-        for family, group in record.complete.groupby("family"):
+        for family, group in record.ranked.groupby("family"):
             value = group.iloc[0][record.objective]
             rows.append({"family": family, "column": f"{record.dataset}, {record.objective}, protocol "
                                                      f"{protocol_id(record.protocol)}",
