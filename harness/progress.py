@@ -40,6 +40,8 @@ class Progress:
                 self.disk_full = reason
         elif trial.values:
             detail = " ".join(f"{o.metric}={fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
+            if trial.user_attrs.get(Attr.FLAGS, "none") != "none":  # collapsed, did_not_learn: said where it is seen
+                detail += f" [{trial.user_attrs[Attr.FLAGS]}{', not ranked' if trial.user_attrs.get(Attr.EXCLUDED) else ''}]"
         else:  # pruned: the last reported value
             step = trial.last_step
             detail = f"{self.spec.objectives[0].metric}={fmt(trial.intermediate_values[step])} at round {step}" \

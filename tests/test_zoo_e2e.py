@@ -124,7 +124,7 @@ class OneFace(torch.nn.Module):
         return self.face.clamp(0, 1).expand(z.shape[0], *self.face.shape)
 
 
-def test_a_forced_collapse_is_tagged_and_never_reported_best(runs_dir, tmp_path, monkeypatch):
+def test_a_forced_collapse_is_tagged_and_never_reported_best(runs_dir, tmp_path, monkeypatch, capsys):
     """Precision rewards a collapse: one real face, repeated, lies inside the real manifold every time.
     Judged by precision, Optuna alone calls the collapsed trial best; genbench must not."""
     from harness.adversarial import AdversarialPair
@@ -162,6 +162,8 @@ round_samples = 200
 final_samples = 200
 """)
     assert main(["study", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "family=one_face" in x)
+    assert "precision=1 [collapsed" in line and ", not ranked]" in line  # said where the user sees it
     trials = {t.params["family"]: t for t in trials_of(runs_dir, "collapse-v1")}
     collapsed = trials["one_face"]
     assert collapsed.state == TrialState.COMPLETE and "collapsed" in collapsed.user_attrs["flags"].split(",")

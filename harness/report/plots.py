@@ -170,7 +170,7 @@ def plot_cost(record: StudyRecord, out: Path) -> Path | None:
     ax.set_xlabel("training wall-clock (s)")
     ax.set_ylabel(keys.label(record.objective))
     ax.legend(fontsize=8)
-    ax.set_title(f"{record.name}: score against cost (hollow: flagged)")
+    ax.set_title(f"{record.name}: score vs cost\n(hollow: flagged)", fontsize=10)
     return save_figure(fig, out / "cost.png")
 
 
