@@ -47,11 +47,6 @@ class TrialOutcome:
     flags: Flags | None = None  # COMPLETE only: collapsed / did not learn, with the evidence
 
     @property
-    def ranked(self) -> bool:
-        """Whether it may be reported as best: complete and not excluded by its flags."""
-        return self.state == State.COMPLETE and not (self.flags and self.flags.excluded)
-
-    @property
     def metrics(self) -> dict[str, float]:
         """The last round's metrics with the final scores on top."""
         return (self.history[-1] if self.history else {}) | self.final
