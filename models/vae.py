@@ -136,8 +136,12 @@ SPACE = {
 }
 
 METRICS = {"recon_mse": "minimize", "kl": "minimize", "loss": "minimize"}
-# Seed reports 000 and 003: latent 32, Adam lr 1e-3 with weight decay 1e-5, KL weight 1e-3.
-REFERENCE = {"latent_dim": 32, "lr": 1e-3, "weight_decay": 1e-5, "kl_weight": 1e-3}
+# Seed report 000's final configuration: latent 32, Adam lr 1e-3 with weight decay 1e-5, KL weight
+# 5e-5. It started at 1e-3 (report 003's "KL about 4" run), found the latent space "overly regularized"
+# and settled on 5e-5 "to extract meaningful features". Measured on synthfaces 32 at 300 steps (batch
+# 128): 1e-3 draws one blurry face in different brightness (fd_domain 193, diversity 0.42, collapsed),
+# 5e-5 draws varied faces (70; 28 at 600 steps). vae_kl_sweep still sweeps 1e-3 and above.
+REFERENCE = {"latent_dim": 32, "lr": 1e-3, "weight_decay": 1e-5, "kl_weight": 5e-5}
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:

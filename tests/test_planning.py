@@ -54,8 +54,10 @@ def test_a_sampled_study_runs_the_reference_configuration_first_and_once(tmp_pat
     to_run, enqueue, _ = plan_trials(study, spec)
     assert to_run == 3 and len(enqueue) == 1
     reference = get_family("vae").reference_config
-    assert enqueue[0].params["kl_weight"] == 1e-3 == reference["kl_weight"]  # the reports'
-    assert all(reference[k] == v for k, v in enqueue[0].params.items()) and "batch_size" not in enqueue[0].params  # fixed
+    assert enqueue[0].params["kl_weight"] == 1e-4 and reference["kl_weight"] == 5e-5  # the nearest point to the reports'
+    assert enqueue[0].user_attrs["reference_moved"]["kl_weight"] == [5e-5, 1e-4]
+    assert all(reference[k] == v for k, v in enqueue[0].params.items() if k != "kl_weight")
+    assert "batch_size" not in enqueue[0].params  # fixed by the study
     assert enqueue[0].user_attrs["reference_config"] == "vae"
     study.enqueue_trial(enqueue[0].params, user_attrs=enqueue[0].user_attrs)
     assert plan_trials(study, spec)[1] == []  # queued already
@@ -72,7 +74,7 @@ def test_a_space_that_leaves_the_reference_out_runs_the_nearest_point_and_says_s
     spec = load_study(str(write_study(tmp_path, "far", text)))
     (queued,) = plan_trials(optuna.create_study(), spec)[1]
     assert queued.params["kl_weight"] == 1e-2
-    assert queued.user_attrs["reference_moved"]["kl_weight"] == [1e-3, 1e-2]
+    assert queued.user_attrs["reference_moved"]["kl_weight"] == [5e-5, 1e-2]
 
 
 def test_every_family_of_a_comparison_starts_with_its_reference():

@@ -146,7 +146,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
 def test_a_non_grid_study_continues_with_new_trial_numbers(runs_dir, tmp_path, capsys):
     text = (REPO / "studies" / "smoke.toml").read_text()
     text = text.replace('name = "smoke"', 'name = "smoke_random"').replace('name = "grid"', 'name = "random"')
-    text = text.replace("kl_weight = [1e-3, 1e-2]", "kl_weight = {low = 1e-4, high = 1e-2}").replace("trials = 2", "trials = 1")
+    text = text.replace("kl_weight = [1e-3, 1e-2]", "kl_weight = {low = 5e-5, high = 1e-2}").replace("trials = 2", "trials = 1")
     path = write_study(tmp_path / "studies", "smoke_random", text)
     assert main(["study", str(path), "--steps", "8"]) == 0
     assert main(["study", str(path), "--steps", "8"]) == 0
@@ -154,7 +154,7 @@ def test_a_non_grid_study_continues_with_new_trial_numbers(runs_dir, tmp_path, c
     assert main(["study", str(path), "--steps", "8", "--trials", "3"]) == 0
     trials = optuna_trials(runs_dir, "smoke_random-v2")
     assert [t.number for t in trials] == [0, 1, 2] and len({t.params["kl_weight"] for t in trials}) == 3
-    assert trials[0].params["kl_weight"] == 1e-3 and trials[0].user_attrs["reference_config"] == "vae"  # the reports'
+    assert trials[0].params["kl_weight"] == 5e-5 and trials[0].user_attrs["reference_config"] == "vae"  # the reports'
     assert [t.user_attrs.get("reference_config") for t in trials[1:]] == [None, None]
     parents, children = split_runs(mlflow_runs(runs_dir, "smoke_random-v2"))
     assert [c.data.tags.get("reference_config") for c in sorted(children, key=lambda c: c.data.tags["trial_number"])] == \
