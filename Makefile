@@ -13,7 +13,7 @@ SCALE ?= cpu
 DEVICE ?= auto
 PORT ?= 5000
 HOST ?= 127.0.0.1
-BACKEND_STORE ?=
+BACKEND_STORE_FILE ?=
 ARTIFACTS ?=
 PYTEST_ARGS ?=
 WORKERS ?=
@@ -86,8 +86,10 @@ confirm: setup ## re-train a study's best configurations (TOP per family) with f
 		--inception $(INCEPTION) --inception-samples $(INCEPTION_N) \
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)")
 
-server: setup ## MLflow tracking server for workers elsewhere: make server [HOST=0.0.0.0 PORT=5000 BACKEND_STORE=postgresql://... ARTIFACTS=dir]
-	$(PY) -m harness server --host $(HOST) --port $(PORT) $(if $(BACKEND_STORE),--backend-store-uri "$(BACKEND_STORE)") \
+server: setup ## MLflow tracking server for workers elsewhere: [BACKEND_STORE=postgresql://...] make server [HOST=0.0.0.0 PORT=5000 BACKEND_STORE_FILE=file ARTIFACTS=dir]
+	$(if $(filter command line,$(origin BACKEND_STORE)),$(error BACKEND_STORE on make's command line shows in ps and in make's echo; \
+		set it in the environment (BACKEND_STORE=... make server) or put it in a file (make server BACKEND_STORE_FILE=path)))
+	$(PY) -m harness server --host $(HOST) --port $(PORT) $(if $(BACKEND_STORE_FILE),--backend-store-file "$(BACKEND_STORE_FILE)") \
 		$(if $(ARTIFACTS),--artifacts-destination "$(ARTIFACTS)")
 
 report: setup ## tables, plots and HTML per study in reports/ (all studies, or STUDY=name)

@@ -12,9 +12,9 @@ import shutil
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
-from harness.errors import UserError
+from harness.errors import UserError, restore_interrupts
 from harness.keys import SCALES
 
 
@@ -189,7 +189,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build
     from harness.storage import Storage
 
-    pages = build(Storage.from_env(), args.studies or None, args.out)
+    storage = Storage.from_env()
+    storage.relocate()  # a moved RUNS_DIR's samples and curves are read from where they are now
+    pages = build(storage, args.studies or None, args.out)
     print("\n".join(f"wrote {p}" for p in pages))
     return 0
 
@@ -205,13 +207,28 @@ def _mlflow_server(backend: str, artifacts: str, host: str, port: int, workers: 
                       "--workers", str(workers)])
 
 
+def backend_store(path: str | None) -> str | None:
+    """The server's store URI, from a file the user names or the BACKEND_STORE environment variable:
+    never from argv, which every user of the machine can read with ps."""
+    if path:
+        try:
+            lines = Path(path).expanduser().read_text().splitlines()
+        except OSError as e:
+            raise UserError(f"--backend-store-file: cannot read {path} ({e.strerror}); "
+                            "give a file whose first line is the store URI") from None
+        if not lines or not lines[0].strip():
+            raise UserError(f"--backend-store-file: {path} is empty; its first line should be the store URI")
+        return lines[0].strip()
+    return os.environ.get("BACKEND_STORE") or None
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from harness.errors import redact
     from harness.storage import Storage
 
     storage = Storage.from_env()
     storage.prepare()
-    backend = args.backend_store_uri or storage.local_backend_uri
+    backend = backend_store(args.backend_store_file) or storage.local_backend_uri
     artifacts = args.artifacts_destination or storage.artifacts_uri
     print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
           f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)
@@ -275,10 +292,19 @@ MLFLOW_QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true",  # no network here, and nobo
                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # we print one line per trial
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints a usage block of several lines for a mistyped option; a user needs one line
+    saying what is wrong and where the options are listed. Subcommands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (`{self.prog} --help` lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in MLFLOW_QUIET.items():  # before MLflow is imported: it decides about telemetry then
         os.environ.setdefault(key, value)
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m harness", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     study = commands.add_parser("study", help="run (or continue) a study")
@@ -381,8 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = commands.add_parser("server", help="an MLflow tracking server that workers on other machines log to")
     server.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback; 0.0.0.0 for all)")
     server.add_argument("--port", type=_positive_int, default=5000)
-    server.add_argument("--backend-store-uri", help="runs and metrics (default sqlite:///RUNS_DIR/mlflow.db; "
-                        "postgresql://user:password@host/db for several writers)")
+    server.add_argument("--backend-store-file", help="a file whose first line is the store for runs and metrics "
+                        "(postgresql://user:password@host/db); or set BACKEND_STORE in the environment. Never a "
+                        "URI on the command line: argv shows in ps. Default sqlite:///RUNS_DIR/mlflow.db")
     server.add_argument("--artifacts-destination", help="where the server keeps artifacts (default RUNS_DIR/artifacts)")
     server.add_argument("--workers", type=_positive_int, default=2, help="server processes")
     server.set_defaults(run=cmd_server)
@@ -405,3 +432,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are kept; run the same command again to continue", file=sys.stderr)
         return 130
+    finally:
+        restore_interrupts()  # a first Ctrl-C deferred later ones while runs were closed

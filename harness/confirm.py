@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from harness.errors import UserError, warn
+from harness.errors import UserError, defer_interrupts, warn
 from harness.flags import ranked_trials
 from harness.keys import Attr, Tag
 from harness.outcome import FailureKind, State
@@ -115,6 +115,7 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
             failed += 1  # recorded in its run; the other seeds go on
             warn(f"trial {trial.number} seed {seed} failed: {outcome.failure.reason if outcome.failure else outcome.state}")
     except KeyboardInterrupt:
+        defer_interrupts()
         publisher.tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
         raise
     publisher.tracker.end_run(parent_id, "FINISHED", {Tag.STATE: "FINISHED"})

@@ -7,7 +7,9 @@ else that escapes is a bug in genbench and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -36,3 +38,21 @@ def redact_text(text: str, *urls: str) -> str:
         if password:
             text = text.replace(password, "***")
     return text
+
+
+def defer_interrupts() -> None:
+    """Called where a first Ctrl-C is caught: closing the runs it interrupted must finish, so a second
+    Ctrl-C (users press it twice) is reported, not raised; a run left RUNNING in MLflow stays so for
+    good. The CLI puts Python's handler back when the command ends (`restore_interrupts`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def note(signum: int, frame: object) -> None:
+        print("\nstill closing the interrupted runs; they are closed in a moment", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, note)
+
+
+def restore_interrupts() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)

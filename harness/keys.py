@@ -205,3 +205,4 @@ class Attr:
     FLAGS = "flags"  # as the run tag
     EXCLUDED = "excluded"  # True: never reported as best (the run tag flags.excluded)
     REFERENCE_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs
+    WORKER = "worker"  # {host, pid, start, trial}: the process running the trial (harness/workers.py)

@@ -129,6 +129,21 @@ def surplus(spec: StudySpec, study: optuna.Study, number: int) -> str:
     return "" if queued or len(taken) <= budget else f"surplus: the budget of {budget} trials is met by other workers"
 
 
+def duplicate_of(study: optuna.Study, number: int) -> int | None:
+    """The earlier trial that holds the same queued point (a grid point, a reference configuration) as
+    trial `number`, when two invocations planned the same study at once and both queued it; None when
+    the point is this trial's. The lowest trial number keeps a point, so two invocations that pop copies
+    at the same moment agree without a lock (on SQLite and PostgreSQL alike). Failed trials give their
+    point up: a rerun or the heartbeat's retry takes it."""
+    trials = study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t.number == number)
+    point = me.system_attrs.get("fixed_params")
+    if point is None:
+        return None
+    return next((t.number for t in trials if t.number < number and t.state != TrialState.FAIL
+                 and t.system_attrs.get("fixed_params") == point), None)
+
+
 def retry_of(study: optuna.Study, number: int) -> FrozenTrial | None:
     """The trial that trial `number` re-runs, when its worker died (Optuna's stale-trial retry)."""
     trials = study.get_trials(deepcopy=False)

@@ -184,7 +184,7 @@ def close_stale_runs(tracker: Tracker, study: optuna.Study, heartbeat_seconds: i
         run = tracker.client.get_run(trial.user_attrs[Attr.RUN_ID])
         if run.info.status == "RUNNING":
             tracker.end_run(run.info.run_id, "KILLED", {Tag.STATE: "FAIL", Tag.FAILURE:
-                            f"its worker stopped: no heartbeat for {3 * heartbeat_seconds} s"})
+                            f"its worker stopped: its process is gone, or no heartbeat for {3 * heartbeat_seconds} s"})
         parent_id = trial.user_attrs.get(Attr.PARENT_RUN)
         if parent_id and parent_id not in alive and tracker.client.get_run(parent_id).info.status == "RUNNING":
             tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})

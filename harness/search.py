@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from harness import planning
 from harness.devices import resolve_device
-from harness.errors import UserError, redact, warn
+from harness.errors import UserError, defer_interrupts, redact, warn
 from harness.flags import best_ranked
 from harness.keys import Attr, Tag
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
@@ -46,7 +46,7 @@ from harness.storage import Storage
 from harness.studyfile import StudySpec
 from harness.tracking import Tracker
 from harness.trial import TrialJob, TrialRunner
-from harness.workers import spawn_workers
+from harness.workers import spawn_workers, worker_identity, worker_is_gone
 
 IDENTITY_ATTR = "genbench_identity"
 EXTRACTOR_ATTR = "genbench_extractor"
@@ -105,9 +105,26 @@ def heartbeat_api() -> Iterator[None]:
         yield
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Trials whose worker stopped beating become FAIL (and are re-queued once, by the storage's callback)."""
+def fail_stale_trials(opened: OpenStudy) -> None:
+    """Trials whose worker is gone become FAIL and are re-queued once, by the storage's callback: at
+    once when the worker ran on this machine and its process no longer exists, otherwise when it has
+    missed three heartbeats. Without the first, a rerun right after a kill saw the dead trial as
+    running and came up one trial short."""
+    study, storage = opened.study, opened.rdb
+    dead = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if isinstance(t.user_attrs.get(Attr.WORKER), dict) and worker_is_gone(t.user_attrs[Attr.WORKER], t.number)]
+    failed = []
+    for trial_id in dead:
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process reclaimed it first
+            pass
     with heartbeat_api():
+        retry = storage.get_heartbeat_stale_trial_callback()
+        for trial_id in failed:
+            if retry is not None:
+                retry(study, storage.get_trial(trial_id))
         optuna.storages.fail_stale_trials(study)
 
 
@@ -151,7 +168,7 @@ class TrialLoop:
         for _ in range(n):
             if self.stopped:
                 return
-            fail_stale_trials(self.study)
+            fail_stale_trials(self.opened)
             with heartbeat_api():
                 trial = self.study.ask()
             frozen = self._run_and_tell(trial)
@@ -164,6 +181,7 @@ class TrialLoop:
             with heartbeat(self.opened, trial.number):
                 outcome = self._run(trial)
         except KeyboardInterrupt:  # outside the trial's training: it fails, and the study stops
+            defer_interrupts()
             self._fail(trial, "interrupted (Ctrl-C)")
             raise
         except Exception as e:  # noqa: BLE001 - outside the runner (the store, sampling): this trial fails, with its reason
@@ -188,11 +206,17 @@ class TrialLoop:
     def _run(self, trial: optuna.Trial) -> TrialOutcome | None:
         """One trial: None when it must not run (the budget is met elsewhere)."""
         spec = self.session.spec
+        trial.set_user_attr(Attr.WORKER, worker_identity(trial.number))  # first: a rerun can tell if this process dies
         trial.set_user_attr(Attr.PARENT_RUN, self.parent_id)
         surplus = planning.surplus(spec, self.study, trial.number)
         if surplus:
             trial.set_user_attr(Attr.FAILURE, surplus)
             self.stopped = surplus
+            return None
+        duplicate = planning.duplicate_of(self.study, trial.number)
+        if duplicate is not None:  # another invocation queued the same point: it is trial `duplicate`'s
+            trial.set_user_attr(Attr.FAILURE, f"surplus: the same point as trial {duplicate}, queued twice by "
+                                              "two invocations started together")
             return None
         several = len(spec.families) > 1
         family = trial.suggest_categorical("family", list(spec.families)) if several else spec.families[0]
@@ -256,12 +280,12 @@ def _check_objectives(outcome: TrialOutcome, objective_keys: list[str]) -> None:
 def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: int = 1,
               profiler: Profiler = OFF) -> StudyResult:
     """Run (or continue) a study; `profiler` times the phases of its trials (make bench)."""
-    storage.prepare()
     resolve_device(device)  # a device that is not there is refused before anything is written
+    storage.prepare()
     opened = open_study(spec, storage, heartbeat=True)
     study = opened.study
     tracker = Tracker(storage, spec.study_name)
-    fail_stale_trials(study)
+    fail_stale_trials(opened)
     close_stale_runs(tracker, study, storage.heartbeat_seconds)
     to_run, enqueue, why = planning.plan_trials(study, spec)
     if to_run == 0:
@@ -296,6 +320,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
                 progress.close()
             ran, first_failure, disk_full = progress.counts, progress.first_failure, progress.disk_full
     except KeyboardInterrupt:
+        defer_interrupts()
         tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
         raise
     if disk_full:

@@ -12,20 +12,40 @@ working directory), and the Optuna tables are created here, once, before any wor
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import sqlite3
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import optuna
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import UserError, redact, redact_text
+
+
+def take_write_lock_first(engine: Any) -> None:
+    """Every transaction on this SQLite engine begins IMMEDIATE: it takes the database's write lock
+    before its first read. Optuna pops an enqueued trial by reading that it is WAITING and then
+    writing RUNNING (SELECT ... FOR UPDATE, which SQLite ignores), so with deferred transactions two
+    workers both read WAITING and both ran the same grid point. Readers are not blocked (WAL)."""
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+ARTIFACTS_PART = "/artifacts/"  # every local experiment's location is file://<RUNS_DIR>/artifacts/<name>
+RELOCATED_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,46 @@ class Storage:
                    artifact_root=runs_dir / "artifacts" if local else None,
                    heartbeat_seconds=int(heartbeat))
 
+    def relocate(self) -> int:
+        """Point a moved or copied RUNS_DIR's MLflow store at its own artifacts. MLflow stores each
+        experiment's and run's artifact location as an absolute file URI, so a copy would go on writing
+        into (and reading from) the old folder. Runs only on the local store; experiments whose location
+        is not RUNS_DIR/artifacts/<name> (a tracking server's, a user's) are left alone. Idempotent, and
+        safe with several processes: the rewrite is one write transaction. Returns the rows rewritten."""
+        db = self.runs_dir / "mlflow.db"
+        if self.artifact_root is None or self.tracking_uri != self.local_backend_uri or not db.exists():
+            return 0
+        current = self.artifacts_uri  # file:///new/runs/artifacts
+        connection = sqlite3.connect(db, timeout=60, isolation_level=None)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "experiments" not in tables:
+                return 0
+            connection.execute("BEGIN IMMEDIATE")  # the write lock first: a second process waits, then finds nothing
+            old_roots = {location[:location.rindex(ARTIFACTS_PART) + len(ARTIFACTS_PART) - 1]
+                         for (location,) in connection.execute("SELECT artifact_location FROM experiments")
+                         if location and location.startswith("file://") and ARTIFACTS_PART in location}
+            old_roots.discard(current)
+            changed = 0
+            for old in sorted(old_roots):
+                for table, column in RELOCATED_COLUMNS:
+                    if table in tables:
+                        changed += connection.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                            (current, len(old) + 1, len(old) + 1, old + "/")).rowcount  # old + "/": not .../artifacts2
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise UserError(f"{db}: cannot update the artifact locations of a moved RUNS_DIR ({e})") from None
+        finally:
+            connection.close()
+        if old_roots:
+            moved = ", ".join(urlsplit(root).path.removesuffix("/artifacts") for root in sorted(old_roots))
+            print(f"RUNS_DIR moved from {moved} to {self.runs_dir}: {changed} MLflow artifact locations now point "
+                  "under it", flush=True)
+        return changed
+
     def prepare(self) -> None:
         """Create RUNS_DIR and prove it is writable before anything is recorded there."""
         try:
@@ -59,6 +119,30 @@ class Storage:
         except OSError as e:
             raise UserError(f"RUNS_DIR {self.runs_dir} is not writable ({e.strerror}); "
                             "set RUNS_DIR= to a folder you can write") from None
+        with self.creation_lock():
+            self._create_stores()
+            self.relocate()
+
+    @contextmanager
+    def creation_lock(self) -> Iterator[None]:
+        """One process at a time creates (or migrates, or relocates) the SQLite stores of this RUNS_DIR.
+        MLflow's store creates its tables and runs its migrations without a lock when it finds none,
+        so two `make study` started together on a fresh RUNS_DIR left mlflow.db half-migrated."""
+        with open(self.runs_dir / ".stores.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            yield
+
+    def _create_stores(self) -> None:
+        """Open each local SQLite store once, so that its tables exist and are migrated before any other
+        process of this RUNS_DIR opens it (they wait on the lock, then find them ready)."""
+        if self.tracking_uri.startswith("sqlite:"):
+            try:
+                self.mlflow().search_experiments(max_results=1)
+            except (MlflowException, SQLAlchemyError) as e:
+                raise UserError(f"TRACKING_URI={redact(self.tracking_uri)} cannot be opened: "
+                                f"{redact_text(str(e).splitlines()[0], self.tracking_uri)}") from None
+        if self.storage_url.startswith("sqlite:"):
+            self.optuna().engine.dispose()
 
     # ---- folders ------------------------------------------------------------------------------------
 
@@ -123,7 +207,9 @@ class Storage:
         to start a trial, and re-queued once with the same parameters."""
         url = self.storage_url
         sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}} if sqlite else {}}
+        # SQLite: the driver's own transaction handling off (isolation_level None), so that every
+        # transaction can begin IMMEDIATE below.
+        kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}}
         try:
             with warnings.catch_warnings():  # Optuna marks the heartbeat API experimental; we rely on it knowingly
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -134,6 +220,7 @@ class Storage:
             if sqlite:  # readers and one writer at a time without blocking each other; kept by the file
                 with storage.engine.connect() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                take_write_lock_first(storage.engine)
             return storage
         except (SQLAlchemyError, ImportError, ValueError, OSError) as e:  # bad URL, missing driver, unreachable
             raise UserError(f"STORAGE={redact(url)} cannot be opened: {redact_text(str(e).splitlines()[0], url)}") from None

@@ -23,6 +23,7 @@ import torch
 from harness import figures, keys
 from harness.data import from_model_range, to_model_range
 from harness.evaluation import reconstruction_scores
+from harness.errors import defer_interrupts
 from harness.flags import excludes, judge
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.registry import Family, get_family
@@ -85,6 +86,7 @@ class TrialRunner:
                                   excludes(s.objective_keys[0], s.spec.scores.flags))
             outcome.state = State.COMPLETE
         except KeyboardInterrupt:
+            defer_interrupts()  # the run is closed as KILLED next, whatever a second Ctrl-C says
             outcome.failure = Failure(FailureKind.INTERRUPTED, "interrupted (Ctrl-C)")
         except Diverged as e:
             outcome.history = e.history

@@ -1,7 +1,9 @@
 """Every accepted file layout, written here, read back pixel-exact and upright; and every bad input."""
 
 import gzip
+import re
 import struct
+import zlib
 from pathlib import Path
 
 import h5py
@@ -121,7 +123,7 @@ def test_class_labels_beside_the_images_are_read_and_others_are_not(tmp_path):
     ({"a": IMAGES, "b": IMAGES}, {}, r"several image-like arrays: a \(6, 16, 16\), b \(6, 16, 16\); pick one with key"),
     ({"a": IMAGES}, {"key": "fea"}, r"has no numeric array 'fea'; it has: a \(6, 16, 16\) uint8"),
     ({"fea": np.zeros((10, 1200), np.uint8)}, {}, "flat images of 1200 .*not square; give image_shape"),
-    ({"fea": np.zeros((16, 16, 16), np.uint8)}, {}, "could be layout NHW or HWN; give layout"),
+    ({"fea": np.zeros((16, 16, 16), np.uint8)}, {}, "could be layout NHW or HWN and neighbouring pixels do not tell them apart"),
     ({"fea": np.full((6, 256), 300.0)}, {}, r"values range from 300 to 300; expected \[0, 1\] or \[0, 255\]"),
     ({"fea": np.full((6, 256), -0.5)}, {}, r"values range from -0.5"),
     ({"fea": np.full((6, 256), np.nan)}, {}, "NaN or infinite"),
@@ -134,6 +136,36 @@ def test_bad_mat_contents(tmp_path, arrays, options, message):
     with pytest.raises(UserError, match=message) as caught:
         load_images("mat", resolve_options("mat", {"path": str(path), **options}))
     assert "\n" not in str(caught.value)
+
+
+def synthetic_faces(n: int, size: int) -> np.ndarray:
+    from harness.synthfaces import generate
+    return generate(n, size, seed=3)[0][:, 0].numpy()  # (n, size, size) uint8
+
+
+@pytest.mark.parametrize("n, side", [(400, 64), (400, 32), (1024, 20)])
+@pytest.mark.parametrize("layout", ["NF", "FN"])
+def test_a_square_by_square_mat_array_is_read_the_way_that_gives_pictures(tmp_path, capsys, n, side, layout):
+    """(4096, 400) and (400, 1024): both sides are squares, so the shape alone allows NF and FN; only
+    one reading gives pictures (n = 1024 images of 20x20 makes the other reading 400 images of 32x32)."""
+    faces = synthetic_faces(n, side)
+    flat = column_major(faces)  # (n, side*side)
+    scipy.io.savemat(tmp_path / "faces.mat", {"fea": flat if layout == "NF" else flat.T})
+    loaded = load_images("mat", resolve_options("mat", {"path": str(tmp_path / "faces.mat")}))
+    assert loaded.source["layout"] == layout
+    assert np.array_equal(stack(loaded), faces)  # pixel exact and upright
+    err = capsys.readouterr().err
+    line = next(l for l in err.splitlines() if "read as layout" in l)
+    other = "FN" if layout == "NF" else "NF"
+    assert re.search(rf"read as layout {layout}: neighbouring pixels correlate 0\.[89]\d as {layout}, -?0\.[0-3]\d as {other}", line)
+
+
+def test_layouts_that_look_alike_are_still_refused(tmp_path):
+    noise = np.random.default_rng(5).integers(0, 256, (256, 256), dtype=np.uint8)  # no reading is smoother
+    scipy.io.savemat(tmp_path / "noise.mat", {"fea": noise})
+    with pytest.raises(UserError, match=r"could be layout NF or FN and neighbouring pixels do not tell them apart "
+                                        r"\(they correlate -?0\.\d\d as N?F?N?, -?0\.\d\d as .*\); give layout"):
+        load_images("mat", resolve_options("mat", {"path": str(tmp_path / "noise.mat")}))
 
 
 def test_non_square_images_with_their_shape_and_a_size(tmp_path):
@@ -307,6 +339,53 @@ def test_image_folder_tree_gray_and_rgb(tmp_path, capsys):
     rgb_loaded = load_images("folder", resolve_options("folder", {"path": str(tmp_path), "size": 32}))
     index = [p.name for p in files if p.name != "broken.png"].index("1.png")
     assert np.array_equal(rgb_loaded.images[index].numpy(), rgb.transpose(2, 0, 1))  # channels first, upright
+
+
+def write_png16_rgb(path: Path, image: np.ndarray) -> None:
+    """A 16-bit RGB PNG, written by hand: Pillow cannot write one."""
+    h, w, _ = image.shape
+    raw = b"".join(b"\x00" + image[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)  # dark to white
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"  # what the fix is for
+    write_png16_rgb(tmp_path / "rgb16.png", np.stack([ramp, ramp[::-1], np.full_like(ramp, 30000)], -1))
+    expected = np.round(ramp / 257.0)  # 65535 -> 255: scaled, where Pillow's convert("L") clips at 255
+    for channels in (1, 3):
+        loaded = load_images("folder", resolve_options("folder", {"path": str(tmp_path), "size": 32, "channels": channels}))
+        gray, rgb = (loaded.images[i].numpy().astype(float) for i in range(2))  # sorted: gray16, rgb16
+        assert np.abs(gray - expected).max() <= 1 and abs(gray.mean() - 127.5) < 1  # was 254 before the fix
+        assert gray.min() == 0 and gray.max() == 255
+        if channels == 3:
+            assert np.abs(rgb[0] - expected).max() <= 1 and np.abs(rgb[1] - expected[::-1]).max() <= 1
+            assert np.abs(rgb[2] - 30000 / 257).max() <= 1
+
+
+def test_images_far_smaller_than_the_size_are_refused_with_both_sizes(tmp_path):
+    np.savez(tmp_path / "tiny.npz", images=np.zeros((6, 1, 2, 2), np.uint8))
+    with pytest.raises(UserError, match=r"the images are 2x2, too small for size 32 .*at least 16 pixels a side") as caught:
+        load_images("npz", resolve_options("npz", {"path": str(tmp_path / "tiny.npz"), "size": 32}))
+    assert "\n" not in str(caught.value)
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "tiny.png")
+    with pytest.raises(UserError, match=r"tiny.png: the images are 2x2, too small for size 32"):
+        load_images("folder", resolve_options("folder", {"path": str(tmp_path), "size": 32}))
+    np.savez(tmp_path / "half.npz", images=np.zeros((6, 1, 16, 16), np.uint8))  # 2x upscaling is allowed
+    assert load_images("npz", resolve_options("npz", {"path": str(tmp_path / "half.npz"), "size": 32})).images.shape[-1] == 32
+
+
+def test_images_without_an_agreed_range_are_refused(tmp_path):
+    Image.fromarray(np.full((16, 16), 70000, np.int32), mode="I").save(tmp_path / "deep.tif")
+    (tmp_path / "deep.tif").rename(tmp_path / "deep.png")  # a TIFF under a .png name still decodes
+    with pytest.raises(UserError, match=r"deep.png: a 32-bit integer image .*save it as 8-bit or 16-bit PNG"):
+        load_images("folder", resolve_options("folder", {"path": str(tmp_path), "size": 16}))
 
 
 def test_image_folder_mistakes(tmp_path):

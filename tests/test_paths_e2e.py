@@ -3,6 +3,11 @@ objectives, the extractor identity guard, and a checkpoint that cannot be read."
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import optuna
 import pandas as pd
 import pytest
@@ -17,7 +22,7 @@ from harness.registry import register_family
 from harness.storage import Storage
 from models import gan
 
-from conftest import mlflow_runs, split_runs, write_study
+from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
 
 
 RANDOM_VAE = """
@@ -193,3 +198,40 @@ def test_a_trial_whose_recording_fails_is_closed_as_failed(runs_dir, tmp_path, m
     assert trial.state == TrialState.FAIL and trial.user_attrs["failure_reason"].startswith("recording the trial failed")
     _, children = split_runs(mlflow_runs(runs_dir, "recording-v1"))
     assert [(c.info.status, c.data.tags["state"]) for c in children] == [("FAILED", "FAIL")]
+
+
+@pytest.mark.slow
+def test_a_moved_runs_dir_reads_and_writes_only_its_own_artifacts(tmp_path, monkeypatch, shared_caches, capsys):
+    """MLflow keeps absolute artifact locations: a RUNS_DIR copied elsewhere (the original deleted) must
+    report, draw latents, confirm and continue its study from and into the copy."""
+    original, moved = tmp_path / "disk1" / "runs", tmp_path / "disk2" / "runs"
+    share_caches(original, shared_caches)
+    monkeypatch.delenv("STORAGE", raising=False)
+    monkeypatch.delenv("TRACKING_URI", raising=False)
+    # In its own process, as a user's earlier command would be: MLflow caches each run's artifact
+    # location per process, which would hide whether the copy's store points at the copy.
+    env = {**os.environ, "RUNS_DIR": str(original)}
+    done = subprocess.run([sys.executable, "-m", "harness", "study", "smoke", "--trials", "1", "--device", "cpu"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shutil.copytree(original, moved, symlinks=True)
+    shutil.rmtree(original.parent)
+    capsys.readouterr()
+
+    monkeypatch.setenv("RUNS_DIR", str(moved))
+    assert main(["report", "--out", str(tmp_path / "reports")]) == 0
+    assert f"RUNS_DIR moved from {original} to {moved}" in capsys.readouterr().out  # said once, in one line
+    (child,) = split_runs(mlflow_runs(moved, "smoke-v2"))[1]
+    assert main(["latent", child.info.run_id, "--out", str(tmp_path / "latent"), "--device", "cpu"]) == 0
+    assert (tmp_path / "latent" / "interpolation.png").exists()  # model.pt was read from the copy
+    assert main(["study", "smoke", "--device", "cpu"]) == 0  # the second grid point, continued on the copy
+    assert main(["confirm", "smoke", "--seeds", "3", "--inception", "off", "--device", "cpu"]) == 0
+    assert "RUNS_DIR moved" not in capsys.readouterr().out  # rewritten once, not on every command
+    assert not original.parent.exists(), sorted(str(p) for p in original.parent.rglob("*"))  # nothing wrote to the old place
+    client = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) >= 2 + 3 and all(r.info.artifact_uri.startswith(moved.as_uri() + "/artifacts/") for r in runs)
+    for run in runs:  # every run's files are where its record says
+        assert (moved / "artifacts").exists() and client.list_artifacts(run.info.run_id) is not None
+    report = tmp_path / "reports" / "smoke-v2"
+    assert any(report.glob("*.html")) or any(report.glob("*.md"))

@@ -1,5 +1,6 @@
 """Workers, a real cluster path (PostgreSQL + an MLflow tracking server), and surviving a SIGKILL."""
 
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ from harness import speed
 from harness.cli import main
 from harness.data import load_dataset
 from harness.registry import get_family
+from harness.storage import Storage
 from harness.training import TrainConfig, train
 
 from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
@@ -77,6 +79,69 @@ def test_local_workers_share_one_study(tmp_path, shared_caches):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
 
 
+def pop_queued(runs: str, barrier, popped) -> None:
+    """One process asking for trials of the 'pop' study until its queue is empty (no training)."""
+    os.environ["RUNS_DIR"] = runs
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="pop", storage=Storage.from_env().optuna())
+    barrier.wait()
+    numbers = []
+    while True:
+        trial = study.ask()
+        if "fixed_params" not in study._storage.get_trial(trial._trial_id).system_attrs:
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        numbers.append(trial.number)
+        try:
+            study.tell(trial, 0.0)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            pass  # popped twice: another process told it first
+    popped.put(numbers)
+
+
+def test_processes_popping_one_sqlite_queue_never_take_the_same_trial(tmp_path):
+    """Optuna pops a queued trial by reading WAITING, then writing RUNNING; on SQLite two processes both
+    read WAITING and both ran it (10 runs in 10 before the fix) unless every transaction takes the
+    write lock first."""
+    runs = str(tmp_path / "runs")
+    storage = Storage.from_env({"RUNS_DIR": runs})
+    storage.prepare()
+    study = optuna.create_study(study_name="pop", storage=storage.optuna())
+    for i in range(16):
+        study.enqueue_trial({"x": float(i)})
+    context = multiprocessing.get_context("spawn")
+    barrier, popped = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=pop_queued, args=(runs, barrier, popped)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    numbers = [n for _ in processes for n in popped.get(timeout=300)]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(numbers) == list(range(16))  # every queued trial once, none twice
+
+
+def test_two_invocations_with_two_workers_each_train_every_grid_point_once(tmp_path, shared_caches):
+    """Two terminals (or two jobs of a cluster array) start the same grid study at once on a fresh
+    RUNS_DIR: the databases are created once, and each grid point is trained once."""
+    share_caches(tmp_path / "runs", shared_caches)
+    path = write_study(tmp_path, "twice", study_text("twice", trials=4, rounds=1))
+    env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
+    invocations = [subprocess.Popen([sys.executable, "-m", "harness", "study", str(path), "--workers", "2"], cwd=REPO,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in invocations]
+    for process, output in zip(invocations, outputs):
+        assert process.returncode == 0, output
+        assert "database is locked" not in output and "Traceback" not in output, output
+    trials = optuna.load_study(study_name="twice-v1", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["kl_weight"] for t in complete) == [3e-4, 1e-3, 3e-3, 1e-2]  # each point trained once
+    skipped = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["failure_reason"].startswith("surplus") for t in skipped)  # copies, not run
+    trained = [r for r in mlflow_runs(tmp_path / "runs", "twice-v1") if r.data.tags.get("trial_number")]
+    assert len(trained) == 4 and {r.info.status for r in trained} == {"FINISHED"}
+    print(f"trained {len(trained)} of 4 grid points; {len(skipped)} queued copies skipped")  # for the closing note
+
+
 def study_exists(db: Path, name: str) -> bool:
     """Read-only: True once the storage holds the study (opening it with Optuna would create tables)."""
     if not db.exists():
@@ -107,16 +172,20 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, sh
         if len(trials) > 1 and trials[1].state == TrialState.RUNNING and len(trials[1].intermediate_values) >= 3:
             break
     os.killpg(worker.pid, signal.SIGKILL)
+    killed_at = time.time()
     worker.wait()
     before = optuna.load_study(study_name="killme-v1", storage=storage).trials
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]  # left as the kill found it
-    time.sleep(4)  # three missed heartbeats: the trial is stale
+    assert before[1].user_attrs["worker"]["pid"] == worker.pid  # who ran it, so a rerun can see it is gone
 
+    # Rerun at once, with an hour's heartbeat: three missed beats would take 3 hours, so only the dead
+    # process can tell the rerun that trial 1 is not running any more.
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in (("RUNS_DIR", str(runs)), ("HEARTBEAT_SECONDS", "1"), ("STORAGE", ""), ("TRACKING_URI", "")):
+        for key, value in (("RUNS_DIR", str(runs)), ("HEARTBEAT_SECONDS", "3600"), ("STORAGE", ""), ("TRACKING_URI", "")):
             mp.setenv(key, value)
         assert main(["study", str(path)]) == 0
     after = optuna.load_study(study_name="killme-v1", storage=storage).trials
+    print(f"kill to the retry's start: {after[2].datetime_start.timestamp() - killed_at:.1f} s")  # for the closing note
     assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert after[0].value == before[0].value  # the finished trial is intact
     assert after[2].params == after[1].params  # retried once, with the same parameters
@@ -126,7 +195,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, sh
     runs_now = mlflow_runs(runs, "killme-v1")
     assert not [r for r in runs_now if r.info.status == "RUNNING"]  # nothing left RUNNING
     killed = next(r for r in runs_now if r.data.tags.get("trial_number") == "1")
-    assert killed.info.status == "KILLED" and "no heartbeat" in killed.data.tags["failure_reason"]
+    assert killed.info.status == "KILLED" and "its process is gone" in killed.data.tags["failure_reason"]
     retry = next(r for r in runs_now if r.data.tags.get("trial_number") == "2")
     assert retry.data.tags["retry_of"] == "1" and retry.data.tags["resumed_from_step"] == str(resumed_from)
     client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")

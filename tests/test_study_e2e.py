@@ -1,5 +1,7 @@
 """The smoke study end to end in a temporary RUNS_DIR: Optuna trials, MLflow runs, artifacts, re-runs."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from harness import registry, training
 from harness.cli import main
 from harness.data import load_dataset
 from harness.registry import register_family
+from harness.tracking import Tracker
 from harness.training import evaluate, load_model
 from models import vae
 
@@ -200,7 +203,9 @@ def test_user_mistakes_exit_non_zero_with_one_line_and_no_traceback(tmp_path):
     env = {"RUNS_DIR": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
     bad = write_study(tmp_path, "typo", (REPO / "studies" / "smoke.toml").read_text()
                       .replace('name = "smoke"', 'name = "typo"').replace("steps = 16", "stpes = 16"))
-    for args in (["study", "vae_kl_swep"], ["study", str(bad)], ["study", "smoke", "--device", "cuda:7"]):
+    mistakes = (["study", "vae_kl_swep"], ["study", str(bad)], ["study", "smoke", "--device", "cuda:7"],
+                ["study", "smoke", "--bogus"], ["stduy", "smoke"], ["study", "smoke", "--steps", "-3"], ["study"])
+    for args in mistakes:  # the last four are argparse's: one line too, not its usage block
         done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
@@ -224,3 +229,36 @@ def test_smoke_study_on_the_gpu(runs_dir):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     _, children = split_runs(mlflow_runs(runs_dir, "smoke-v2"))
     assert all(c.data.tags["device"].startswith("cuda") for c in children)
+
+
+def test_a_second_ctrl_c_while_runs_close_leaves_nothing_running(runs_dir, tmp_path, monkeypatch, capsys):
+    """Users press Ctrl-C twice: the second arrives while the first's runs are being closed, and used to
+    leave the child run RUNNING in MLflow for good."""
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    steps = []
+
+    def interrupted_step(model, x, optimizers, params, fast):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt  # the first Ctrl-C, during training
+        return vae.train_step(model, x, optimizers, params, fast)
+
+    register_family("interrupted", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
+                    make_optimizers=vae.make_optimizers, train_step=interrupted_step, eval_step=vae.eval_step,
+                    budget_optimizer="vae")
+    real_end_run = Tracker.end_run
+
+    def end_run_with_a_second_ctrl_c(self, run_id, status, tags=None):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the run is being closed
+        return real_end_run(self, run_id, status, tags)
+
+    monkeypatch.setattr(Tracker, "end_run", end_run_with_a_second_ctrl_c)
+    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "twice"')
+    text = text.replace('families = ["vae"]', 'families = ["interrupted"]').replace("[space.vae]", "[space.interrupted]")
+    assert main(["study", str(write_study(tmp_path, "twice", text))]) == 130
+    assert "still closing the interrupted runs" in capsys.readouterr().err
+    runs = mlflow_runs(runs_dir, "twice-v2")
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+    assert [t.state for t in optuna_trials(runs_dir, "twice-v2")] == [TrialState.FAIL, TrialState.WAITING]  # the next grid point waits for a rerun
