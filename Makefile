@@ -35,7 +35,7 @@ N ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test quick ui list data-check validate-scores score bench bench-workers report confirm server
+.PHONY: help setup study test quick faults ui list data-check validate-scores score bench bench-workers report confirm server
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY SCALE TRIALS STEPS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -60,6 +60,9 @@ test: setup ## run the whole test suite, what CI runs (GPU tests skip without CU
 
 quick: setup ## the quick tier for development: every test not marked slow (under a minute on 2 cores)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+faults: setup ## the fault suite (part of make test): concurrent starts, a moved RUNS_DIR, kills and reruns, secrets, bad input
+	$(PY) -m pytest -m fault -rA $(PYTEST_ARGS)
 
 ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000); STUDY=name prints its link
 	$(PY) -m harness ui --port $(PORT) $(if $(filter command line environment,$(origin STUDY)),$(STUDY))

@@ -190,6 +190,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.storage import Storage
 
     storage = Storage.from_env()
+    storage.check_reachable()
     storage.relocate()  # a moved RUNS_DIR's samples and curves are read from where they are now
     pages = build(storage, args.studies or None, args.out)
     print("\n".join(f"wrote {p}" for p in pages))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 class UserError(Exception):
@@ -35,8 +35,9 @@ def redact_text(text: str, *urls: str) -> str:
     """A message (an exception's, say) with the passwords of these URLs taken out wherever they appear."""
     for url in urls:
         password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
+        if password:  # as written in the URL, and %-decoded as a driver would show it
+            for form in {password, unquote(password)}:
+                text = text.replace(form, "***")
     return text
 
 

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
 
+from harness.cache import UNREADABLE
 from harness.data import ImageSplits, from_model_range, load_dataset, to_model_range
 from harness.errors import UserError, redact
 from harness.figures import image_grid, save_png
@@ -46,7 +47,11 @@ def download_model(client: MlflowClient, run_id: str, folder: Path) -> tuple[nn.
     """A finished run's model (its model.pt and model.json artifacts), on the CPU in eval mode."""
     for name in ("model.pt", "model.json"):
         client.download_artifacts(run_id, name, str(folder))
-    model = load_model(folder)
+    try:
+        model = load_model(folder)
+    except UNREADABLE as e:  # a file cut short by a full disk or a copy that stopped
+        raise UserError(f"the model of run {run_id} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                        "pick another COMPLETE trial's run, or rerun this trial") from None
     return model, get_family(json.loads((folder / "model.json").read_text())["family"])
 
 

@@ -52,13 +52,6 @@ def has_reference(study: optuna.Study, family: str) -> bool:
     return any(t.user_attrs.get(Attr.REFERENCE_CONFIG) == family for t in study.get_trials(deepcopy=False))
 
 
-def stored_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    try:
-        return storage.get_n_trials(storage.get_study_id_from_name(study_name))
-    except KeyError:  # a new study
-        return 0
-
-
 def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[Queued], str]:
     """(trials to run now, trials to enqueue (grid points, reference configurations), why nothing runs
     when it is 0)."""

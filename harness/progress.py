@@ -14,6 +14,25 @@ from harness.flags import best_ranked, ranked_trials
 from harness.studyfile import StudySpec
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SURPLUS = "surplus"  # a count beside the states: trials that stopped at once, their work done or budgeted elsewhere
+
+
+def is_surplus(trial: FrozenTrial) -> bool:
+    """A trial that never trained because another worker or invocation has its point or its budget:
+    not a failure of the study (planning.surplus, planning.duplicate_of)."""
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get(Attr.FAILURE, "")).startswith(SURPLUS)
+
+
+def tally(trials: list[FrozenTrial]) -> tuple[dict[Any, int], str]:
+    """(counts by state, surplus apart; the first real failure) of trials run by workers."""
+    counts: dict[Any, int] = {state: 0 for state in (*COUNTED, SURPLUS)}
+    first_failure = ""
+    for trial in trials:
+        key = SURPLUS if is_surplus(trial) else trial.state
+        counts[key] = counts.get(key, 0) + 1
+        if key == TrialState.FAIL and not first_failure:
+            first_failure = f"trial {trial.number}: {trial.user_attrs.get(Attr.FAILURE, 'failed')}"
+    return counts, first_failure
 
 
 class Progress:
@@ -21,12 +40,13 @@ class Progress:
         self.spec, self.prefix = spec, prefix
         self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True,
                         disable=None if bar else True)  # None: shown on a terminal only
-        self.counts = {state: 0 for state in COUNTED}
+        self.counts: dict[Any, int] = {state: 0 for state in (*COUNTED, SURPLUS)}
         self.first_failure = ""
         self.disk_full = ""  # the reason, once a trial failed because the disk is full: every next one would
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.counts[trial.state] = self.counts.get(trial.state, 0) + 1
+        key = SURPLUS if is_surplus(trial) else trial.state
+        self.counts[key] = self.counts.get(key, 0) + 1
         self.bar.update(1)
         best = best_text(study, self.spec)
         if best:
@@ -34,7 +54,8 @@ class Progress:
         params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get(Attr.FAILURE, "failed")
-            self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
+            if key != SURPLUS:
+                self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
             detail = reason
             if is_disk_full(reason):
                 self.disk_full = reason

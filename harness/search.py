@@ -38,7 +38,7 @@ from harness.flags import best_ranked
 from harness.keys import Attr, Tag
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.phases import OFF, Profiler
-from harness.progress import Progress, best_text, is_disk_full
+from harness.progress import SURPLUS, Progress, best_text, is_disk_full, tally
 from harness.publish import Publisher, close_stale_runs, resumed_step
 from harness.session import Session, open_session
 from harness.space import suggest
@@ -83,14 +83,13 @@ class OpenStudy:
     rdb: optuna.storages.RDBStorage  # the storage under it, for the heartbeat
 
 
-def open_study(spec: StudySpec, storage: Storage, heartbeat: bool, sampler_offset: int = 0) -> OpenStudy:
+def open_study(spec: StudySpec, storage: Storage, heartbeat: bool) -> OpenStudy:
     """The study's Optuna study (created on first use), its definition checked against what it holds.
-    The sampler is seeded by the study seed and the trials already stored (+ an offset per worker)."""
+    The sampler seeds each trial's draws by the study seed and the trial's number (harness/samplers.py)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     rdb = storage.optuna(heartbeat=heartbeat)
-    sampler = spec.make_sampler(planning.stored_trials(rdb, spec.study_name) + sampler_offset)
-    study = optuna.create_study(study_name=spec.study_name, storage=rdb, sampler=sampler, pruner=spec.make_pruner(),
-                                directions=[o.direction for o in spec.objectives], load_if_exists=True)
+    study = optuna.create_study(study_name=spec.study_name, storage=rdb, sampler=spec.make_sampler(),
+                                pruner=spec.make_pruner(), directions=[o.direction for o in spec.objectives], load_if_exists=True)
     check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
     return OpenStudy(study, rdb)
 
@@ -308,10 +307,9 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
             session.quality.warm()  # every worker then reads the reference statistics from the cache
             spawn_workers(spec, device, workers, to_run, parent_id)
             ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.PARENT_RUN) == parent_id]
-            ran = {state: sum(t.state == state for t in ours) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-            failures = [f"trial {t.number}: {t.user_attrs.get(Attr.FAILURE, 'failed')}" for t in ours if t.state == TrialState.FAIL]
-            first_failure = failures[0] if failures else ""
-            disk_full = next((f for f in failures if is_disk_full(f)), "")
+            ran, first_failure = tally(ours)
+            disk_full = next((str(t.user_attrs.get(Attr.FAILURE)) for t in ours if t.state == TrialState.FAIL
+                              and is_disk_full(str(t.user_attrs.get(Attr.FAILURE, "")))), "")
         else:
             progress = Progress(spec, to_run)
             try:
@@ -335,9 +333,11 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
 
     summary = (f"{sum(ran.values())} trial(s) in {time.perf_counter() - start:.0f} s: "
                f"{ran[TrialState.COMPLETE]} complete, {ran[TrialState.PRUNED]} pruned, {ran[TrialState.FAIL]} failed")
+    if ran[SURPLUS]:
+        summary += f", {ran[SURPLUS]} surplus (their points or budget taken by another worker or invocation)"
     best = best_text(study, spec)
     where = f"MLflow experiment {spec.study_name}, parent run {parent_id}; open it with `make ui`"
-    if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0:
+    if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0 and ran[TrialState.FAIL]:
         return StudyResult(1, f"{summary}; every trial failed, first {first_failure} (error.txt in its run)")
     return StudyResult(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")
 
@@ -384,7 +384,7 @@ def _report_into_runs(session: Session, tracker: Tracker, parent_id: str) -> Non
 def run_worker(spec: StudySpec, storage: Storage, device: str, parent_id: str, share: int, index: int) -> int:
     """One worker process of `spawn_workers`: its share of trials, logged under the invocation's parent run."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))  # its share of the CPU
-    opened = open_study(spec, storage, heartbeat=True, sampler_offset=7919 * (index + 1))  # workers draw differently
+    opened = open_study(spec, storage, heartbeat=True)
     session = open_session(spec, storage, device, f"worker {index}: {share} trial(s)")
     publisher = Publisher(session, Tracker(storage, spec.study_name))
     progress = Progress(spec, share, prefix=f"[worker {index}] ", bar=False)

@@ -22,13 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import optuna
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from harness.errors import UserError, redact, redact_text
 
@@ -42,6 +45,52 @@ def take_write_lock_first(engine: Any) -> None:
     @event.listens_for(engine, "begin")
     def begin_immediate(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+CONNECT_TIMEOUT_S = 5
+TIMEOUT_ARGUMENT = {"postgresql": "connect_timeout", "mysql": "connect_timeout", "mariadb": "connect_timeout"}
+
+
+def check_reachable(url: str, variable: str) -> None:
+    """Fail within seconds, in one line, when a database or tracking server cannot be reached. Left
+    to themselves, MLflow retried a refused PostgreSQL connection for 112 s and then printed a
+    traceback, and a mysql:// URI without its driver printed 68 lines. Local SQLite stores pass."""
+    scheme = urlsplit(url).scheme
+    base = scheme.split("+")[0]
+    if base in ("", "file", "sqlite") or "://" not in url:
+        return
+    shown = redact(url)
+    if base in ("http", "https"):
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else f"{parts.hostname}"
+        try:  # MLflow's server answers /health; credentials are not needed (nor sent) to see that it answers
+            with urlopen(f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_S):
+                return
+        except HTTPError:
+            return  # the server answered
+        except (URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"{variable}={shown} cannot be reached within {CONNECT_TIMEOUT_S} s "
+                            f"({redact_text(str(reason), url)}); start the tracking server (make server) or "
+                            f"fix {variable}") from None
+    timeout = {TIMEOUT_ARGUMENT[base]: CONNECT_TIMEOUT_S} if base in TIMEOUT_ARGUMENT else {}
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+    except (ImportError, SQLAlchemyError, ValueError) as e:  # no driver for the scheme, or a malformed URL
+        raise UserError(f"{variable}={shown} cannot be used: {redact_text(str(e).splitlines()[0], url)}; "
+                        "install the database's Python driver and name it in the URI (e.g. mysql+pymysql://, "
+                        "postgresql://, which uses psycopg) or use the local SQLite store (unset "
+                        f"{variable})") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UserError(f"{variable}={shown}: no connection ({redact_text(detail, url)}, waited at most "
+                        f"{CONNECT_TIMEOUT_S} s); start the database or fix the host, port, user and password "
+                        f"in {variable}") from None
+    finally:
+        engine.dispose()
 
 
 ARTIFACTS_PART = "/artifacts/"  # every local experiment's location is file://<RUNS_DIR>/artifacts/<name>
@@ -119,9 +168,15 @@ class Storage:
         except OSError as e:
             raise UserError(f"RUNS_DIR {self.runs_dir} is not writable ({e.strerror}); "
                             "set RUNS_DIR= to a folder you can write") from None
+        self.check_reachable()
         with self.creation_lock():
             self._create_stores()
             self.relocate()
+
+    def check_reachable(self) -> None:
+        """The remote stores answer (in seconds), or the command stops in one line before recording."""
+        check_reachable(self.tracking_uri, "TRACKING_URI")
+        check_reachable(self.storage_url, "STORAGE")
 
     @contextmanager
     def creation_lock(self) -> Iterator[None]:

@@ -129,10 +129,10 @@ class StudySpec:
     def grid_size(self) -> int:
         return math.prod(len(values) for values in self.grid.values()) if self.grid else 0
 
-    def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-        """Seeded by the study seed and the trials already stored: reproducible, and a continued
-        study does not replay the configurations of its first invocation."""
-        return make_sampler(self.sampler, self.sampler_options, self.seed + trials_so_far, self.grid)
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """Trial N's draws are seeded by the study seed and N: reproducible, a continued study does not
+        replay its first invocation's configurations, and concurrent invocations do not draw alike."""
+        return make_sampler(self.sampler, self.sampler_options, self.seed, self.grid)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.pruner, self.pruner_options)

@@ -143,6 +143,7 @@ def synthetic_faces(n: int, size: int) -> np.ndarray:
     return generate(n, size, seed=3)[0][:, 0].numpy()  # (n, size, size) uint8
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("n, side", [(400, 64), (400, 32), (1024, 20)])
 @pytest.mark.parametrize("layout", ["NF", "FN"])
 def test_a_square_by_square_mat_array_is_read_the_way_that_gives_pictures(tmp_path, capsys, n, side, layout):
@@ -160,6 +161,7 @@ def test_a_square_by_square_mat_array_is_read_the_way_that_gives_pictures(tmp_pa
     assert re.search(rf"read as layout {layout}: neighbouring pixels correlate 0\.[89]\d as {layout}, -?0\.[0-3]\d as {other}", line)
 
 
+@pytest.mark.fault
 def test_layouts_that_look_alike_are_still_refused(tmp_path):
     noise = np.random.default_rng(5).integers(0, 256, (256, 256), dtype=np.uint8)  # no reading is smoother
     scipy.io.savemat(tmp_path / "noise.mat", {"fea": noise})
@@ -353,6 +355,7 @@ def write_png16_rgb(path: Path, image: np.ndarray) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.fault
 def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
     ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)  # dark to white
     Image.fromarray(ramp).save(tmp_path / "gray16.png")
@@ -369,6 +372,7 @@ def test_16_bit_pngs_are_scaled_not_saturated(tmp_path):
             assert np.abs(rgb[2] - 30000 / 257).max() <= 1
 
 
+@pytest.mark.fault
 def test_images_far_smaller_than_the_size_are_refused_with_both_sizes(tmp_path):
     np.savez(tmp_path / "tiny.npz", images=np.zeros((6, 1, 2, 2), np.uint8))
     with pytest.raises(UserError, match=r"the images are 2x2, too small for size 32 .*at least 16 pixels a side") as caught:

@@ -1,5 +1,5 @@
 """The paths through the harness end to end: a family registered from outside, pruning, several
-objectives, the extractor identity guard, and a checkpoint that cannot be read."""
+objectives, the extractor identity guard, and a checkpoint or model file that cannot be read."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from optuna.trial import TrialState
 
 from harness import extractors, registry
 from harness.cli import main
+from harness.errors import UserError
+from harness.latent import download_model
 from harness.publish import CHECKPOINT, read_checkpoint
 from harness.registry import register_family
 from harness.storage import Storage
+from harness.training import save_model
 from models import gan
 
 from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
@@ -30,6 +33,15 @@ RANDOM_VAE = """
 name = "random"
 [space.vae]
 kl_weight = {low = 1e-5, high = 1e-1, log = true}
+latent_dim = 16
+batch_size = 64
+"""
+
+GRID_VAE = """
+[sampler]
+name = "grid"
+[space.vae]
+kl_weight = [1e-3, 1e-2]
 latent_dim = 16
 batch_size = 64
 """
@@ -150,6 +162,7 @@ def test_a_changed_extractor_is_refused_and_nothing_is_recorded(runs_dir, tmp_pa
     assert [(r.info.run_id, r.info.status) for r in mlflow_runs(runs_dir, "guarded-v1")] == before
 
 
+@pytest.mark.fault
 def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys):
     storage = Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")})
     storage.prepare()
@@ -173,6 +186,25 @@ def test_an_unreadable_checkpoint_restarts_the_trial_saying_so(tmp_path, capsys)
     assert err.endswith("); restarting it from step 0")
     assert read_checkpoint(client, good, "trial 8")["round"] == 2
     assert CHECKPOINT == "checkpoint/last.pt"
+
+
+@pytest.mark.fault
+def test_a_cut_model_file_is_one_line_naming_the_run(tmp_path):
+    """`latent` and the study's report read a finished run's model.pt; one cut short (a full disk, an
+    interrupted copy of RUNS_DIR) is a one-line error naming the run, not a traceback."""
+    storage = Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")})
+    storage.prepare()
+    client = storage.mlflow()
+    run_id = client.create_run(client.create_experiment("models", storage.artifact_location("models"))).info.run_id
+    folder = tmp_path / "files"
+    folder.mkdir()
+    model = registry.get_family("vae").build(registry.get_family("vae").reference_config, 1, 32)
+    save_model(model, "vae", registry.get_family("vae").reference_config, 1, 32, folder)
+    (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:1000])
+    for name in ("model.pt", "model.json"):
+        client.log_artifact(run_id, str(folder / name))
+    with pytest.raises(UserError, match=f"^the model of run {run_id} is unreadable .*rerun this trial$"):
+        download_model(client, run_id, tmp_path / "download")
 
 
 @pytest.mark.slow
@@ -200,6 +232,7 @@ def test_a_trial_whose_recording_fails_is_closed_as_failed(runs_dir, tmp_path, m
     assert [(c.info.status, c.data.tags["state"]) for c in children] == [("FAILED", "FAIL")]
 
 
+@pytest.mark.fault
 @pytest.mark.slow
 def test_a_moved_runs_dir_reads_and_writes_only_its_own_artifacts(tmp_path, monkeypatch, shared_caches, capsys):
     """MLflow keeps absolute artifact locations: a RUNS_DIR copied elsewhere (the original deleted) must
@@ -210,8 +243,9 @@ def test_a_moved_runs_dir_reads_and_writes_only_its_own_artifacts(tmp_path, monk
     monkeypatch.delenv("TRACKING_URI", raising=False)
     # In its own process, as a user's earlier command would be: MLflow caches each run's artifact
     # location per process, which would hide whether the copy's store points at the copy.
+    path = write_study(tmp_path, "movable", study_text("movable", "vae", '"val_recon_mse"', GRID_VAE))
     env = {**os.environ, "RUNS_DIR": str(original)}
-    done = subprocess.run([sys.executable, "-m", "harness", "study", "smoke", "--trials", "1", "--device", "cpu"],
+    done = subprocess.run([sys.executable, "-m", "harness", "study", str(path), "--trials", "1", "--device", "cpu"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     shutil.copytree(original, moved, symlinks=True)
@@ -221,11 +255,11 @@ def test_a_moved_runs_dir_reads_and_writes_only_its_own_artifacts(tmp_path, monk
     monkeypatch.setenv("RUNS_DIR", str(moved))
     assert main(["report", "--out", str(tmp_path / "reports")]) == 0
     assert f"RUNS_DIR moved from {original} to {moved}" in capsys.readouterr().out  # said once, in one line
-    (child,) = split_runs(mlflow_runs(moved, "smoke-v2"))[1]
+    (child,) = split_runs(mlflow_runs(moved, "movable-v1"))[1]
     assert main(["latent", child.info.run_id, "--out", str(tmp_path / "latent"), "--device", "cpu"]) == 0
     assert (tmp_path / "latent" / "interpolation.png").exists()  # model.pt was read from the copy
-    assert main(["study", "smoke", "--device", "cpu"]) == 0  # the second grid point, continued on the copy
-    assert main(["confirm", "smoke", "--seeds", "3", "--inception", "off", "--device", "cpu"]) == 0
+    assert main(["study", str(path), "--device", "cpu"]) == 0  # the second grid point, continued on the copy
+    assert main(["confirm", str(path), "--seeds", "3", "--inception", "off", "--device", "cpu"]) == 0
     assert "RUNS_DIR moved" not in capsys.readouterr().out  # rewritten once, not on every command
     assert not original.parent.exists(), sorted(str(p) for p in original.parent.rglob("*"))  # nothing wrote to the old place
     client = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
@@ -233,5 +267,5 @@ def test_a_moved_runs_dir_reads_and_writes_only_its_own_artifacts(tmp_path, monk
     assert len(runs) >= 2 + 3 and all(r.info.artifact_uri.startswith(moved.as_uri() + "/artifacts/") for r in runs)
     for run in runs:  # every run's files are where its record says
         assert (moved / "artifacts").exists() and client.list_artifacts(run.info.run_id) is not None
-    report = tmp_path / "reports" / "smoke-v2"
+    report = tmp_path / "reports" / "movable-v1"
     assert any(report.glob("*.html")) or any(report.glob("*.md"))

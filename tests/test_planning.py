@@ -1,6 +1,9 @@
 """Which trials a study runs: the budget, grid points, and workers on several machines."""
 
+from dataclasses import replace
+
 import optuna
+import pytest
 
 from harness.planning import plan_trials, surplus, waiting_params
 from harness.registry import get_family
@@ -93,3 +96,43 @@ def test_every_family_of_a_comparison_starts_with_its_reference():
     dcgan = first["dcgan"].params
     assert dcgan["dcgan.lr_g"] == 2e-4 and dcgan["dcgan.beta1"] == 0.5
     assert [q.user_attrs.get("reference_config") for q in enqueue].count(None) == len(enqueue) - len(spec.families)
+
+
+def draws(study: optuna.Study, n: int) -> dict[int, float]:
+    drawn = {}
+    for _ in range(n):
+        trial = study.ask()
+        drawn[trial.number] = trial.suggest_float("kl_weight", 1e-4, 1e-2, log=True)
+        study.tell(trial, 1.0)
+    return drawn
+
+
+@pytest.mark.fault
+def test_concurrent_invocations_of_a_random_study_never_draw_alike(tmp_path):
+    """Two invocations of one study (each its own sampler from the same study seed) take turns on one
+    storage; before per-trial seeding both drew the same configurations and trained each twice. Trial N
+    draws the same values whoever runs it, so a study is still reproducible."""
+    spec = random_study(tmp_path, trials=12)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = (optuna.create_study(study_name="rand", storage=storage, sampler=spec.make_sampler(),
+                                         load_if_exists=True) for _ in range(2))
+    drawn = {}
+    for _ in range(6):
+        drawn |= draws(first, 1) | draws(second, 1)
+    assert len(set(drawn.values())) == 12  # twelve trials, twelve configurations
+    alone = draws(optuna.create_study(sampler=spec.make_sampler()), 12)  # one process, in another storage
+    assert alone == drawn
+    reseeded = draws(optuna.create_study(sampler=replace(spec, seed=spec.seed + 1).make_sampler()), 12)
+    assert not set(reseeded.values()) & set(drawn.values())  # the study seed still decides
+
+
+@pytest.mark.fault
+def test_model_based_samplers_draw_per_trial_too(tmp_path):
+    spec = replace(random_study(tmp_path, trials=12), sampler="tpe", sampler_options={"n_startup_trials": 2})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = (optuna.create_study(study_name="tpe", storage=storage, sampler=spec.make_sampler(),
+                                         load_if_exists=True) for _ in range(2))
+    drawn = {}
+    for _ in range(4):
+        drawn |= draws(first, 1) | draws(second, 1)
+    assert len(set(drawn.values())) == 8

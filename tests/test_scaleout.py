@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -62,21 +63,47 @@ def harness(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_local_workers_share_one_study(tmp_path, shared_caches):
-    share_caches(tmp_path / "runs", shared_caches)
-    path = write_study(tmp_path, "parallel", study_text("parallel", trials=4, rounds=1))
-    env = {"RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
-    done = harness("study", str(path), "--workers", "2", env=env)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "[worker 0]" in output and "[worker 1]" in output
-    assert "database is locked" not in output and "Traceback" not in output
-    trials = optuna.load_study(study_name="parallel-v1", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
-    assert sorted(t.params["kl_weight"] for t in trials) == [3e-4, 1e-3, 3e-3, 1e-2]  # the grid, each point once
-    parents, children = split_runs(mlflow_runs(tmp_path / "runs", "parallel-v1"))
-    assert len(parents) == 1 and sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2, 3]
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+def prepare_and_use(runs: str, barrier, index: int, results) -> None:
+    """One command starting on a fresh RUNS_DIR: create the stores, then record something in each."""
+    os.environ["RUNS_DIR"] = runs
+    barrier.wait()
+    try:
+        storage = Storage.from_env()
+        storage.prepare()
+        storage.mlflow().create_experiment(f"exp{index}", storage.artifact_location(f"exp{index}"))
+        optuna.create_study(study_name=f"study{index}", storage=storage.optuna())
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def schema(db: Path) -> tuple[str, list[str]]:
+    with closing(sqlite3.connect(db)) as connection:
+        (version,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    return version, tables
+
+
+@pytest.mark.fault
+def test_commands_starting_together_on_a_fresh_runs_dir_create_the_stores_once(tmp_path):
+    """Two `make study` at once on a fresh RUNS_DIR left mlflow.db half-migrated for good (MLflow creates
+    and migrates its tables without a lock). Four processes start at the same moment; each must record,
+    and the stores must end exactly as one process alone leaves them."""
+    runs = str(tmp_path / "runs")
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=prepare_and_use, args=(runs, barrier, i, results)) for i in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == ["ok"] * 4
+    alone = Storage.from_env({"RUNS_DIR": str(tmp_path / "alone")})
+    alone.prepare()
+    assert schema(tmp_path / "runs" / "mlflow.db") == schema(tmp_path / "alone" / "mlflow.db")
+    assert len(Storage.from_env({"RUNS_DIR": runs}).mlflow().search_experiments()) == 5  # Default + 4
+    assert len(optuna.get_all_study_summaries(f"sqlite:///{runs}/optuna.db")) == 4
 
 
 def pop_queued(runs: str, barrier, popped) -> None:
@@ -99,6 +126,7 @@ def pop_queued(runs: str, barrier, popped) -> None:
     popped.put(numbers)
 
 
+@pytest.mark.fault
 def test_processes_popping_one_sqlite_queue_never_take_the_same_trial(tmp_path):
     """Optuna pops a queued trial by reading WAITING, then writing RUNNING; on SQLite two processes both
     read WAITING and both ran it (10 runs in 10 before the fix) unless every transaction takes the
@@ -120,9 +148,11 @@ def test_processes_popping_one_sqlite_queue_never_take_the_same_trial(tmp_path):
     assert sorted(numbers) == list(range(16))  # every queued trial once, none twice
 
 
+@pytest.mark.fault
 def test_two_invocations_with_two_workers_each_train_every_grid_point_once(tmp_path, shared_caches):
     """Two terminals (or two jobs of a cluster array) start the same grid study at once on a fresh
-    RUNS_DIR: the databases are created once, and each grid point is trained once."""
+    RUNS_DIR, each with two local workers: the databases are created once, each grid point is trained
+    once, and every trained run sits under its invocation's parent run."""
     share_caches(tmp_path / "runs", shared_caches)
     path = write_study(tmp_path, "twice", study_text("twice", trials=4, rounds=1))
     env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs"), "STORAGE": "", "TRACKING_URI": ""}
@@ -132,13 +162,20 @@ def test_two_invocations_with_two_workers_each_train_every_grid_point_once(tmp_p
     for process, output in zip(invocations, outputs):
         assert process.returncode == 0, output
         assert "database is locked" not in output and "Traceback" not in output, output
+        assert "[worker 0]" in output and "[worker 1]" in output  # each invocation ran its two workers
+        assert " 0 failed" in output  # the copies another invocation trained are surplus, not failures
+    completes = [int(re.search(r"(\d+) complete, ", output).group(1)) for output in outputs]
+    assert sum(completes) == 4
     trials = optuna.load_study(study_name="twice-v1", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["kl_weight"] for t in complete) == [3e-4, 1e-3, 3e-3, 1e-2]  # each point trained once
     skipped = [t for t in trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs["failure_reason"].startswith("surplus") for t in skipped)  # copies, not run
-    trained = [r for r in mlflow_runs(tmp_path / "runs", "twice-v1") if r.data.tags.get("trial_number")]
-    assert len(trained) == 4 and {r.info.status for r in trained} == {"FINISHED"}
+    parents, children = split_runs(mlflow_runs(tmp_path / "runs", "twice-v1"))
+    trained = [r for r in children if r.info.status == "FINISHED"]
+    assert len(trained) == len(children) == 4  # surplus copies never start a run
+    assert sorted(int(c.data.tags["trial_number"]) for c in trained) == sorted(t.number for t in complete)
+    assert len(parents) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} <= {p.info.run_id for p in parents}
     print(f"trained {len(trained)} of 4 grid points; {len(skipped)} queued copies skipped")  # for the closing note
 
 
@@ -153,6 +190,7 @@ def study_exists(db: Path, name: str) -> bool:
         return False
 
 
+@pytest.mark.fault
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, shared_caches):
     runs = tmp_path / "runs"
     share_caches(runs, shared_caches)

@@ -63,6 +63,7 @@ def session_command_lines(session_id: int) -> list[str]:
     return lines
 
 
+@pytest.mark.fault
 def test_the_server_takes_its_store_from_a_file_never_from_argv(tmp_path):
     marker = "s3cret-marker"  # stands for a password: the store's URI must not reach any process's argv
     store = tmp_path / marker / "mlflow.db"
@@ -83,6 +84,7 @@ def test_the_server_takes_its_store_from_a_file_never_from_argv(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.fault
 def test_make_refuses_a_store_uri_on_its_command_line(tmp_path):
     env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs")}
     done = subprocess.run(["make", "server", "BACKEND_STORE=postgresql://genbench:hunter2@db-host/genbench"], cwd=REPO,
