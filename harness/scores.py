@@ -3,7 +3,8 @@
 The networks that make the features live in harness/extractors.py; this file is the arithmetic,
 written to agree with torch-fidelity and torchmetrics on the same features (tests/test_scores.py):
   - Fréchet distance: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), float64 statistics, unbiased
-    covariances, the trace of the square root from the eigenvalues of S1 S2 (as both libraries).
+    covariances, the trace of the square root from the eigenvalues of S1 S2 (as both libraries;
+    from an n x n problem when a set has fewer images n than features, the same number).
   - kernel distance (KID's estimator): the unbiased MMD^2 with the cubic polynomial kernel
     (x.y / d + 1)^3, averaged over random equal-size subsets drawn as torch-fidelity draws them
     (numpy RandomState(seed).choice, generated set first); with subsets of the whole sets it is the
@@ -47,8 +48,22 @@ class FeatureStats:
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     diff = a.mu - b.mu
-    covmean_trace = torch.linalg.eigvals(a.sigma @ b.sigma).sqrt().real.sum()
-    return float(diff @ diff + a.sigma.trace() + b.sigma.trace() - 2 * covmean_trace)
+    return float(diff @ diff + a.sigma.trace() + b.sigma.trace() - 2 * trace_sqrt_product(a, b))
+
+
+def trace_sqrt_product(a: FeatureStats, b: FeatureStats) -> Tensor:
+    """Tr (S_a S_b)^1/2, the sum of the square roots of the eigenvalues of S_a S_b. When one set has
+    fewer images than features (Inception's 2048 features and a few hundred images on a CPU; FD∞'s
+    small subsets), S = C^T C / (n - 1) from its centred features C, and the nonzero eigenvalues of
+    S S_other are those of the small symmetric matrix C S_other C^T / (n - 1): the same number from an
+    n x n problem instead of a general 2048 x 2048 one (0.9 s each on a 2-core CPU, 17 per scored run)."""
+    small, other = (a, b) if len(a.features) <= len(b.features) else (b, a)
+    n, d = small.features.shape
+    if n > d:
+        return torch.linalg.eigvals(a.sigma @ b.sigma).sqrt().real.sum()
+    centred = small.features - small.mu
+    product = centred @ other.sigma @ centred.T / (n - 1)  # (n, n), symmetric positive semi-definite
+    return torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0).sqrt().sum()
 
 
 def _poly_mmd(x: np.ndarray, y: np.ndarray) -> float:

@@ -106,6 +106,30 @@ def test_frechet_distance_agrees_with_torch_fidelity_and_torchmetrics():
     assert ours32 == pytest.approx(metric32.compute().double().item(), rel=1e-6)
 
 
+def general_frechet(a: FeatureStats, b: FeatureStats) -> float:
+    """The textbook form: the eigenvalues of S_a S_b, a d x d general eigenproblem."""
+    covmean = torch.linalg.eigvals(a.sigma @ b.sigma).sqrt().real.sum()
+    return float((a.mu - b.mu) @ (a.mu - b.mu) + a.sigma.trace() + b.sigma.trace() - 2 * covmean)
+
+
+def test_frechet_distance_with_fewer_images_than_features_is_the_same_number():
+    """Fewer images than features (Inception's 2048 and a few hundred images on a CPU) take the small
+    n x n problem; it must give the textbook number, on either side and on real-like features."""
+    fake, real = image_sets()
+    for n_fake, n_real in ((8, 200), (200, 8), (6, 9), (12, 13)):
+        a, b = FeatureStats.of(Projection()(fake[:n_fake])), FeatureStats.of(Projection()(real[:n_real]))
+        assert frechet_distance(a, b) == pytest.approx(general_frechet(a, b), rel=1e-6)  # its sqrt of rounding noise
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(300, 256, generator=g, dtype=torch.float64) @ torch.randn(256, 256, generator=g, dtype=torch.float64)
+    a, b = FeatureStats.of(wide[:16] * 1.3 + 0.2), FeatureStats.of(wide[16:])
+    assert frechet_distance(a, b) == pytest.approx(general_frechet(a, b), rel=1e-6)
+    metric = FrechetInceptionDistance(feature=Projection(), input_img_size=(3, 16, 16))
+    metric.update(real[:40], real=True)
+    metric.update(fake[:10], real=False)
+    ours = frechet_distance(FeatureStats.of(Projection()(fake[:10])), FeatureStats.of(Projection()(real[:40])))
+    assert ours == pytest.approx(metric.compute().item(), rel=1e-6)
+
+
 def test_kernel_distance_agrees_with_torch_fidelity_and_torchmetrics():
     fake, real = image_sets()
     a, b = FeatureStats.of(Projection()(fake)), FeatureStats.of(Projection()(real))
