@@ -3,6 +3,7 @@ per finished trial, and the counts the summary at the end is made of."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -23,16 +24,23 @@ def is_surplus(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and str(trial.user_attrs.get(Attr.FAILURE, "")).startswith(SURPLUS)
 
 
-def tally(trials: list[FrozenTrial]) -> tuple[dict[Any, int], str]:
-    """(counts by state, surplus apart; the first real failure) of trials run by workers."""
-    counts: dict[Any, int] = {state: 0 for state in (*COUNTED, SURPLUS)}
-    first_failure = ""
-    for trial in trials:
+@dataclass
+class Tally:
+    """What a study's summary is made of: its trials by state (surplus apart), the first real failure,
+    and the reason once a trial failed because the disk is full (every next one would)."""
+
+    counts: dict[Any, int] = field(default_factory=lambda: {state: 0 for state in (*COUNTED, SURPLUS)})
+    first_failure: str = ""
+    disk_full: str = ""
+
+    def add(self, trial: FrozenTrial) -> None:
         key = SURPLUS if is_surplus(trial) else trial.state
-        counts[key] = counts.get(key, 0) + 1
-        if key == TrialState.FAIL and not first_failure:
-            first_failure = f"trial {trial.number}: {trial.user_attrs.get(Attr.FAILURE, 'failed')}"
-    return counts, first_failure
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if key == TrialState.FAIL:
+            reason = str(trial.user_attrs.get(Attr.FAILURE, "failed"))
+            self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
+            if is_disk_full(reason):
+                self.disk_full = reason
 
 
 class Progress:
@@ -40,25 +48,17 @@ class Progress:
         self.spec, self.prefix = spec, prefix
         self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True,
                         disable=None if bar else True)  # None: shown on a terminal only
-        self.counts: dict[Any, int] = {state: 0 for state in (*COUNTED, SURPLUS)}
-        self.first_failure = ""
-        self.disk_full = ""  # the reason, once a trial failed because the disk is full: every next one would
+        self.tally = Tally()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        key = SURPLUS if is_surplus(trial) else trial.state
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.tally.add(trial)
         self.bar.update(1)
         best = best_text(study, self.spec)
         if best:
             self.bar.set_postfix_str(f"best {best}")
         params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
         if trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get(Attr.FAILURE, "failed")
-            if key != SURPLUS:
-                self.first_failure = self.first_failure or f"trial {trial.number}: {reason}"
-            detail = reason
-            if is_disk_full(reason):
-                self.disk_full = reason
+            detail = trial.user_attrs.get(Attr.FAILURE, "failed")
         elif trial.values:
             detail = " ".join(f"{o.metric}={fmt(v)}" for o, v in zip(self.spec.objectives, trial.values))
             if trial.user_attrs.get(Attr.FLAGS, "none") != "none":  # collapsed, did_not_learn: said where it is seen

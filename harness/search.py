@@ -38,7 +38,7 @@ from harness.flags import best_ranked
 from harness.keys import Attr, Tag
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.phases import OFF, Profiler
-from harness.progress import SURPLUS, Progress, best_text, is_disk_full, tally
+from harness.progress import SURPLUS, Progress, Tally, best_text
 from harness.publish import Publisher, close_stale_runs, resumed_step
 from harness.session import Session, open_session
 from harness.space import suggest
@@ -121,9 +121,8 @@ def fail_stale_trials(opened: OpenStudy) -> None:
             pass
     with heartbeat_api():
         retry = storage.get_heartbeat_stale_trial_callback()
-        for trial_id in failed:
-            if retry is not None:
-                retry(study, storage.get_trial(trial_id))
+        for trial_id in failed if retry is not None else []:
+            retry(study, storage.get_trial(trial_id))
         optuna.storages.fail_stale_trials(study)
 
 
@@ -172,8 +171,8 @@ class TrialLoop:
                 trial = self.study.ask()
             frozen = self._run_and_tell(trial)
             self.progress(self.study, frozen)
-            if self.progress.disk_full:  # every next trial would fail the same way
-                self.stopped = self.progress.disk_full
+            if self.progress.tally.disk_full:  # every next trial would fail the same way
+                self.stopped = self.progress.tally.disk_full
 
     def _run_and_tell(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         try:
@@ -307,20 +306,21 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
             session.quality.warm()  # every worker then reads the reference statistics from the cache
             spawn_workers(spec, device, workers, to_run, parent_id)
             ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.PARENT_RUN) == parent_id]
-            ran, first_failure = tally(ours)
-            disk_full = next((str(t.user_attrs.get(Attr.FAILURE)) for t in ours if t.state == TrialState.FAIL
-                              and is_disk_full(str(t.user_attrs.get(Attr.FAILURE, "")))), "")
+            tally = Tally()
+            for trial in ours:
+                tally.add(trial)
         else:
             progress = Progress(spec, to_run)
             try:
                 TrialLoop(opened, session, publisher, parent_id, progress).run(to_run)
             finally:
                 progress.close()
-            ran, first_failure, disk_full = progress.counts, progress.first_failure, progress.disk_full
+            tally = progress.tally
     except KeyboardInterrupt:
         defer_interrupts()
         tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
         raise
+    ran, disk_full = tally.counts, tally.disk_full
     if disk_full:
         try:
             tracker.end_run(parent_id, "FAILED", {Tag.STATE: "DISK FULL"})
@@ -338,7 +338,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     best = best_text(study, spec)
     where = f"MLflow experiment {spec.study_name}, parent run {parent_id}; open it with `make ui`"
     if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0 and ran[TrialState.FAIL]:
-        return StudyResult(1, f"{summary}; every trial failed, first {first_failure} (error.txt in its run)")
+        return StudyResult(1, f"{summary}; every trial failed, first {tally.first_failure} (error.txt in its run)")
     return StudyResult(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")
 
 

@@ -52,6 +52,7 @@ class Session:
 def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) -> Session:
     """Load the data (from the cache), place it, pick the extractor; print what will happen."""
     dev = resolve_device(device)
+    fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before any data or extractor work
     data = load_dataset(spec.dataset, spec.dataset_options, storage.cache_dir)
     print(f"{headline} on {dev}; {spec.dataset} {data.image_size}px x{data.channels}, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
@@ -67,7 +68,6 @@ def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) 
     quality.check([o.metric for o in spec.objectives])
     print(f"scores: {extractor.name} extractor ({reason}); {scoring.size_note(quality.final_samples)}", flush=True)
     panel = require_panel(quality, [o.metric for o in spec.objectives], storage)
-    fast = spec.speed.resolve(dev)  # refuses what this machine cannot do before anything is recorded
     return Session(spec, storage, dev, data, quality, fast,
                    panel="not run (Inception on a CPU)" if panel is None else panel.summary(),
                    learned_bar=None if panel is None else flags.baseline(panel.scores))

@@ -55,13 +55,12 @@ def check_reachable(url: str, variable: str) -> None:
     """Fail within seconds, in one line, when a database or tracking server cannot be reached. Left
     to themselves, MLflow retried a refused PostgreSQL connection for 112 s and then printed a
     traceback, and a mysql:// URI without its driver printed 68 lines. Local SQLite stores pass."""
-    scheme = urlsplit(url).scheme
-    base = scheme.split("+")[0]
+    parts = urlsplit(url)
+    base = parts.scheme.split("+")[0]  # postgresql+psycopg -> postgresql
     if base in ("", "file", "sqlite") or "://" not in url:
         return
     shown = redact(url)
     if base in ("http", "https"):
-        parts = urlsplit(url)
         host = f"{parts.hostname}:{parts.port}" if parts.port else f"{parts.hostname}"
         try:  # MLflow's server answers /health; credentials are not needed (nor sent) to see that it answers
             with urlopen(f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_S):

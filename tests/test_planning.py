@@ -107,18 +107,23 @@ def draws(study: optuna.Study, n: int) -> dict[int, float]:
     return drawn
 
 
+
+def taking_turns(spec, storage: str, n: int) -> dict[int, float]:
+    """Two invocations of the study (each its own sampler from the same spec) draw n trials in turn."""
+    invocations = [optuna.create_study(study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(),
+                                       load_if_exists=True) for _ in range(2)]
+    drawn: dict[int, float] = {}
+    for i in range(n):
+        drawn |= draws(invocations[i % 2], 1)
+    return drawn
+
 @pytest.mark.fault
 def test_concurrent_invocations_of_a_random_study_never_draw_alike(tmp_path):
     """Two invocations of one study (each its own sampler from the same study seed) take turns on one
     storage; before per-trial seeding both drew the same configurations and trained each twice. Trial N
     draws the same values whoever runs it, so a study is still reproducible."""
     spec = random_study(tmp_path, trials=12)
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    first, second = (optuna.create_study(study_name="rand", storage=storage, sampler=spec.make_sampler(),
-                                         load_if_exists=True) for _ in range(2))
-    drawn = {}
-    for _ in range(6):
-        drawn |= draws(first, 1) | draws(second, 1)
+    drawn = taking_turns(spec, f"sqlite:///{tmp_path / 'shared.db'}", 12)
     assert len(set(drawn.values())) == 12  # twelve trials, twelve configurations
     alone = draws(optuna.create_study(sampler=spec.make_sampler()), 12)  # one process, in another storage
     assert alone == drawn
@@ -129,10 +134,5 @@ def test_concurrent_invocations_of_a_random_study_never_draw_alike(tmp_path):
 @pytest.mark.fault
 def test_model_based_samplers_draw_per_trial_too(tmp_path):
     spec = replace(random_study(tmp_path, trials=12), sampler="tpe", sampler_options={"n_startup_trials": 2})
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    first, second = (optuna.create_study(study_name="tpe", storage=storage, sampler=spec.make_sampler(),
-                                         load_if_exists=True) for _ in range(2))
-    drawn = {}
-    for _ in range(4):
-        drawn |= draws(first, 1) | draws(second, 1)
+    drawn = taking_turns(spec, f"sqlite:///{tmp_path / 'shared.db'}", 8)
     assert len(set(drawn.values())) == 8
