@@ -35,7 +35,7 @@ N ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test quick faults ui list data-check validate-scores score bench bench-workers report confirm server
+.PHONY: help setup study test quick faults ui list data-check validate-scores score bench workload bench-workers report confirm server
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY SCALE TRIALS STEPS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -101,5 +101,8 @@ report: setup ## tables, plots and HTML per study in reports/ (all studies, or S
 bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers (minutes); RUNS_DIR/bench/workers.json
 	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE)
 
-bench: setup ## images/s fast path vs plain loop per family, compile break-even, harness overhead, sampler, scores (<5 min on a CPU); table + RUNS_DIR/bench/bench.json
+bench: setup ## images/s fast path vs plain loop per family, the full scale's workload, compile break-even, harness overhead, sampler, scores (<5 min on a CPU); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)
+
+workload: setup ## every shipped study's full scale (SCALE=full) in counted FLOPs, and its training time at this device's measured 64 px rates (about 4 min on a CPU); RUNS_DIR/bench/workload.json
+	$(PY) -m harness bench --workload --device $(DEVICE)

@@ -27,6 +27,11 @@ step needs. 50,000 64x64 grayscale images, the size of the Cohn-Kanade set.
 Sample-quality evaluation: the seconds of one trial's final scores (vae_kl_sweep's data and
 protocol, the auto extractor) when the reference statistics must be computed and when they come
 from the cache.
+
+The full scale's workload (also alone: `make workload`): every shipped study's floating-point
+operations at SCALE=full, counted (harness/workload.py), and its training time on this device at
+the rates measured above at 64 px: each family's FLOP/s is its counted FLOPs per image times its
+measured fast-path images/s, so the time is measured throughput, not a peak figure.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ from harness import phases, speed
 from harness.data import ImageSplits, load_dataset, to_model_range
 from harness.registry import Family, family_names, get_family
 from harness.storage import Storage
+from harness.studyfile import load_study, study_names
 from harness.training import StepCounter, train_round
+from harness.workload import batch_flops, inception_flops_per_image, order_of, study_workload
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
 
@@ -302,10 +309,64 @@ def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
             "plain_epoch_seconds": sum(plain) / epochs}
 
 
+def bench_workload(training: list[dict[str, Any]], cache_dir: Path,
+                   studies: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each shipped study's full-scale workload, and its training time at the 64 px rates in `training`."""
+    flops_per_second: dict[str, float] = {}
+    data = load_dataset("synthfaces", {"n": 64, "size": 64}, cache_dir)
+    for r in training:
+        if r["size"] == 64 and "error" not in r:
+            family = get_family(r["family"])
+            params = family.defaults | {"batch_size": r["batch_size"]}
+            per_image = batch_flops(family, params, data.channels, 64) / r["batch_size"]  # as images/s counts them
+            flops_per_second[r["family"]] = per_image * r["fast_images_per_s"]
+    inception = inception_flops_per_image()
+    rows = []
+    for name in studies or study_names():
+        spec = load_study(name, "full")
+        size = int(spec.dataset_options.get("size", 64))
+        w = study_workload(spec, data.channels, size, inception)
+        training_seconds = (sum(v / flops_per_second[f] for f, v in w.training_by_family.items())
+                            if set(w.training_by_family) <= set(flops_per_second) else None)
+        rows.append({"benchmark": "workload", "study": w.study, "trials": w.trials, "image_size": size,
+                     "training_flops": w.training, "scoring_flops": w.scoring, "session_flops": w.session,
+                     "images_scored": w.images_scored, "inception_flops_per_image": inception,
+                     "step_flops": dict(w.per_family_step), "training_seconds_here": training_seconds,
+                     "family_flops_per_second_here": {f: flops_per_second.get(f) for f in spec.families}})
+    return rows
+
+
+def workload_lines(rows: list[dict[str, Any]], device_name: str) -> list[str]:
+    lines = [f"the full scale (SCALE=full) of each shipped study, counted (matmuls and convolutions, forward and "
+             f"backward; Inception-v3 {rows[0]['inception_flops_per_image'] / 1e9:.1f} GFLOP per scored image), "
+             f"and its training time on {device_name} at the rates measured above at 64 px",
+             f"{'study':<32} {'trials':>6} {'PFLOP':>8} {'train':>8} {'scores':>7} {'session':>7} {'training here':>14}"]
+    for r in rows:
+        here = order_of(r["training_seconds_here"] / 3600) if r["training_seconds_here"] else "n/a"
+        total = r["training_flops"] + r["scoring_flops"] + r["session_flops"]
+        lines.append(f"{r['study']:<32} {r['trials']:>6} {total / 1e15:>8.1f} {r['training_flops'] / 1e15:>8.1f} "
+                     f"{r['scoring_flops'] / 1e15:>7.1f} {r['session_flops'] / 1e15:>7.1f} {here:>14}")
+    return lines
+
+
+def run_workload(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
+    """`make workload`: the 64 px training rates, then the workload table (bench.json's "workload")."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"make workload on {name}: training rates at 64 px, about {seconds:g} s each, then the counts", flush=True)
+    training = bench_training(device, storage.cache_dir, seconds, sizes=(64,))
+    rows = bench_workload(training, storage.cache_dir)
+    storage.bench_dir.mkdir(parents=True, exist_ok=True)
+    (storage.bench_dir / "workload.json").write_text(json.dumps({"device_name": name, "training": training,
+                                                                 "workload": rows}, indent=2))
+    return "\n".join(training_table(training, name) + workload_lines(rows, name)
+                     + [f"written to {storage.bench_dir / 'workload.json'}"])
+
+
 def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"make bench on {name} ({torch.get_num_threads()} threads), about {seconds:g} s per measurement", flush=True)
     training = bench_training(device, storage.cache_dir, seconds)
+    workload = bench_workload(training, storage.cache_dir)
     compiled = bench_compile(device, storage.cache_dir, seconds)
     overhead = bench_overhead(device, storage)
     rows = bench_sampler(device, seconds=seconds)
@@ -314,9 +375,9 @@ def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device_name": name,
-              "training": training, "compile": compiled, "overhead": overhead, "rows": rows, "evaluation": evaluation}
+              "training": training, "workload": workload, "compile": compiled, "overhead": overhead, "rows": rows, "evaluation": evaluation}
     (out_dir / "bench.json").write_text(json.dumps(record, indent=2))
-    return "\n".join(training_table(training, name) + [compile_line(compiled)] + overhead_lines(overhead)
+    return "\n".join(training_table(training, name) + workload_lines(workload, name) + [compile_line(compiled)] + overhead_lines(overhead)
                      + sampler_lines(rows, record) + [evaluation_line(evaluation), f"written to {out_dir / 'bench.json'}"])
 
 

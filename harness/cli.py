@@ -122,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_workers, run
+    from harness.bench import bench_workers, run, run_workload
     from harness.devices import resolve_device
     from harness.storage import Storage
 
@@ -131,6 +131,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.workers:
         counts = [int(c) for c in args.workers.split(",")]
         print(bench_workers(counts, storage.bench_dir, args.device))
+        return 0
+    if args.workload:
+        print(run_workload(resolve_device(args.device), storage, seconds=args.seconds))
         return 0
     print(run(resolve_device(args.device), storage, seconds=args.seconds))
     return 0
@@ -371,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     bench.add_argument("--workers", help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
+    bench.add_argument("--workload", action="store_true",
+                       help="instead: each shipped study's full-scale FLOPs and its training time at this device's rates")
     bench.set_defaults(run=cmd_bench)
 
     latent = commands.add_parser("latent", help="latent-space pictures of a finished run: interpolation, "

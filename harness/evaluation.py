@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from harness import keys
 from harness.cache import key_of, load_or_build, sha256_tensor
 from harness.data import ImageSplits, did_you_mean, to_model_range
-from harness.reference import TARGET_N, ScoreData
+from harness.reference import GPU_N, TARGET_N, ScoreData
 from harness.errors import UserError, warn
 from harness.extractors import Extractor, extractor_names
 from harness.generate import GRID_SEED, fixed_samples
@@ -63,7 +63,7 @@ class SampleQuality:
         """data: the dataset's scoring images (harness/reference.py); cache_dir: where reference
         statistics are kept (Storage.reference_cache)."""
         self.extractor, self.reason, self.data, self.settings, self.device = extractor, reason, data, settings, device
-        wanted = settings.final_samples or (10_000 if device.type == "cuda" else TARGET_N)
+        wanted = settings.final_samples or (GPU_N if device.type == "cuda" else TARGET_N)
         self.final_samples = data.sample_size(wanted)  # generated = reference = holdout images
         self.round_samples = data.sample_size(settings.round_samples)
         self.cache_dir = cache_dir

@@ -24,6 +24,7 @@ from harness.data import SPLIT_OPTIONS, TrainShape, get_dataset, load_images, ma
 from harness.errors import warn
 
 TARGET_N = 2000  # reference images wanted on each side where the data has them (at least, on a CPU)
+GPU_N = 10_000  # final_samples = 0 with a GPU: the size FID is usually reported at
 EXTRACTOR_SAMPLE = 10_000  # images drawn to train the domain extractor on, for a procedural set
 SEEDS = {"train": 1_000_001, "reference": 1_000_002, "holdout": 1_000_003}  # procedural draws, not a study's
 VERSION = 1  # bump when what is selected here changes

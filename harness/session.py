@@ -16,7 +16,7 @@ from harness.evaluation import SampleQuality
 from harness.extractors import ExtractorContext, inception_weights, resolve_extractor
 from harness.panel import PanelResult, run_panel
 from harness.phases import OFF, Profiler
-from harness.reference import TARGET_N, score_data, warn_if_trained_on
+from harness.reference import GPU_N, TARGET_N, score_data, warn_if_trained_on
 from harness.registry import get_family
 from harness.speed import FastPath
 from harness.storage import Storage
@@ -58,7 +58,7 @@ def open_session(spec: StudySpec, storage: Storage, device: str, headline: str) 
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images", flush=True)
     check_families_fit(spec, data)
     data = data.place(dev)
-    wanted = spec.scores.final_samples or (10_000 if dev.type == "cuda" else TARGET_N)
+    wanted = spec.scores.final_samples or (GPU_N if dev.type == "cuda" else TARGET_N)
     scoring = score_data(spec.dataset, spec.dataset_options, storage.cache_dir, wanted)
     if get_dataset(spec.dataset).draw is None:
         warn_if_trained_on(scoring, data.train)
