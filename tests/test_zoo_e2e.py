@@ -81,21 +81,24 @@ def test_families_compare_runs_every_family_with_the_same_budget(runs_dir, tmp_p
     text += "\n[scores]\nround_samples = 200\nfinal_samples = 200\n"  # the panel passes at 200 too
     path = write_study(tmp_path, "families_compare", text)
     assert main(["study", str(path)]) == 0
-    trials = trials_of(runs_dir, "families_compare-v2")
+    trials = trials_of(runs_dir, "families_compare-v3")
     assert sorted(t.params["family"] for t in trials) == sorted(registry.family_names())
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(t.user_attrs["reference_config"] == t.params["family"] for t in trials)  # each family's first trial
     dcgan = next(t for t in trials if t.params["family"] == "dcgan")
     assert (dcgan.params["dcgan.lr_g"], dcgan.params["dcgan.beta1"]) == (2e-4, 0.5)  # Radford et al.'s
-    _, children = split_runs(mlflow_runs(runs_dir, "families_compare-v2"))
+    resnet = next(t for t in trials if t.params["family"] == "resnet_vae")
+    assert resnet.params["resnet_vae.latent_dim"] == 32  # report 004's conclusion, not the 256 it started from
+    _, children = split_runs(mlflow_runs(runs_dir, "families_compare-v3"))
     assert sorted(c.data.tags["family"] for c in children) == sorted(registry.family_names())
+    assert {c.data.params["batch_size"] for c in children} == {"64"}  # the same images per step for all
     assert all("val_pixel_mmd" in c.data.metrics for c in children)
     assert main(["study", str(path)]) == 0
     assert "already has 1 finished trials for each of its 5 families" in capsys.readouterr().out
     assert main(["study", str(path), "--trials", "2"]) == 0  # one more each, still balanced
-    counts = {f: sum(t.params["family"] == f for t in trials_of(runs_dir, "families_compare-v2")) for f in registry.family_names()}
+    counts = {f: sum(t.params["family"] == f for t in trials_of(runs_dir, "families_compare-v3")) for f in registry.family_names()}
     assert set(counts.values()) == {2}
-    assert sum("reference_config" in t.user_attrs for t in trials_of(runs_dir, "families_compare-v2")) == 5  # once each
+    assert sum("reference_config" in t.user_attrs for t in trials_of(runs_dir, "families_compare-v3")) == 5  # once each
 
 
 def test_gan_k_sweep_gives_every_k_the_same_generator_steps(runs_dir, tmp_path):
