@@ -101,7 +101,7 @@ report: setup ## tables, plots and HTML per study in reports/ (all studies, or S
 bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers (minutes); RUNS_DIR/bench/workers.json
 	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE)
 
-bench: setup ## images/s fast path vs plain loop per family, the full scale's workload, compile break-even, harness overhead, sampler, scores (<5 min on a CPU); table + RUNS_DIR/bench/bench.json
+bench: setup ## images/s fast path vs plain loop per family, the full scale's workload, compile break-even, harness overhead, sampler, scores (about 5 min on a 2-core CPU); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)
 
 workload: setup ## every shipped study's full scale (SCALE=full) in counted FLOPs, and its training time at this device's measured 64 px rates (about 4 min on a CPU); RUNS_DIR/bench/workload.json
