@@ -59,4 +59,4 @@ def test_the_bench_turns_counts_into_time_at_the_measured_rate(tmp_path):
     assert wgan_row["training_seconds_here"] == pytest.approx(seconds)
     assert dcgan_row["training_seconds_here"] is None  # no rate measured for DCGAN: no time claimed
     lines = workload_lines(rows, "cpu")
-    assert "wgan_gp_sweep-v2-full" in lines[2] and lines[3].endswith("n/a")
+    assert "wgan_gp_sweep-v3-full" in lines[2] and lines[3].endswith("n/a")
