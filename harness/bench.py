@@ -329,7 +329,8 @@ def bench_workload(training: list[dict[str, Any]], cache_dir: Path,
         training_seconds = (sum(v / flops_per_second[f] for f, v in w.training_by_family.items())
                             if set(w.training_by_family) <= set(flops_per_second) else None)
         rows.append({"benchmark": "workload", "study": w.study, "trials": w.trials, "image_size": size,
-                     "training_flops": w.training, "scoring_flops": w.scoring, "session_flops": w.session,
+                     "total_flops": w.total, "training_flops": w.training, "scoring_flops": w.scoring,
+                     "session_flops": w.session,
                      "images_scored": w.images_scored, "inception_flops_per_image": inception,
                      "step_flops": dict(w.per_family_step), "training_seconds_here": training_seconds,
                      "family_flops_per_second_here": {f: flops_per_second.get(f) for f in spec.families}})
@@ -343,14 +344,13 @@ def workload_lines(rows: list[dict[str, Any]], device_name: str) -> list[str]:
              f"{'study':<32} {'trials':>6} {'PFLOP':>8} {'train':>8} {'scores':>7} {'session':>7} {'training here':>14}"]
     for r in rows:
         here = order_of(r["training_seconds_here"] / 3600) if r["training_seconds_here"] else "n/a"
-        total = r["training_flops"] + r["scoring_flops"] + r["session_flops"]
-        lines.append(f"{r['study']:<32} {r['trials']:>6} {total / 1e15:>8.1f} {r['training_flops'] / 1e15:>8.1f} "
+        lines.append(f"{r['study']:<32} {r['trials']:>6} {r['total_flops'] / 1e15:>8.1f} {r['training_flops'] / 1e15:>8.1f} "
                      f"{r['scoring_flops'] / 1e15:>7.1f} {r['session_flops'] / 1e15:>7.1f} {here:>14}")
     return lines
 
 
 def run_workload(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
-    """`make workload`: the 64 px training rates, then the workload table (bench.json's "workload")."""
+    """`make workload`: the 64 px training rates, then the workload table (RUNS_DIR/bench/workload.json)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"make workload on {name}: training rates at 64 px, about {seconds:g} s each, then the counts", flush=True)
     training = bench_training(device, storage.cache_dir, seconds, sizes=(64,))
