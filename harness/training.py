@@ -221,67 +221,128 @@ def _first_diverged(losses: Mapping[str, float]) -> str | None:
                                        for k, v in losses.items() if abs(v) > LOSS_BOUND), None)
 
 
+class TrialRun:
+    """One configuration in training: its model, optimizers, batch stream, step counts and history,
+    and what closes a round (validation, scores, the hooks, checkpoints). `train` drives one; a fused
+    pack (harness/fusion.py) drives several in lockstep, each with its own random generator `rng`
+    (None: the global one, as a lone trial uses)."""
+
+    def __init__(self, family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
+                 hooks: TrainHooks, resume: Checkpoint | None = None, rng: torch.Generator | None = None):
+        self.family, self.params, self.data, self.config, self.hooks, self.rng = family, params, data, config, hooks, rng
+        self.scorers = [SampleScorer(data)] if hooks.scorers is None else hooks.scorers
+        self.model = config.fast.prepare(family.build(params, data.channels, data.image_size).to(data.device))
+        self.optimizers = family.make_optimizers(self.model, params, config.fast)
+        order = torch.Generator().manual_seed(config.seed)  # batch order, on the CPU so it is the same everywhere
+        self.result = TrainResult(self.model)
+        self.first, self.best, self.wall, position, counts = 1, None, 0.0, None, None
+        if resume is not None:
+            self.first, self.best = _restore(resume, self.model, self.optimizers, data.device), resume.get("best")
+            self.result.history = list(resume["history"])
+            position, counts = resume["stream"], resume["steps"]
+            self.wall = self.result.history[-1][keys.WALL_SECONDS] if self.result.history else 0.0
+        self.counter = StepCounter(self.optimizers, family.budget_optimizer, counts)
+        self.stream = BatchStream(data, int(params["batch_size"]), order, position)
+        self.step_params = dict(params)  # + progress: the fraction of the budget done, for schedules (KL warm-up)
+        self.steps_before, self.images_before = 0, 0
+
+    def begin_round(self) -> None:
+        self.steps_before, self.images_before = self.counter.done, self.stream.images
+        self.model.train()
+
+    def end_round(self, round_: int, metrics: dict[str, float], train_seconds: float, round_start: float) -> bool:
+        """Validation, round scores, cost figures and the hooks after a round's training; True: stop
+        (pruned). `round_start` is when the round's training began (perf_counter)."""
+        config, phases, data, counter, stream = self.config, self.config.phases, self.data, self.counter, self.stream
+        with phases.phase("validation"):
+            metrics.update({keys.split_key("val", k): v
+                            for k, v in evaluate(self.family, self.model, data, "val", self.params).items()})
+        with phases.phase("round scores"):
+            for scorer in self.scorers:
+                metrics.update(scorer(self.family, self.model))
+        bad = _first_bad(metrics)
+        if bad:
+            raise Diverged(f"step {counter.done}: {bad}", self.result.history)
+        seconds = time.perf_counter() - round_start
+        self.wall += seconds
+        metrics.update({keys.steps_key(name): float(n) for name, n in counter.counts.items()})
+        metrics.update({keys.STEPS: float(counter.done), keys.IMAGES_SEEN: float(stream.images),
+                        keys.EPOCHS: stream.images / len(data.train), keys.ROUND_SECONDS: seconds,
+                        keys.WALL_SECONDS: self.wall,
+                        keys.SECONDS_PER_STEP: train_seconds / max(1, counter.done - self.steps_before),
+                        keys.IMAGES_PER_SECOND: (stream.images - self.images_before) / train_seconds})
+        self.result.history.append(metrics)
+        if config.objective in metrics and (self.best is None or (metrics[config.objective] < self.best) == config.minimize):
+            self.best = metrics[config.objective]
+        if self.hooks.on_round is not None and self.hooks.on_round(round_, metrics, self.model):
+            self.result.stopped_at = counter.done
+            return True
+        if self.hooks.save_checkpoint is not None and config.checkpoint_every and round_ % config.checkpoint_every == 0 \
+                and round_ < config.rounds:
+            with phases.phase("checkpoint"):
+                self.hooks.save_checkpoint(_state(self.model, self.optimizers, round_, counter, stream,
+                                                  self.result.history, self.best, data.device, self.rng))
+        return False
+
+
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
           hooks: TrainHooks = TrainHooks(), resume: Checkpoint | None = None) -> TrainResult:
     """Train a fresh model, or go on from `resume`, until config.steps steps of the judged network."""
     fast, phases = config.fast, config.phases
-    scorers = [SampleScorer(data)] if hooks.scorers is None else hooks.scorers
     torch.manual_seed(config.seed)
-    model = fast.prepare(family.build(params, data.channels, data.image_size).to(data.device))
-    optimizers = family.make_optimizers(model, params, fast)
-    order = torch.Generator().manual_seed(config.seed)  # batch order, on the CPU so it is the same everywhere
-    result = TrainResult(model)
-    first, best, wall, position, counts = 1, None, 0.0, None, None
-    if resume is not None:
-        first, best = _restore(resume, model, optimizers, data.device), resume.get("best")
-        result.history = list(resume["history"])
-        position, counts = resume["stream"], resume["steps"]
-        wall = result.history[-1][keys.WALL_SECONDS] if result.history else 0.0
-    counter = StepCounter(optimizers, family.budget_optimizer, counts)
-    stream = BatchStream(data, int(params["batch_size"]), order, position)
-    step_params = dict(params)  # + progress: the fraction of the budget done, for schedules (KL warm-up)
+    run = TrialRun(family, params, data, config, hooks, resume)
     start = time.perf_counter()
-    bar = tqdm(range(first, config.rounds + 1), desc=config.label, unit="round", leave=False,
+    bar = tqdm(range(run.first, config.rounds + 1), desc=config.label, unit="round", leave=False,
                disable=True if config.label is None else None)  # None: shown on a terminal only
     with fast.applied():
         for round_ in bar:
-            t0, steps_before, images_before = time.perf_counter(), counter.done, stream.images
-            model.train()
-            metrics = train_round(family, model, optimizers, stream, counter, config.target(round_), config.steps,
-                                  step_params, fast, phases, result.history)
-            train_seconds = time.perf_counter() - t0
-            with phases.phase("validation"):
-                metrics.update({keys.split_key("val", k): v for k, v in evaluate(family, model, data, "val", params).items()})
-            with phases.phase("round scores"):
-                for scorer in scorers:
-                    metrics.update(scorer(family, model))
-            bad = _first_bad(metrics)
-            if bad:
-                raise Diverged(f"step {counter.done}: {bad}", result.history)
-            seconds = time.perf_counter() - t0
-            wall += seconds
-            metrics.update({keys.steps_key(name): float(n) for name, n in counter.counts.items()})
-            metrics.update({keys.STEPS: float(counter.done), keys.IMAGES_SEEN: float(stream.images),
-                            keys.EPOCHS: stream.images / len(data.train), keys.ROUND_SECONDS: seconds,
-                            keys.WALL_SECONDS: wall,
-                            keys.SECONDS_PER_STEP: train_seconds / max(1, counter.done - steps_before),
-                            keys.IMAGES_PER_SECOND: (stream.images - images_before) / train_seconds})
-            result.history.append(metrics)
+            t0 = time.perf_counter()
+            run.begin_round()
+            metrics = train_round(family, run.model, run.optimizers, run.stream, run.counter, config.target(round_),
+                                  config.steps, run.step_params, fast, phases, run.result.history)
+            stop = run.end_round(round_, metrics, time.perf_counter() - t0, t0)
             with phases.phase("progress bar"):
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")})
-            if config.objective in metrics and (best is None or (metrics[config.objective] < best) == config.minimize):
-                best = metrics[config.objective]
-            if hooks.on_round is not None and hooks.on_round(round_, metrics, model):
-                result.stopped_at = counter.done
+            if stop:
                 break
-            if hooks.save_checkpoint is not None and config.checkpoint_every and round_ % config.checkpoint_every == 0 \
-                    and round_ < config.rounds:
-                with phases.phase("checkpoint"):
-                    hooks.save_checkpoint(_state(model, optimizers, round_, counter, stream, result.history, best,
-                                                 data.device))
     bar.close()
-    result.seconds = time.perf_counter() - start
-    return result
+    run.result.seconds = time.perf_counter() - start
+    return run.result
+
+
+class LossTally:
+    """A round's training outputs, summed on the device and read once at its end, and the running
+    "every loss finite and within LOSS_BOUND" flag, read every CHECK_EVERY steps."""
+
+    def __init__(self, device: torch.device):
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+        self.last: Mapping[str, Tensor] = {}
+
+    def add(self, out: Mapping[str, Tensor], images: int) -> None:
+        for key, value in out.items():  # a key may come from some steps only (D or G steps)
+            self.sums[key] = self.sums.get(key, 0) + value.float() * images
+            self.counts[key] = self.counts.get(key, 0) + images
+            self.finite &= (value.float().abs() <= LOSS_BOUND).all()  # False for NaN and inf too
+        self.last = out
+
+    def check(self, counter: StepCounter, history: Sequence[dict[str, float]]) -> None:
+        """Diverged if a loss so far was NaN, infinite or past LOSS_BOUND (one read of the device)."""
+        if not self.finite.item():
+            raise Diverged(f"step {counter.done}: " + (
+                _first_diverged({k: _extreme(v) for k, v in self.last.items()})
+                or f"a training loss became NaN or infinite or passed {LOSS_BOUND:g}"), list(history))
+
+    def means(self, model: nn.Module, counter: StepCounter, history: Sequence[dict[str, float]]) -> dict[str, float]:
+        """The image-weighted mean of every output as train_<key> (one read); Diverged if one of them,
+        or a parameter, is not finite."""
+        metrics = {keys.split_key("train", key): (value / self.counts[key]).item() for key, value in self.sums.items()}
+        bad = _first_diverged(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
+                                                model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad:
+            raise Diverged(f"step {counter.done}: {bad}", list(history))
+        return metrics
 
 
 def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -291,9 +352,7 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
     """train_step on batches until the judged network has taken `target` steps: the image-weighted
     mean of every output as train_<key> (read from the device once, at the end). `params` gets
     `progress`, the fraction of `budget` done, before each step. Diverged carries `history`."""
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-    finite = torch.ones((), dtype=torch.bool, device=next(model.parameters()).device)
+    tally = LossTally(next(model.parameters()).device)
     inputs = phases.timed((fast.layout(to_model_range(x, family.output_range)) for x in batches), "data")
     stalled_since, done_before = 0, counter.done
     for step, x in enumerate(inputs, start=1):
@@ -301,14 +360,9 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
             out = family.train_step(model, x, optimizers, params, fast)
         with phases.phase("loss bookkeeping"):
-            for key, value in out.items():  # a key may come from some steps only (D or G steps)
-                sums[key] = sums.get(key, 0) + value.float() * x.shape[0]
-                counts[key] = counts.get(key, 0) + x.shape[0]
-                finite &= (value.float().abs() <= LOSS_BOUND).all()  # False for NaN and inf too
-            if step % CHECK_EVERY == 0 and not finite.item():
-                raise Diverged(f"step {counter.done}: " + (
-                    _first_diverged({k: _extreme(v) for k, v in out.items()})
-                    or f"a training loss became NaN or infinite or passed {LOSS_BOUND:g}"), list(history))
+            tally.add(out, x.shape[0])
+            if step % CHECK_EVERY == 0:
+                tally.check(counter, history)
         if counter.done >= target:
             break
         if step - stalled_since >= STALL_BATCHES:
@@ -317,24 +371,29 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
         if counter.done > done_before:
             stalled_since, done_before = step, counter.done
     with phases.phase("loss bookkeeping"):
-        metrics = {keys.split_key("train", key): (value / counts[key]).item() for key, value in sums.items()}  # one sync
-    bad = _first_diverged(metrics) or next((f"parameter {name} became NaN or infinite" for name, p in
-                                       model.named_parameters() if not torch.isfinite(p).all()), None)
-    if bad:
-        raise Diverged(f"step {counter.done}: {bad}", list(history))
-    return metrics
+        return tally.means(model, counter, history)
 
 
 def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], round_: int, counter: StepCounter,
-           stream: BatchStream, history: list[dict[str, float]], best: float | None, device: torch.device) -> Checkpoint:
-    """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place."""
+           stream: BatchStream, history: list[dict[str, float]], best: float | None, device: torch.device,
+           rng: torch.Generator | None = None) -> Checkpoint:
+    """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place.
+    The random state is the global generators' or, for a member of a fused pack, its own `rng`'s."""
     return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
                                     for k, v in model.state_dict().items()}),
             "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "rng": _rng_state(device, rng),
             "round": round_, "steps": dict(counter.counts), "stream": stream.position(),
             "history": list(history), "best": best}
+
+
+def _rng_state(device: torch.device, rng: torch.Generator | None) -> dict[str, Tensor | None]:
+    """What `_restore` puts back into the global generators: a pack member's own generator stands in
+    for the one its device's noise comes from (the CPU's, or the GPU's)."""
+    cuda = device.type == "cuda"
+    if rng is None:
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
+    return {"torch": rng.get_state() if not cuda else torch.get_rng_state(), "cuda": rng.get_state() if cuda else None}
 
 
 def _restore(state: Checkpoint, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
