@@ -17,6 +17,7 @@ BACKEND_STORE_FILE ?=
 ARTIFACTS ?=
 PYTEST_ARGS ?=
 WORKERS ?=
+PACK ?=
 FAMILIES ?=
 SEEDS ?= 5
 TOP ?= 1
@@ -51,9 +52,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
 	@touch $@
 
-study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [SCALE=cpu|full TRIALS=n STEPS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n]
+study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [SCALE=cpu|full TRIALS=n STEPS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n PACK=n]
 	$(PY) -m harness study $(STUDY) --scale $(SCALE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STEPS),--steps $(STEPS)) --device $(DEVICE) \
-		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)") $(if $(WORKERS),--workers $(WORKERS))
+		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data "$(DATA)") $(if $(WORKERS),--workers $(WORKERS)) $(if $(PACK),--pack $(PACK))
 
 test: setup ## run the whole test suite, what CI runs (GPU tests skip without CUDA); PYTEST_ARGS= passes options
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -17,9 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from harness.fused import Fused, Stack, zero_grads
 from harness.generate import GRID_SEED, fixed_z
 from harness.space import ChoiceParam, FloatParam, IntParam, Param
-from harness.speed import PLAIN, FastPath
+from harness.speed import PLAIN, FastPath, at_least_fp32
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -86,7 +87,7 @@ def adversarial_step(model: AdversarialPair, x: Tensor, optimizers: Mapping[str,
             loss, stats = d_loss(model, x, fake, params, fast)
         else:
             loss, stats = g_loss(model, model.generator(z), params, fast)
-    loss = loss.float()
+    loss = at_least_fp32(loss)
     optimizer = optimizers[who]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -167,3 +168,54 @@ def bce_eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) 
 
 
 BCE_METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}  # logged; not objectives
+
+
+def fused_bce_step(stack: Stack, models: list[AdversarialPair], x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
+                   optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
+    """adversarial_step with the BCE losses for every member of a pack at once: x (P, B, C, S, S),
+    noise (P, B, Z). Each member takes the step its own schedule says (its D:G ratio is a per-member
+    mask). Alone, a D step runs D on the real batch and on the fakes, a G step on the fakes only; so
+    D's pass over the real batch runs when some member takes a D step, and the members taking a G
+    step get their D BatchNorm statistics back afterwards. One pass of D over the fakes then serves
+    both: the D losses of D steppers, the G losses of G steppers (the gradients each member's other
+    network receives are never stepped, as alone)."""
+    turns = [model.schedule.turn for model in models]
+    d_turn = torch.tensor([t == "d" for t in turns], device=x.device)  # (P,)
+    factor = stack.scalar([p.get("d_loss_factor", 1.0) for p in params])  # (P,)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with fast.forward():
+        if d_turn.any():
+            saved = stack.snapshot("discriminator") if not d_turn.all() else {}
+            real_logit = at_least_fp32(stack("discriminator", x))  # (P, B, 1)
+            stack.restore(saved, ~d_turn)
+            d_real_loss = bce(real_logit, torch.ones_like(real_logit), reduction="none").flatten(1).mean(dim=1)
+        with torch.enable_grad() if not d_turn.all() else torch.no_grad():  # alone, a D step's G runs without grad
+            fake = stack("generator", noise)  # (P, B, C, S, S)
+        fake_logit = at_least_fp32(stack("discriminator", fake))  # (P, B, 1)
+        g_loss = bce(fake_logit, torch.ones_like(fake_logit), reduction="none").flatten(1).mean(dim=1)  # (P,)
+    if d_turn.any():
+        d_fake_loss = bce(fake_logit, torch.zeros_like(fake_logit), reduction="none").flatten(1).mean(dim=1)
+        d_loss = factor * (d_real_loss + d_fake_loss)
+        loss = torch.where(d_turn, d_loss, g_loss)
+    else:
+        loss = g_loss
+    zero_grads(optimizers)
+    loss.sum().backward()
+    outputs = []
+    for p, (model, turn) in enumerate(zip(models, turns)):
+        optimizers[p][turn].step()
+        model.schedule.done(turn, loss[p].detach())
+        if turn == "d":
+            stats = {"d_loss": d_loss[p], "d_real": torch.sigmoid(real_logit[p]).mean(),
+                     "d_fake": torch.sigmoid(fake_logit[p]).mean()}
+        else:
+            stats = {"g_loss": g_loss[p]}
+        outputs.append({**{k: v.detach() for k, v in stats.items()},
+                        "d_step": torch.tensor(1.0 if turn == "d" else 0.0, device=x.device)})
+    return outputs
+
+
+# The BCE GANs' scalars: learning rates, Adam's beta1 and the schedule, whose D:G ratio becomes a
+# per-member mask of whose turn it is (the threshold schedule reads each member's loss, as alone).
+BCE_FUSED = Fused(scalars=frozenset({"lr_g", "lr_d", "beta1", "schedule", "d_steps", "d_threshold", "g_threshold",
+                                     "max_consecutive"}), step=fused_bce_step)

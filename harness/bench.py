@@ -57,7 +57,9 @@ from harness.data import ImageSplits, load_dataset, to_model_range
 from harness.registry import Family, family_names, get_family
 from harness.storage import Storage
 from harness.studyfile import load_study, study_names
-from harness.training import StepCounter, train_round
+from harness.fused import template_of
+from harness.packs import fused_batch, member_generator, pack_fast
+from harness.training import StepCounter, TrainConfig, TrainHooks, TrialRun, train_round
 from harness.workload import batch_flops, inception_flops_per_image, order_of, study_workload
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
@@ -221,6 +223,83 @@ def bench_training(device: torch.device, cache_dir: Path, seconds: float, sizes:
     return rows
 
 
+PACK_SIZES = {"cpu": (4,), "cuda": (4, 8, 16)}  # a CPU step of 16 members at 64 px takes tens of seconds
+PACK_PIXELS = {"cpu": (32,), "cuda": (32, 64)}
+
+
+def pack_runner(family: Family, params: Mapping[str, Any], data: ImageSplits, fast: speed.FastPath,
+                size: int) -> Callable[[int], float]:
+    """n fused steps of a pack of `size` members (harness/packs.py) -> seconds (ends in a read: synchronised)."""
+    runs = []
+    for seed in range(size):
+        torch.manual_seed(seed)
+        run = TrialRun(family, params, data, TrainConfig(steps=sys.maxsize, seed=seed, fast=fast), TrainHooks(scorers=[]))
+        run.rng = member_generator(seed, data.device)
+        runs.append(run)
+    template = template_of(runs[0].model)
+
+    def run_steps(n: int) -> float:
+        start = time.perf_counter()
+        with fast.applied():
+            for _ in range(n):
+                outputs, _ = fused_batch(family, template, runs)
+            float(sum(v for out in outputs for v in out.values()))  # waits for the device
+        return time.perf_counter() - start
+
+    return run_steps
+
+
+def peak_memory(run_steps: Callable[[int], float], device: torch.device) -> float | None:
+    """GiB the device held at most over two steps (None on a CPU, where torch does not count)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run_steps(2)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def bench_packs(device: torch.device, cache_dir: Path, seconds: float, sizes: tuple[int, ...] | None = None,
+                families: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Fused packs against one trial at a time: images/s of all members together, per family that
+    can be fused, at each pack size of PACK_SIZES (the device's), with peak memory on a GPU; one trial
+    on the device's fast path, a pack on the path a packed trial gets (packs.pack_fast)."""
+    fast = speed.Speed().resolve(device)
+    rows = []
+    for size in sizes or PACK_PIXELS.get(device.type, (32,)):
+        data = load_dataset("synthfaces", {"n": 2560, "size": size}, cache_dir).place(device)
+        for name in families or family_names():
+            family = get_family(name)
+            if family.fused is None:
+                continue
+            params = family.defaults | ({"batch_size": CPU_BATCH[name]} if device.type == "cpu" and name in CPU_BATCH else {})
+            batch = int(params["batch_size"])
+            runners = {"alone": fast_path_runner(family, params, data, fast)}
+            runners |= {f"pack{p}": pack_runner(family, params, data, pack_fast(fast), p)
+                        for p in PACK_SIZES.get(device.type, (4,))}
+            rates = {}
+            for key, run_steps in runners.items():  # each runner's own images per step
+                members = 1 if key == "alone" else int(key.removeprefix("pack"))
+                rates |= _best_rates({key: run_steps}, batch * members, seconds)
+            row: dict[str, Any] = {"benchmark": "packs", "family": name, "size": size, "device": str(device),
+                                   "batch_size": batch, "images_per_s": {k: v[0] for k, v in rates.items()},
+                                   "peak_gib": {k: peak_memory(r, device) for k, r in runners.items()}}
+            row["speedup"] = {k: v / row["images_per_s"]["alone"] for k, v in row["images_per_s"].items() if k != "alone"}
+            rows.append(row)
+    return rows
+
+
+def pack_lines(rows: list[dict[str, Any]], device_name: str) -> list[str]:
+    lines = [f"fused packs on {device_name}: images/s of all members together (speed-up over one trial at a time)"]
+    for r in rows:
+        cells = "  ".join(f"{k}: {v:.0f} ({r['speedup'][k]:.2f}x"
+                          + (f", {r['peak_gib'][k]:.2f} GiB)" if r["peak_gib"][k] is not None else ")")
+                          for k, v in r["images_per_s"].items() if k != "alone")
+        alone = r["images_per_s"]["alone"]
+        lines.append(f"{r['family']:<12} {r['size']:>3}px batch {r['batch_size']:>4}: alone {alone:.0f}  {cells}")
+    return lines
+
+
 def bench_compile(device: torch.device, cache_dir: Path, seconds: float) -> dict[str, Any]:
     """Is torch.compile worth it for a trial? Its first steps against eager's, and the steady state."""
     size = 64 if device.type == "cuda" else 32
@@ -366,6 +445,7 @@ def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"make bench on {name} ({torch.get_num_threads()} threads), about {seconds:g} s per measurement", flush=True)
     training = bench_training(device, storage.cache_dir, seconds)
+    packs = bench_packs(device, storage.cache_dir, seconds)
     workload = bench_workload(training, storage.cache_dir)
     compiled = bench_compile(device, storage.cache_dir, seconds)
     overhead = bench_overhead(device, storage)
@@ -375,9 +455,10 @@ def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device_name": name,
-              "training": training, "workload": workload, "compile": compiled, "overhead": overhead, "rows": rows, "evaluation": evaluation}
+              "training": training, "packs": packs, "workload": workload, "compile": compiled, "overhead": overhead, "rows": rows, "evaluation": evaluation}
     (out_dir / "bench.json").write_text(json.dumps(record, indent=2))
-    return "\n".join(training_table(training, name) + workload_lines(workload, name) + [compile_line(compiled)] + overhead_lines(overhead)
+    return "\n".join(training_table(training, name) + pack_lines(packs, name) + workload_lines(workload, name)
+                     + [compile_line(compiled)] + overhead_lines(overhead)
                      + sampler_lines(rows, record) + [evaluation_line(evaluation), f"written to {out_dir / 'bench.json'}"])
 
 

@@ -45,7 +45,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if spec.grid is not None and spec.trials > spec.grid_size:
         print(f"note: the grid has {spec.grid_size} points; running at most that many trials")
         spec = spec.with_overrides(trials=spec.grid_size)
-    result = run_study(spec, Storage.from_env(), device=args.device, workers=args.workers)
+    result = run_study(spec, Storage.from_env(), device=args.device, workers=args.workers, pack=args.pack)
     print(result.message)
     return result.exit_code
 
@@ -57,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
     spec = spec.with_dataset(args.dataset, args.data)
-    return run_worker(spec, Storage.from_env(), args.device, args.parent_run, args.share, args.index)
+    return run_worker(spec, Storage.from_env(), args.device, args.parent_run, args.share, args.index, args.pack)
 
 
 def _option_value(text: str) -> Any:
@@ -322,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
     study.add_argument("--workers", type=_positive_int, default=1,
                        help="worker processes on this machine (one per GPU when there are GPUs)")
+    study.add_argument("--pack", type=_positive_int,
+                       help="train up to this many trials of one family at once as one fused model (default: 1 on a "
+                            "CPU, 8 on a GPU); trials that differ in more than learning rates, betas, loss weights "
+                            "or the D:G ratio, and WGAN-GP trials, still train one at a time")
     study.set_defaults(run=cmd_study)
 
     worker = commands.add_parser("worker")  # started by `study --workers N`, not by hand
@@ -331,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--scale", default="cpu")
     for flag in ("--share", "--index", "--trials", "--steps"):
         worker.add_argument(flag, type=int)
+    worker.add_argument("--pack", type=int, default=1)
     worker.set_defaults(run=cmd_worker)
 
     data = commands.add_parser("data", help="inspect datasets")

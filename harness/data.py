@@ -102,9 +102,10 @@ class ImageSplits(TrainShape):
 
 def to_model_range(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
     """uint8 [0, 255] -> float in the range of the model's output activation: [0, 1] for a sigmoid,
-    [-1, 1] for a tanh (the same as ToTensor then Normalize(0.5, 0.5))."""
+    [-1, 1] for a tanh (the same as ToTensor then Normalize(0.5, 0.5)); in the default float dtype
+    (fp32, or fp64 in the exactness tests)."""
     low, high = value_range
-    return images.float().mul_((high - low) / 255).add_(low)
+    return images.to(torch.get_default_dtype()).mul_((high - low) / 255).add_(low)
 
 
 def from_model_range(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:

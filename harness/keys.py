@@ -187,6 +187,7 @@ class Tag:
     LAST_GOOD_STEP = "last_good_step"  # a diverged trial's steps at its last good round
     REFERENCE_CONFIG = "reference_config"  # "true": the family's reference configuration (harness/planning.py)
     FLAGS = "flags"  # collapsed,did_not_learn | none: never reported as best (harness/flags.py)
+    PACK = "fused_pack"  # "trials 3,4,5": trained together as one fused pack (harness/packs.py)
     FLAG_EVIDENCE = "flags.evidence"  # the numbers behind the flags
     EXCLUDED = "flags.excluded"  # "true": flagged in a study judged by sample quality: never reported as best
     PARENT = "mlflow.parentRunId"
@@ -206,3 +207,4 @@ class Attr:
     EXCLUDED = "excluded"  # True: never reported as best (the run tag flags.excluded)
     REFERENCE_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs
     WORKER = "worker"  # {host, pid, start, trial}: the process running the trial (harness/workers.py)
+    PACK = "fused_pack"  # [trial numbers] trained together as one fused pack (harness/packs.py)

@@ -31,6 +31,7 @@ from harness.outcome import FailureKind, State, TrialOutcome
 from harness.provenance import provenance_params
 from harness.registry import get_family
 from harness.session import Session
+from harness.speed import FastPath
 from harness.tracking import Tracker
 from harness.training import Checkpoint
 
@@ -86,7 +87,8 @@ class Publisher:
         return parent_id
 
     def start_trial(self, family: str, params: Mapping[str, Any], seed: int, name: str, tags: Mapping[str, Any],
-                    parent_id: str) -> str:
+                    parent_id: str, fast: FastPath | None = None) -> str:
+        """The trial's child run; `fast`: the fast path it trains on, where not the session's."""
         s = self.session
         return self.tracker.start_run(
             name, params={**params, "family": family, "steps": s.spec.steps, "rounds": s.spec.rounds,
@@ -94,7 +96,7 @@ class Publisher:
                           "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(), **provenance_params(),
                           "data.source": json.dumps({"dataset": s.spec.dataset, "options": dict(s.spec.dataset_options)}),
                           **{f"data.{k}": v for k, v in s.data.description.items()},
-                          **s.fast.params(), "speed.data": "device-resident" if s.data.resident else "DataLoader"},
+                          **(fast or s.fast).params(), "speed.data": "device-resident" if s.data.resident else "DataLoader"},
             tags={"study": s.spec.study_name, Tag.FAMILY: family, "dataset": s.spec.dataset, Tag.STATE: "RUNNING",
                   "device": str(s.device), Tag.OBJECTIVE: ",".join(s.objective_keys),
                   **get_family(family).record_tags(), **tags},

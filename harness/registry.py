@@ -12,6 +12,7 @@ A family declares, once, at registration:
   budget_optimizer  the optimizer (a key of make_optimizers) whose steps are the study's budget: the
             generator's ("g", default for the adversarial kind; its D steps come on top), or the one
             optimizer of an autoencoder
+  fused     how its trials train several at once as one fused pack (harness/fused.py), or None
 and its code, usually all in models/<name>.py:
   build(params, channels, image_size) -> nn.Module
   make_optimizers(model, params, fast) -> {name: optimizer}   (fast: harness/speed.FastPath)
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 from harness import keys
 from harness.errors import UserError
+from harness.fused import Fused
 from harness.space import ChoiceParam, FixedParam, FloatParam, IntParam, Param
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -60,6 +62,7 @@ class Family:
     help: str = ""
     output_range: tuple[float, float] = (0.0, 1.0)  # of the output activation: sigmoid (0, 1), tanh (-1, 1)
     budget_optimizer: str = "g"  # whose optimizer steps are the budget (harness/training.py)
+    fused: Fused | None = None  # how several trials train as one pack (harness/packs.py); None: one at a time
 
     @property
     def autoencoder(self) -> bool:
@@ -102,13 +105,14 @@ def register_family(name: str, *, kind: str, space: Mapping[str, Param], metrics
                     build: Callable, make_optimizers: Callable, train_step: Callable, eval_step: Callable,
                     curves: tuple[str, ...] | None = None, plots: tuple[str, ...] | None = None,
                     reference: Mapping[str, Any] | None = None, help: str = "",
-                    output_range: tuple[float, float] = (0.0, 1.0), budget_optimizer: str | None = None) -> Family:
+                    output_range: tuple[float, float] = (0.0, 1.0), budget_optimizer: str | None = None,
+                    fused: Fused | None = None) -> Family:
     if not isinstance(name, str) or not NAME.match(name):
         raise RegistryError(f"family name {name!r} must match {NAME.pattern} (lowercase, digits, _)")
     if name in _families():
         raise RegistryError(f"family {name!r} is already registered")
     family = _declare(name, kind, space, metrics, build, make_optimizers, train_step, eval_step, curves, plots,
-                      reference, help, output_range, budget_optimizer)
+                      reference, help, output_range, budget_optimizer, fused)
     _FAMILIES[name] = family
     return family
 
@@ -116,7 +120,7 @@ def register_family(name: str, *, kind: str, space: Mapping[str, Param], metrics
 def _declare(name: str, kind: str, space: Mapping[str, Param], metrics: Mapping[str, str | None], build: Callable,
              make_optimizers: Callable, train_step: Callable, eval_step: Callable, curves: tuple[str, ...] | None,
              plots: tuple[str, ...] | None, reference: Mapping[str, Any] | None, help: str,
-             output_range: tuple[float, float], budget_optimizer: str | None) -> Family:
+             output_range: tuple[float, float], budget_optimizer: str | None, fused: Fused | None) -> Family:
     """A validated Family; every mistake is a RegistryError naming the family and the field."""
     at = f"family {name!r}"
     if kind not in KINDS:
@@ -159,8 +163,14 @@ def _declare(name: str, kind: str, space: Mapping[str, Param], metrics: Mapping[
     if not budget_optimizer or not NAME.match(budget_optimizer):
         raise RegistryError(f"{at}: budget_optimizer must name the optimizer whose steps are the budget "
                             f"(a key of what make_optimizers returns), got {budget_optimizer!r}")
+    if fused is not None:
+        if not isinstance(fused, Fused) or not callable(fused.step):
+            raise RegistryError(f"{at}: fused must be a harness.fused.Fused with a callable step, or None")
+        unknown = sorted(set(fused.scalars) - set(space))
+        if unknown:
+            raise RegistryError(f"{at}: fused scalars {unknown} are not in its space")
     return Family(name, kind, dict(space), dict(metrics), curves, plots, reference, build, make_optimizers,
-                  train_step, eval_step, help, tuple(map(float, output_range)), budget_optimizer)
+                  train_step, eval_step, help, tuple(map(float, output_range)), budget_optimizer, fused)
 
 
 def _check_reference(at: str, space: Mapping[str, Param], name: str, value: Any) -> None:
@@ -206,7 +216,7 @@ def _builtins() -> dict[str, Family]:
             budget_optimizer: str | None = None) -> None:
         built[name] = _declare(name, kind, module.SPACE, module.METRICS, module.build, module.make_optimizers,
                                module.train_step, module.eval_step, None, None, module.REFERENCE, help,
-                               output_range, budget_optimizer)
+                               output_range, budget_optimizer, module.FUSED)
 
     add("vae", "autoencoder", vae, "conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL",
         budget_optimizer="vae")

@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,9 +37,11 @@ from harness.errors import UserError, defer_interrupts, redact, warn
 from harness.flags import best_ranked
 from harness.keys import Attr, Tag
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
+from harness.packs import PackKey, default_pack, pack_fast, pack_key
 from harness.phases import OFF, Profiler
 from harness.progress import SURPLUS, Progress, Tally, best_text
 from harness.publish import Publisher, close_stale_runs, resumed_step
+from harness.registry import get_family
 from harness.session import Session, open_session
 from harness.space import suggest
 from harness.storage import Storage
@@ -152,57 +154,130 @@ def heartbeat(opened: OpenStudy, number: int) -> Iterator[None]:
         thread.join()
 
 
-class TrialLoop:
-    """Ask, run, publish, tell: `n` trials of one study, logged under one parent run."""
+@dataclass
+class Prepared:
+    """A trial asked, sampled and started in MLflow, ready to train."""
 
-    def __init__(self, opened: OpenStudy, session: Session, publisher: Publisher, parent_id: str, progress: Progress):
+    trial: optuna.Trial
+    job: TrialJob
+    run_id: str
+    key: PackKey | None  # trials with one key may train as one fused pack (None: alone)
+
+
+class TrialLoop:
+    """Ask, run, publish, tell: `n` trials of one study, logged under one parent run. With pack > 1
+    it asks for up to `pack` trials at once (as parallel workers would), trains those that can share
+    a fused pack (same family, differing only in its fused scalars; harness/packs.py) together and
+    the rest one at a time, then publishes and tells each."""
+
+    def __init__(self, opened: OpenStudy, session: Session, publisher: Publisher, parent_id: str, progress: Progress,
+                 pack: int = 1):
         self.opened, self.study = opened, opened.study
         self.session, self.publisher, self.parent_id, self.progress = session, publisher, parent_id, progress
         self.runner = TrialRunner(session)
         self.keys = session.objective_keys
+        self.pack = pack
         self.stopped = ""  # why the loop stopped before its n trials
 
     def run(self, n: int) -> None:
-        for _ in range(n):
-            if self.stopped:
-                return
+        left = n
+        while left > 0 and not self.stopped:
             fail_stale_trials(self.opened)
-            with heartbeat_api():
-                trial = self.study.ask()
-            frozen = self._run_and_tell(trial)
-            self.progress(self.study, frozen)
+            trials = []
+            for _ in range(min(self.pack, left)):
+                with heartbeat_api():
+                    trials.append(self.study.ask())
+            left -= len(trials)
+            for frozen in self._run_and_tell(trials):
+                self.progress(self.study, frozen)
             if self.progress.tally.disk_full:  # every next trial would fail the same way
                 self.stopped = self.progress.tally.disk_full
 
-    def _run_and_tell(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    def _run_and_tell(self, trials: list[optuna.Trial]) -> list[optuna.trial.FrozenTrial]:
+        told: dict[int, optuna.trial.FrozenTrial] = {}
         try:
-            with heartbeat(self.opened, trial.number):
-                outcome = self._run(trial)
-        except KeyboardInterrupt:  # outside the trial's training: it fails, and the study stops
+            with ExitStack() as beating:
+                for trial in trials:
+                    beating.enter_context(heartbeat(self.opened, trial.number))
+                outcomes = self._run(trials, told)
+        except KeyboardInterrupt:  # outside the trials' training: they fail, and the study stops
             defer_interrupts()
-            self._fail(trial, "interrupted (Ctrl-C)")
+            for trial in trials:
+                if trial.number not in told:
+                    self._fail(trial, "interrupted (Ctrl-C)")
             raise
-        except Exception as e:  # noqa: BLE001 - outside the runner (the store, sampling): this trial fails, with its reason
-            return self._fail(trial, f"{type(e).__name__}: {e}")
-        if outcome is None:  # surplus: not run
-            return self._fail(trial, trial.user_attrs[Attr.FAILURE])
-        if outcome.state == State.COMPLETE:
-            values = outcome.values(self.keys)
-            return self.study.tell(trial, values[0] if len(values) == 1 else values)
-        if outcome.state == State.PRUNED:
-            return self.study.tell(trial, state=TrialState.PRUNED)
-        frozen = self._fail(trial, outcome.failure.reason)
-        if outcome.failure.kind == FailureKind.INTERRUPTED:
+        except Exception as e:  # noqa: BLE001 - outside the runner (the store): the trials fail, with the reason
+            return [told.get(t.number) or self._fail(t, f"{type(e).__name__}: {e}") for t in trials]
+        interrupted = False
+        for trial in trials:
+            if trial.number in told:
+                continue
+            outcome = outcomes.get(trial.number)
+            if outcome is None:  # surplus: not run
+                told[trial.number] = self._fail(trial, trial.user_attrs[Attr.FAILURE])
+            elif outcome.state == State.COMPLETE:
+                values = outcome.values(self.keys)
+                told[trial.number] = self.study.tell(trial, values[0] if len(values) == 1 else values)
+            elif outcome.state == State.PRUNED:
+                told[trial.number] = self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                told[trial.number] = self._fail(trial, outcome.failure.reason)
+                interrupted |= outcome.failure.kind == FailureKind.INTERRUPTED
+        if interrupted:
             raise KeyboardInterrupt
-        return frozen
+        return [told[trial.number] for trial in trials]
 
     def _fail(self, trial: optuna.Trial, reason: str) -> optuna.trial.FrozenTrial:
         if Attr.FAILURE not in trial.user_attrs:
             trial.set_user_attr(Attr.FAILURE, reason)
         return self.study.tell(trial, state=TrialState.FAIL)
 
-    def _run(self, trial: optuna.Trial) -> TrialOutcome | None:
-        """One trial: None when it must not run (the budget is met elsewhere)."""
+    def _run(self, trials: list[optuna.Trial], told: dict[int, optuna.trial.FrozenTrial]) -> dict[int, TrialOutcome]:
+        """Prepare, train and publish the trials; a trial whose preparation fails outside the runner
+        (the store, sampling) is failed and told here, with its reason. Their outcomes by number."""
+        prepared: list[Prepared] = []
+        for trial in trials:
+            try:
+                ready = self._prepare(trial)
+            except Exception as e:  # noqa: BLE001 - outside the runner: this trial fails, with its reason
+                told[trial.number] = self._fail(trial, f"{type(e).__name__}: {e}")
+                continue
+            if ready is not None:
+                prepared.append(ready)
+        groups: dict[Any, list[Prepared]] = {}
+        for ready in prepared:  # a trial without a key, or alone with its key, trains alone
+            groups.setdefault(ready.key if ready.key is not None else ("alone", ready.trial.number), []).append(ready)
+        outcomes: dict[int, TrialOutcome] = {}
+        with ExitStack() as scratches:
+            folders = {r.trial.number: Path(scratches.enter_context(tempfile.TemporaryDirectory(prefix="genbench-trial-")))
+                       for r in prepared}
+            for group in groups.values():
+                if any(o.failure is not None and o.failure.kind == FailureKind.INTERRUPTED for o in outcomes.values()):
+                    for ready in group:  # Ctrl-C: the trials not started yet are not started
+                        outcomes[ready.trial.number] = TrialOutcome(State.FAIL, ready.job.family, dict(ready.job.params),
+                                                                    ready.job.seed, failure=Failure(
+                                                                        FailureKind.INTERRUPTED, "interrupted (Ctrl-C)"))
+                    continue
+                stops = [lambda round_, metrics, trial=r.trial: self._report(trial, round_, metrics, decide=True)
+                         for r in group]
+                sinks = [self.publisher.sink(r.run_id) for r in group]
+                where = [folders[r.trial.number] for r in group]
+                if len(group) == 1:
+                    results = [self.runner.run(group[0].job, sinks[0], where[0], stop_after=stops[0])]
+                else:
+                    members = [r.trial.number for r in group]
+                    for ready in group:  # who shared the pack (its wall-clock figures are the pack's)
+                        ready.trial.set_user_attr(Attr.PACK, members)
+                        self.publisher.tracker.set_tags(ready.run_id, {Tag.PACK: "trials " + ",".join(map(str, members))})
+                    results = self.runner.run_pack([r.job for r in group], sinks, where, stops)
+                for ready, outcome in zip(group, results):
+                    outcomes[ready.trial.number] = outcome
+            for ready in prepared:
+                outcomes[ready.trial.number] = self._publish(ready, outcomes[ready.trial.number])
+        return outcomes
+
+    def _prepare(self, trial: optuna.Trial) -> Prepared | None:
+        """Sample the trial and start its run; None when it must not run (the budget is met elsewhere)."""
         spec = self.session.spec
         trial.set_user_attr(Attr.WORKER, worker_identity(trial.number))  # first: a rerun can tell if this process dies
         trial.set_user_attr(Attr.PARENT_RUN, self.parent_id)
@@ -224,7 +299,10 @@ class TrialLoop:
             original = planning.retry_of(self.study, trial.number)
         tags = {Tag.TRIAL: trial.number} | ({Tag.RETRY_OF: original.number} if original else {}) \
             | ({Tag.REFERENCE_CONFIG: "true"} if trial.user_attrs.get(Attr.REFERENCE_CONFIG) else {})
-        run_id = self.publisher.start_trial(family, params, spec.seed, f"trial-{trial.number}", tags, self.parent_id)
+        packable = self.pack > 1 and original is None and not self.session.fast.compile \
+            and get_family(family).fused is not None
+        fast = pack_fast(self.session.fast) if packable else None
+        run_id = self.publisher.start_trial(family, params, spec.seed, f"trial-{trial.number}", tags, self.parent_id, fast)
         trial.set_user_attr(Attr.RUN_ID, run_id)
         trial.set_user_attr(Attr.FAMILY, family)
         resume = self.publisher.checkpoint_of(original.user_attrs.get(Attr.RUN_ID), f"trial {original.number}") \
@@ -234,18 +312,21 @@ class TrialLoop:
             for round_, metrics in enumerate(resume["history"], start=1):  # the pruner sees the whole curve
                 self._report(trial, round_, metrics)
             self.publisher.resumed(run_id, resume)
-        job = TrialJob(family, params, spec.seed, f"trial {trial.number}", resume)
-        with tempfile.TemporaryDirectory(prefix="genbench-trial-") as scratch:
-            outcome = self.runner.run(job, self.publisher.sink(run_id), Path(scratch),
-                                      stop_after=lambda round_, metrics: self._report(trial, round_, metrics, decide=True))
-            _check_objectives(outcome, self.keys)
-            trial.set_user_attr(Attr.REFERENCE_STATS, outcome.reference_stats)
-            try:
-                self.publisher.publish(run_id, outcome)
-            except (MlflowException, SQLAlchemyError, OSError) as e:  # the run must not stay RUNNING
-                outcome = replace(outcome, state=State.FAIL, failure=Failure(
-                    FailureKind.ERROR, f"recording the trial failed: {type(e).__name__}: {e}", traceback.format_exc()))
-                self.publisher.publish(run_id, outcome)  # a failure is recorded as far as the store allows
+        job = TrialJob(family, params, spec.seed, f"trial {trial.number}", resume, fast)
+        key = pack_key(get_family(family), params) if packable and resume is None else None
+        return Prepared(trial, job, run_id, key)
+
+    def _publish(self, ready: Prepared, outcome: TrialOutcome) -> TrialOutcome:
+        """The outcome into the trial's MLflow run and Optuna user attributes."""
+        trial, run_id = ready.trial, ready.run_id
+        _check_objectives(outcome, self.keys)
+        trial.set_user_attr(Attr.REFERENCE_STATS, outcome.reference_stats)
+        try:
+            self.publisher.publish(run_id, outcome)
+        except (MlflowException, SQLAlchemyError, OSError) as e:  # the run must not stay RUNNING
+            outcome = replace(outcome, state=State.FAIL, failure=Failure(
+                FailureKind.ERROR, f"recording the trial failed: {type(e).__name__}: {e}", traceback.format_exc()))
+            self.publisher.publish(run_id, outcome)  # a failure is recorded as far as the store allows
         if outcome.failure is not None:
             trial.set_user_attr(Attr.FAILURE, outcome.failure.reason)
         if outcome.flags is not None and outcome.state == State.COMPLETE:
@@ -276,8 +357,9 @@ def _check_objectives(outcome: TrialOutcome, objective_keys: list[str]) -> None:
 
 
 def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: int = 1,
-              profiler: Profiler = OFF) -> StudyResult:
-    """Run (or continue) a study; `profiler` times the phases of its trials (make bench)."""
+              profiler: Profiler = OFF, pack: int | None = None) -> StudyResult:
+    """Run (or continue) a study; `profiler` times the phases of its trials (make bench); `pack`:
+    trials per fused pack (None: the device's default, harness/packs.py)."""
     resolve_device(device)  # a device that is not there is refused before anything is written
     storage.prepare()
     opened = open_study(spec, storage, heartbeat=True)
@@ -291,8 +373,10 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
         return StudyResult(0, why + (f"; best {best}" if best else ""))
 
     workers = min(workers, to_run)
+    pack = pack or default_pack(resolve_device(device))
     session = open_session(spec, storage, device, f"study {spec.study_name}: {to_run} trial(s) to run, "
-                                                  f"{spec.steps} steps each" + (f", {workers} workers" if workers > 1 else ""))
+                                                  f"{spec.steps} steps each" + (f", {workers} workers" if workers > 1 else "")
+                                                  + (f", fused packs of up to {pack}" if pack > 1 else ""))
     session.phases = profiler
     check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
                    storage.storage_url)
@@ -304,7 +388,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     try:
         if workers > 1:
             session.quality.warm()  # every worker then reads the reference statistics from the cache
-            spawn_workers(spec, device, workers, to_run, parent_id)
+            spawn_workers(spec, device, workers, to_run, parent_id, pack)
             ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.PARENT_RUN) == parent_id]
             tally = Tally()
             for trial in ours:
@@ -312,7 +396,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
         else:
             progress = Progress(spec, to_run)
             try:
-                TrialLoop(opened, session, publisher, parent_id, progress).run(to_run)
+                TrialLoop(opened, session, publisher, parent_id, progress, pack).run(to_run)
             finally:
                 progress.close()
             tally = progress.tally
@@ -381,7 +465,8 @@ def _report_into_runs(session: Session, tracker: Tracker, parent_id: str) -> Non
         warn(f"the study's report artifacts could not be written ({type(e).__name__}: {e}); `make report` retries")
 
 
-def run_worker(spec: StudySpec, storage: Storage, device: str, parent_id: str, share: int, index: int) -> int:
+def run_worker(spec: StudySpec, storage: Storage, device: str, parent_id: str, share: int, index: int,
+               pack: int = 1) -> int:
     """One worker process of `spawn_workers`: its share of trials, logged under the invocation's parent run."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))  # its share of the CPU
     opened = open_study(spec, storage, heartbeat=True)
@@ -389,7 +474,7 @@ def run_worker(spec: StudySpec, storage: Storage, device: str, parent_id: str, s
     publisher = Publisher(session, Tracker(storage, spec.study_name))
     progress = Progress(spec, share, prefix=f"[worker {index}] ", bar=False)
     try:
-        TrialLoop(opened, session, publisher, parent_id, progress).run(share)
+        TrialLoop(opened, session, publisher, parent_id, progress, pack).run(share)
     finally:
         progress.close()
     return 0

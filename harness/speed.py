@@ -109,6 +109,12 @@ class FastPath:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """A loss input in at least fp32: an autocast (bf16) output as fp32; fp32, and the fp64 of the
+    exactness tests, as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 PLAIN = FastPath()  # fp32, default layout, torch.optim.Adam: the reports' loop
 
 

@@ -16,7 +16,7 @@ import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -28,6 +28,8 @@ from harness.flags import excludes, judge
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.registry import Family, get_family
 from harness.session import Session
+from harness.speed import FastPath
+from harness.packs import train_pack
 from harness.training import (Checkpoint, Diverged, SampleScorer, TrainConfig, TrainHooks, TrainResult, evaluate,
                               grid_samples, save_model, train)
 
@@ -50,6 +52,7 @@ class TrialJob:
     seed: int
     label: str  # "trial 3", "trial 3 seed 2": the progress bar's and the figures' titles
     resume: Checkpoint | None = None  # go on from here (a retried trial whose worker died)
+    fast: FastPath | None = None  # its fast path, where not the session's (a trial that may be packed)
 
 
 class TrialRunner:
@@ -61,18 +64,46 @@ class TrialRunner:
 
     def run(self, job: TrialJob, sink: RunSink, scratch: Path, stop_after: StopAfter | None = None) -> TrialOutcome:
         """Train (or go on from job.resume) and score; files are written under `scratch`."""
+        family = get_family(job.family)
+        hooks = self._hooks(family, sink, scratch, stop_after)
+        return self._outcome(job, scratch, lambda: train(family, job.params, self.session.data, self._config(job),
+                                                         hooks, job.resume))
+
+    def run_pack(self, jobs: Sequence[TrialJob], sinks: Sequence[RunSink], scratches: Sequence[Path],
+                 stops: Sequence[StopAfter | None]) -> list[TrialOutcome]:
+        """Train fresh trials of one family together as a fused pack (harness/packs.py), then score
+        each as `run` does; each gets its own outcome (a member that diverged fails alone)."""
+        family = get_family(jobs[0].family)
+        members = [(job.params, self._config(job), self._hooks(family, sink, scratch, stop))
+                   for job, sink, scratch, stop in zip(jobs, sinks, scratches, stops)]
+        try:
+            results: list[TrainResult | BaseException] = list(train_pack(family, members, self.session.data))
+        except KeyboardInterrupt as e:
+            defer_interrupts()
+            results = [e] * len(jobs)
+        except Exception as e:  # noqa: BLE001 - the pack's error fails each of its trials, with its traceback
+            results = [e] * len(jobs)
+        return [self._outcome(job, scratch, lambda result=result: _returned(result))
+                for job, scratch, result in zip(jobs, scratches, results)]
+
+    def _config(self, job: TrialJob) -> TrainConfig:
+        s = self.session
+        return TrainConfig(steps=s.spec.steps, rounds=s.spec.rounds, seed=job.seed, checkpoint_every=s.spec.checkpoint_every,
+                           objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize",
+                           fast=job.fast or s.fast, label=job.label, phases=s.phases)
+
+    def _hooks(self, family: Family, sink: RunSink, scratch: Path, stop_after: StopAfter | None) -> TrainHooks:
+        return TrainHooks(on_round=lambda round_, metrics, model: self._round(family, round_, metrics, model, sink,
+                                                                              scratch, stop_after),
+                          save_checkpoint=sink.checkpoint, scorers=self.scorers)
+
+    def _outcome(self, job: TrialJob, scratch: Path, trained: Callable[[], TrainResult]) -> TrialOutcome:
+        """The outcome of a trial whose training `trained` returns (or raises): its files and scores."""
         s, family = self.session, get_family(job.family)
         computed_before = s.quality.computed
         outcome = TrialOutcome(State.FAIL, job.family, dict(job.params), job.seed)
-        config = TrainConfig(steps=s.spec.steps, rounds=s.spec.rounds, seed=job.seed,
-                             checkpoint_every=s.spec.checkpoint_every,
-                             objective=s.objective_keys[0], minimize=s.spec.objectives[0].direction == "minimize",
-                             fast=s.fast, label=job.label, phases=s.phases)
-        hooks = TrainHooks(on_round=lambda round_, metrics, model: self._round(family, round_, metrics, model, sink,
-                                                                               scratch, stop_after),
-                           save_checkpoint=sink.checkpoint, scorers=self.scorers)
         try:
-            result = train(family, job.params, s.data, config, hooks, job.resume)
+            result = trained()
             outcome.history, outcome.seconds, outcome.stopped_at = result.history, result.seconds, result.stopped_at
             with s.phases.phase("run artifacts"):
                 outcome.artifacts = self._artifacts(family, job, result, scratch)
@@ -98,7 +129,8 @@ class TrialRunner:
                 outcome.artifacts = [path]
             outcome.failure = Failure(FailureKind.DIVERGED, f"Diverged: {e}", last_good_step=last_good)
         except Exception as e:  # noqa: BLE001 - a trial's error fails that trial, recorded with its traceback
-            outcome.failure = Failure(FailureKind.ERROR, f"{type(e).__name__}: {e}", traceback.format_exc())
+            outcome.failure = Failure(FailureKind.ERROR, f"{type(e).__name__}: {e}", "".join(
+                traceback.format_exception(e)))
         finally:
             outcome.reference_stats = "computed" if s.quality.computed > computed_before else "cached"
         return outcome
@@ -152,3 +184,10 @@ class TrialRunner:
         if family.autoencoder and family.output_range == (0.0, 1.0):  # BCE and the ELBO need [0, 1] outputs
             final.update(reconstruction_scores(family, model, s.data, "test", int(params["batch_size"])))
         return final
+
+
+def _returned(result: TrainResult | BaseException) -> TrainResult:
+    """A pack member's training result, or what ended it raised again (for `_outcome` to record)."""
+    if isinstance(result, BaseException):
+        raise result
+    return result

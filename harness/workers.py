@@ -20,7 +20,7 @@ from harness.errors import defer_interrupts
 from harness.studyfile import StudySpec
 
 
-def spawn_workers(spec: StudySpec, device: str, workers: int, to_run: int, parent_id: str) -> None:
+def spawn_workers(spec: StudySpec, device: str, workers: int, to_run: int, parent_id: str, pack: int = 1) -> None:
     """Start the workers and wait for them all; a Ctrl-C reaches them too, and they close their runs."""
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -32,7 +32,7 @@ def spawn_workers(spec: StudySpec, device: str, workers: int, to_run: int, paren
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
         command = [sys.executable, "-m", "harness", "worker", str(spec.path), "--parent-run", parent_id,
                    "--share", str(share), "--index", str(index), "--device", "cuda" if gpus else device,
-                   "--trials", str(spec.trials), "--steps", str(spec.steps), "--scale", spec.scale]
+                   "--trials", str(spec.trials), "--steps", str(spec.steps), "--scale", spec.scale, "--pack", str(pack)]
         if spec.variant:
             command += ["--dataset", spec.dataset] + (["--data", spec.dataset_options["path"]]
                                                        if spec.dataset_options.get("path") else [])

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from harness.adversarial import (BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step, bce_d_loss,
-                                 bce_eval_step, bce_g_loss, make_adam_pair)
+from harness.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
+                                 bce_d_loss, bce_eval_step, bce_g_loss, make_adam_pair)
+from harness.fused import Fused
 from harness.speed import FastPath
 from harness.space import FloatParam
 from models.vae import ConvBNReLU, Decoder, VAEConfig
@@ -40,6 +41,7 @@ METRICS = BCE_METRICS
 REFERENCE = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "latent_dim": 32, "d_loss_factor": 0.5,
              "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
+FUSED = Fused(BCE_FUSED.scalars | {"d_loss_factor"}, BCE_FUSED.step)  # latent size, batch size, D dropout: the pack's
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:

@@ -112,3 +112,4 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> vae.VAE:
 
 
 make_optimizers, train_step, eval_step = vae.make_optimizers, vae.train_step, vae.eval_step
+FUSED = vae.FUSED  # the conv VAE's step and scalars: width and latent size are the pack's

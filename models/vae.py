@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.fused import Fused, Stack, per_member, zero_grads
 from harness.metrics import gaussian_kl
 from harness.space import FloatParam, IntParam
-from harness.speed import FastPath
+from harness.speed import FastPath, at_least_fp32
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,11 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """eps: the reparameterisation noise (B, Z); None draws it (a fused pack passes each member's)."""
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        eps = torch.randn_like(mu) if eps is None else eps
+        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation
         return self.decoder(z), mu, logvar
 
     @torch.no_grad()
@@ -166,8 +169,8 @@ def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optim
                params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
     with fast.forward():  # bf16 autocast when the fast path says so; the losses in fp32
         recon, mu, logvar = model(x)
-        recon_mse = F.mse_loss(recon.float(), x)
-        kl = kl_divergence(mu.float(), logvar.float())
+        recon_mse = F.mse_loss(at_least_fp32(recon), x)
+        kl = kl_divergence(at_least_fp32(mu), at_least_fp32(logvar))
     weight = kl_weight_now(params)
     loss = recon_mse + weight * kl
     opt = optimizers["vae"]
@@ -176,6 +179,28 @@ def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optim
     opt.step()
     return {"loss": loss.detach(), "recon_mse": recon_mse.detach(), "kl": kl.detach(),
             "kl_weight": torch.tensor(weight, device=x.device)}
+
+
+def fused_train_step(stack: Stack, models: list[VAE], x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
+                     optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
+    """train_step of every member of a pack at once: x (P, B, C, S, S), noise (P, B, Z)."""
+    weights = stack.scalar([kl_weight_now(p) for p in params])  # (P,)
+    with fast.forward():
+        recon, mu, logvar = stack("", x, noise)  # (P, B, C, S, S), (P, B, Z), (P, B, Z)
+        recon_mse = (at_least_fp32(recon) - x).pow(2).flatten(1).mean(dim=1)  # (P,)
+        kl = gaussian_kl(at_least_fp32(mu), at_least_fp32(logvar)).sum(dim=2).mean(dim=1)  # (P,)
+    loss = recon_mse + weights * kl
+    zero_grads(optimizers)
+    loss.sum().backward()  # members share no parameter: each gets the gradient of its own loss
+    for member in optimizers:
+        member["vae"].step()
+    stats = {"loss": loss, "recon_mse": recon_mse, "kl": kl, "kl_weight": weights}
+    return [per_member(stats, p) for p in range(len(models))]
+
+
+# Scalars only: the KL weight and its warm-up, and Adam's settings. Latent size and dropout change
+# modules or shapes, and batch size the batches: a pack's members share those.
+FUSED = Fused(scalars=frozenset({"kl_weight", "kl_warmup", "lr", "weight_decay"}), step=fused_train_step)
 
 
 @torch.no_grad()

@@ -52,6 +52,9 @@ SPACE = {
 METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None, "wasserstein": None}
 # Gulrajani et al. 2017: Adam lr 1e-4, betas (0, 0.9), 5 critic steps per generator step, lambda 10.
 REFERENCE = {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "schedule": "ratio", "d_steps": 5, "gp_weight": 10.0}
+# Not fusable: the gradient penalty differentiates the critic inside the step (requires_grad_ and
+# torch.autograd.grad with create_graph), which torch.func.vmap refuses; its trials train one at a time.
+FUSED = None
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:

@@ -240,6 +240,19 @@ def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_measures_fused_packs_beside_one_trial_at_a_time(tmp_path):
+    from harness.bench import bench_packs, pack_lines
+
+    rows = bench_packs(torch.device("cpu"), tmp_path / "cache", seconds=0.2, families=["vae", "wgan_gp"])
+    assert [(r["family"], r["size"]) for r in rows] == [("vae", 32)]  # WGAN-GP cannot be fused; a CPU benches 32 px
+    (r,) = rows
+    assert set(r["images_per_s"]) == {"alone", "pack4"} and all(v > 0 for v in r["images_per_s"].values())
+    assert r["speedup"]["pack4"] == pytest.approx(r["images_per_s"]["pack4"] / r["images_per_s"]["alone"])
+    assert r["peak_gib"] == {"alone": None, "pack4": None}  # torch counts no CPU memory
+    assert pack_lines(rows, "cpu")[1].split()[:2] == ["vae", "32px"]
+
+
+@pytest.mark.slow
 def test_bench_overhead_profiles_a_real_trial(tmp_path, shared_caches):
     from harness.bench import OVERHEAD_PHASES, bench_overhead, overhead_lines
 
