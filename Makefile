@@ -18,6 +18,7 @@ ARTIFACTS ?=
 PYTEST_ARGS ?=
 WORKERS ?=
 PACK ?=
+PACKS ?=
 FAMILIES ?=
 SEEDS ?= 5
 TOP ?= 1
@@ -99,10 +100,10 @@ server: setup ## MLflow tracking server for workers elsewhere: [BACKEND_STORE=po
 report: setup ## tables, plots and HTML per study in reports/ (all studies, or STUDY=name)
 	$(PY) -m harness report $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
 
-bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers (minutes); RUNS_DIR/bench/workers.json
-	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE)
+bench-workers: setup ## trials/hour of one 8-trial study with 1, 2 and 4 workers [and fused packs: PACKS=4,8] (minutes); RUNS_DIR/bench/workers.json
+	$(PY) -m harness bench --workers 1,2,4 --device $(DEVICE) $(if $(PACKS),--packs $(PACKS))
 
-bench: setup ## images/s fast path vs plain loop per family, the full scale's workload, compile break-even, harness overhead, sampler, scores (about 5 min on a 2-core CPU); table + RUNS_DIR/bench/bench.json
+bench: setup ## images/s fast path vs plain loop per family, fused packs, the full scale's workload, compile break-even, harness overhead, sampler, scores (about 8 min on a 2-core CPU); table + RUNS_DIR/bench/bench.json
 	$(PY) -m harness bench --device $(DEVICE)
 
 workload: setup ## every shipped study's full scale (SCALE=full) in counted FLOPs, and its training time at this device's measured 64 px rates (about 4 min on a CPU); RUNS_DIR/bench/workload.json

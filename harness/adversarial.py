@@ -215,7 +215,9 @@ def fused_bce_step(stack: Stack, models: list[AdversarialPair], x: Tensor, noise
     return outputs
 
 
-# The BCE GANs' scalars: learning rates, Adam's beta1 and the schedule, whose D:G ratio becomes a
-# per-member mask of whose turn it is (the threshold schedule reads each member's loss, as alone).
-BCE_FUSED = Fused(scalars=frozenset({"lr_g", "lr_d", "beta1", "schedule", "d_steps", "d_threshold", "g_threshold",
-                                     "max_consecutive"}), step=fused_bce_step)
+# The BCE GANs' scalars: learning rates, Adam's beta1, D's dropout rate (0 builds no Dropout) and
+# the schedule, whose D:G ratio becomes a per-member mask of whose turn it is (the threshold
+# schedule reads each member's loss, as alone).
+BCE_FUSED = Fused(scalars=frozenset({"lr_g", "lr_d", "beta1", "d_dropout", "schedule", "d_steps", "d_threshold",
+                                     "g_threshold", "max_consecutive"}), step=fused_bce_step,
+                  switches=frozenset({"d_dropout"}))

@@ -35,6 +35,14 @@ _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "a whole number (0 or more)")
 
 
+def _positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers, e.g. 1,2,4."""
+    try:
+        return [_positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 1,2,4), got {text!r}") from None
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from harness.search import run_study
     from harness.storage import Storage
@@ -129,8 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     storage = Storage.from_env()
     storage.prepare()
     if args.workers:
-        counts = [int(c) for c in args.workers.split(",")]
-        print(bench_workers(counts, storage.bench_dir, args.device))
+        print(bench_workers(args.workers, storage.bench_dir, args.device, packs=args.packs or []))
         return 0
     if args.workload:
         print(run_workload(resolve_device(args.device), storage, seconds=args.seconds))
@@ -378,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    bench.add_argument("--workers", help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
+    bench.add_argument("--workers", type=_positive_ints,
+                       help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
+    bench.add_argument("--packs", type=_positive_ints,
+                       help="with --workers: also in one process with fused packs of these sizes, e.g. 4,8")
     bench.add_argument("--workload", action="store_true",
                        help="instead: each shipped study's full-scale FLOPs and its training time at this device's rates")
     bench.set_defaults(run=cmd_bench)

@@ -8,10 +8,12 @@ through torch.func.vmap(functional_call(...)). PyTorch runs a vmapped convolutio
 convolution and a vmapped linear layer as one batched matmul, so this is HFTA's fusion without
 rewriting a model. Gradients flow back through the stack to each member's own parameters.
 
-A family declares `FUSED = Fused(scalars=..., step=...)` (or `FUSED = None`: cannot be fused):
+A family declares `FUSED = Fused(scalars=..., step=..., switches=...)` (or `FUSED = None`):
   scalars  the hyperparameters that may differ inside a pack: scalars that change no tensor shape
-           and no module (learning rates, betas, weight decay, loss weights, the D:G ratio); every
-           other parameter (latent size, width, batch size, dropout) must be equal in a pack
+           (learning rates, betas, weight decay, loss weights, the D:G ratio, dropout rates); every
+           other parameter (latent size, width, batch size) must be equal in a pack
+  switches those scalars whose zero builds other modules (a dropout rate of 0 builds no Dropout):
+           members agree on which of them are zero
   step     step(stack, models, x, noise, params, optimizers, fast) -> one output dict per member:
            one update of every member on its own batch x[p] (P, B, C, H, W) and noise[p] (P, B, Z),
            the noise its train_step draws from the global generator when trained alone
@@ -36,11 +38,33 @@ class Fused:
 
     scalars: frozenset[str]  # parameters that may differ between members of one pack
     step: FusedStep
+    switches: frozenset[str] = frozenset()  # scalars whose zero changes the modules built
+
+
+class MemberDropout(nn.Module):
+    """nn.Dropout with a rate per member: inside a Stack's pass `rate` is that member's (batched by
+    vmap), and the mask is drawn per member. (A lone trial's nn.Dropout draws its masks differently,
+    so with dropout a member matches its lone twin in distribution, not number for number.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) >= self.rate) / (1 - self.rate)
 
 
 def template_of(model: nn.Module) -> nn.Module:
-    """A storage-free copy of a member (meta tensors): the module code a Stack runs."""
-    return copy.deepcopy(model).to("meta")
+    """A storage-free copy of a member (meta tensors): the module code a Stack runs, its Dropouts
+    made MemberDropouts."""
+    template = copy.deepcopy(model).to("meta")
+    for path, module in list(template.named_modules()):
+        if isinstance(module, nn.Dropout):
+            parent, _, name = path.rpartition(".")
+            template.get_submodule(parent).register_module(name, MemberDropout().train(module.training))
+    return template
 
 
 class Stack:
@@ -55,6 +79,9 @@ class Stack:
                        for name, _ in template.named_parameters()}
         self.buffers = {name: torch.stack([m.get_buffer(name) for m in self.models])
                         for name, _ in template.named_buffers()}
+        device = next(iter(self.params.values())).device
+        self.rates = {path: torch.tensor([m.get_submodule(path).p for m in self.models], device=device)
+                      for path, module in template.named_modules() if isinstance(module, MemberDropout)}
 
     def __len__(self) -> int:
         return len(self.models)
@@ -68,11 +95,18 @@ class Stack:
         for name in [k for k in self.buffers if k.startswith(prefix)]:  # fresh tensors for this pass to update in
             self.buffers[name] = self.buffers[name].clone()  # place: an earlier pass's backward may need the old
         buffers = {k[len(prefix):]: v for k, v in self.buffers.items() if k.startswith(prefix)}
+        rates = self.rates  # every Dropout's, absolute paths: those outside `path` go unused
 
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], *xs: Tensor) -> Any:
+        def one(p: dict[str, Tensor], b: dict[str, Tensor], r: dict[str, Tensor], *xs: Tensor) -> Any:
+            for path_, rate in r.items():  # this member's dropout rates
+                self.template.get_submodule(path_).rate = rate
             return functional_call(module, (p, b), xs, kwargs)
 
-        return vmap(one, randomness="different")(params, buffers, *inputs)
+        try:
+            return vmap(one, randomness="different")(params, buffers, rates, *inputs)
+        finally:
+            for path_ in rates:
+                self.template.get_submodule(path_).rate = None
 
     def snapshot(self, path: str) -> dict[str, Tensor]:
         """Copies of the buffers under `path`, for `restore`."""

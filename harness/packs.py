@@ -28,10 +28,10 @@ from harness.training import CHECK_EVERY, Diverged, LossTally, TrainConfig, Trai
 
 PackKey = tuple[Any, ...]
 # Trials per pack when PACK= is not given. 1 on a CPU: there a pack is slower than its members one
-# after the other (make bench on this project's 2-core CPU, 32 px, batch 128: a pack of 4 trained
-# 0.47x the images/s of one conv VAE trial at a time, 0.69x for DCGAN; grouped convolutions are
-# slow on a CPU). 8 on a GPU, where one small trial leaves most of the device idle (HFTA's case);
-# that default is not measured here yet.
+# after the other (make bench on this project's 2-core CPU, 32 px: a pack of 4 trained at 0.38x
+# (GAN), 0.47x and 0.68x (conv VAE, two runs), 0.69x and 0.74x (DCGAN), 0.88x (ResNet-VAE) the
+# images/s of one trial at a time). 8 on a GPU, where one small trial leaves most of the device
+# idle (HFTA's case); that default is not measured here yet.
 DEFAULT_PACK = {"cpu": 1, "cuda": 8}
 
 
@@ -40,11 +40,14 @@ def default_pack(device: torch.device) -> int:
 
 
 def pack_key(family: Family, params: Mapping[str, Any]) -> PackKey | None:
-    """Trials with equal keys can share a pack: the family, and every parameter that is not one of
-    its fused scalars (shapes, modules, batch size). None: the family cannot be fused."""
-    if family.fused is None:
+    """Trials with equal keys can share a pack: the family, every parameter that is not one of its
+    fused scalars (shapes, batch size), and which of its switches are zero (the modules built).
+    None: the family cannot be fused."""
+    fused = family.fused
+    if fused is None:
         return None
-    return (family.name,) + tuple(sorted((k, repr(v)) for k, v in params.items() if k not in family.fused.scalars))
+    return (family.name,) + tuple(sorted((k, repr(v)) for k, v in params.items() if k not in fused.scalars)) \
+        + tuple(sorted((f"{k} > 0", float(v) > 0) for k, v in params.items() if k in fused.switches))
 
 
 def why_not_packable(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainConfig]]) -> str | None:

@@ -169,6 +169,8 @@ def _declare(name: str, kind: str, space: Mapping[str, Param], metrics: Mapping[
         unknown = sorted(set(fused.scalars) - set(space))
         if unknown:
             raise RegistryError(f"{at}: fused scalars {unknown} are not in its space")
+        if not set(fused.switches) <= set(fused.scalars):
+            raise RegistryError(f"{at}: fused switches {sorted(set(fused.switches) - set(fused.scalars))} are not scalars")
     return Family(name, kind, dict(space), dict(metrics), curves, plots, reference, build, make_optimizers,
                   train_step, eval_step, help, tuple(map(float, output_range)), budget_optimizer, fused)
 

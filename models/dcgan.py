@@ -69,7 +69,7 @@ METRICS = BCE_METRICS
 # Radford et al. as seed reports 003 and 004 applied them: lr 2e-4, beta1 0.5, z of 100, width 64.
 REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "latent_dim": 100, "width": 64, "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
-FUSED = BCE_FUSED  # width, latent size, batch size and D dropout are the pack's
+FUSED = BCE_FUSED  # width, latent size and batch size are the pack's
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:

@@ -41,7 +41,7 @@ METRICS = BCE_METRICS
 REFERENCE = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "latent_dim": 32, "d_loss_factor": 0.5,
              "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
-FUSED = Fused(BCE_FUSED.scalars | {"d_loss_factor"}, BCE_FUSED.step)  # latent size, batch size, D dropout: the pack's
+FUSED = Fused(BCE_FUSED.scalars | {"d_loss_factor"}, BCE_FUSED.step, BCE_FUSED.switches)  # latent, batch: the pack's
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> AdversarialPair:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
+from harness.fused import Fused
 from harness.space import ChoiceParam, IntParam
 from models import vae
 
@@ -112,4 +113,5 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> vae.VAE:
 
 
 make_optimizers, train_step, eval_step = vae.make_optimizers, vae.train_step, vae.eval_step
-FUSED = vae.FUSED  # the conv VAE's step and scalars: width and latent size are the pack's
+# The conv VAE's fused step and scalars (it has no dropout); width and latent size are the pack's.
+FUSED = Fused(vae.FUSED.scalars - {"dropout"}, vae.FUSED.step)

@@ -198,9 +198,11 @@ def fused_train_step(stack: Stack, models: list[VAE], x: Tensor, noise: Tensor, 
     return [per_member(stats, p) for p in range(len(models))]
 
 
-# Scalars only: the KL weight and its warm-up, and Adam's settings. Latent size and dropout change
-# modules or shapes, and batch size the batches: a pack's members share those.
-FUSED = Fused(scalars=frozenset({"kl_weight", "kl_warmup", "lr", "weight_decay"}), step=fused_train_step)
+# Scalars only: the KL weight and its warm-up, Adam's settings and the dropout rate (0 builds no
+# Dropout: members agree on whether it is 0). Latent size changes shapes, batch size the batches:
+# a pack's members share those.
+FUSED = Fused(scalars=frozenset({"kl_weight", "kl_warmup", "lr", "weight_decay", "dropout"}), step=fused_train_step,
+              switches=frozenset({"dropout"}))
 
 
 @torch.no_grad()

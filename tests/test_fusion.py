@@ -25,6 +25,7 @@ import torch
 
 from harness import packs
 from harness.data import load_dataset
+from harness.fused import Stack, template_of
 from harness.packs import pack_fast, pack_key, train_pack, why_not_packable
 from harness.registry import get_family
 from harness.speed import FastPath
@@ -82,7 +83,8 @@ def loss_keys(history: list[Mapping[str, float]]) -> list[str]:
     return [k for k in history[0] if k.startswith(("train_", "val_")) and "per_s" not in k]
 
 
-@pytest.mark.parametrize("family", ["vae", "gan", "dcgan"])
+@pytest.mark.parametrize("family", [pytest.param("vae", marks=pytest.mark.slow), pytest.param("gan", marks=pytest.mark.slow),
+                                    "dcgan"])
 def test_a_member_matches_the_same_trial_trained_alone_step_for_step(family, data):
     with float64():
         alone, packed = alone_and_packed(family, data, steps=8, rounds=4)
@@ -140,17 +142,18 @@ def test_a_member_checkpoint_loads_and_resumes_as_an_ordinary_trial(data, tmp_pa
     assert resumed.history[-1]["val_loss"] == pytest.approx(member.history[-1]["val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_fails_alone_and_the_others_go_on(data):
     family = get_family("gan")
     params = configs("gan")
     params[1] = params[1] | {"lr_d": 1e5, "lr_g": 1e5}  # blows up within a few steps
-    settings = [TrainConfig(steps=30, rounds=2, seed=5 + i) for i in range(3)]
+    settings = [TrainConfig(steps=12, rounds=2, seed=5 + i) for i in range(3)]
     with float64():
         packed = train_pack(family, [(p, c, NO_SCORES) for p, c in zip(params, settings)], data)
         lone = train(family, params[2], data, settings[2], NO_SCORES)
     assert isinstance(packed[1], Diverged), packed[1]
     assert isinstance(packed[0], TrainResult) and isinstance(packed[2], TrainResult)
-    assert packed[2].history[-1]["steps"] == 30
+    assert packed[2].history[-1]["steps"] == 12
     assert largest_difference(packed[2].model, lone.model) < PARAMETER_TOLERANCE
 
 
@@ -170,6 +173,28 @@ def test_a_pruned_member_stops_and_the_others_train_to_the_end(data):
     assert rounds_seen == [[1], [1, 2, 3], [1, 2, 3]]
     assert packed[0].stopped_at == 3 and packed[1].stopped_at is None
     assert [len(r.history) for r in packed] == [1, 3, 3]
+
+
+def test_members_drop_out_at_their_own_rates():
+    """Dropout rates are per member: a pack of the conv VAE at 0.1 and 0.5 drops those fractions."""
+    vae = get_family("vae")
+    models = [vae.build(vae.defaults | {"dropout": rate}, 1, 32) for rate in (0.1, 0.5)]
+    stack = Stack(template_of(models[0]), models)
+    out = stack("encoder.layer1.drop", torch.ones(2, 100, 16, 8, 8))  # (P, B, C, H, W)
+    for member, rate in zip(out, (0.1, 0.5)):
+        assert (member == 0).float().mean().item() == pytest.approx(rate, abs=0.01)
+        assert member[member != 0].unique().tolist() == [pytest.approx(1 / (1 - rate))]
+    assert stack.template.get_submodule("encoder.layer1.drop").rate is None  # nothing left behind
+
+
+def test_a_pack_trains_members_with_different_dropout_rates(data):
+    vae = get_family("vae")
+    params = [vae.defaults | {"batch_size": 16, "dropout": rate} for rate in (0.1, 0.3)]
+    assert pack_key(vae, params[0]) == pack_key(vae, params[1])
+    assert pack_key(vae, params[0]) != pack_key(vae, params[0] | {"dropout": 0.0})  # 0 builds no Dropout
+    packed = train_pack(vae, [(p, TrainConfig(steps=6, rounds=2, seed=i), NO_SCORES) for i, p in enumerate(params)], data)
+    assert all(isinstance(r, TrainResult) and r.history[-1]["steps"] == 6 for r in packed)
+    assert packed[0].history[-1]["train_loss"] != packed[1].history[-1]["train_loss"]
 
 
 def test_packs_hold_only_trials_that_differ_in_scalars():

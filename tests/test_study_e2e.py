@@ -206,7 +206,8 @@ def test_user_mistakes_exit_non_zero_with_one_line_and_no_traceback(tmp_path):
     bad = write_study(tmp_path, "typo", (REPO / "studies" / "smoke.toml").read_text()
                       .replace('name = "smoke"', 'name = "typo"').replace("steps = 16", "stpes = 16"))
     mistakes = (["study", "vae_kl_swep"], ["study", str(bad)], ["study", "smoke", "--device", "cuda:7"],
-                ["study", "smoke", "--bogus"], ["stduy", "smoke"], ["study", "smoke", "--steps", "-3"], ["study"])
+                ["study", "smoke", "--bogus"], ["stduy", "smoke"], ["study", "smoke", "--steps", "-3"], ["study"],
+                ["study", "smoke", "--pack", "0"], ["bench", "--workers", "1,two"], ["bench", "--workers", "1", "--packs", "4,"])
     for args in mistakes:  # the last four are argparse's: one line too, not its usage block
         done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
