@@ -19,6 +19,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.data import ImageSplits, to_model_range
 from harness.fused import Stack, template_of
@@ -100,8 +101,11 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
     going = list(range(len(runs)))
     template = template_of(runs[0].model)  # the module code every Stack runs
     start = time.perf_counter()
+    labels = [c.label for _, c, _ in members if c.label]
+    bar = tqdm(range(1, config.rounds + 1), desc=f"fused pack: {', '.join(labels)}", unit="round", leave=False,
+               disable=True if not labels else None)  # None: shown on a terminal only
     with config.fast.applied():
-        for round_ in range(1, config.rounds + 1):
+        for round_ in bar:
             t0 = time.perf_counter()
             tallies = {i: LossTally(data.device) for i in going}
             for i in going:
@@ -119,6 +123,7 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
                     going.remove(i)
             if not going:
                 break
+    bar.close()
     seconds = time.perf_counter() - start
     for result in results:
         if isinstance(result, TrainResult):

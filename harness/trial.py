@@ -27,9 +27,9 @@ from harness.errors import defer_interrupts
 from harness.flags import excludes, judge
 from harness.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.registry import Family, get_family
+from harness.packs import train_pack
 from harness.session import Session
 from harness.speed import FastPath
-from harness.packs import train_pack
 from harness.training import (Checkpoint, Diverged, SampleScorer, TrainConfig, TrainHooks, TrainResult, evaluate,
                               grid_samples, save_model, train)
 

@@ -267,3 +267,51 @@ def test_on_a_gpu_the_bench_measures_packs_of_4_8_and_16_with_their_memory(tmp_p
     for r in rows:
         assert set(r["images_per_s"]) == {"alone", "pack4", "pack8", "pack16"}
         assert 0 < r["peak_gib"]["pack4"] < r["peak_gib"]["pack16"]
+
+
+@pytest.mark.fault
+def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a pack trains, and again while its runs close: every member's run ends KILLED,
+    every member's trial FAIL, and the study exits 130, as for a lone trial."""
+    import os
+    import signal
+
+    import optuna
+    from conftest import REPO, mlflow_runs, write_study
+    from harness import registry
+    from harness.cli import main
+    from harness.fused import Fused
+    from harness.registry import register_family
+    from harness.tracking import Tracker
+    from models import vae
+
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    steps = []
+
+    def interrupted_step(*args):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt  # the first Ctrl-C, during the pack's training
+        return vae.fused_train_step(*args)
+
+    register_family("packed", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
+                    make_optimizers=vae.make_optimizers, train_step=vae.train_step, eval_step=vae.eval_step,
+                    budget_optimizer="vae", fused=Fused(vae.FUSED.scalars, interrupted_step, vae.FUSED.switches))
+    real_end_run = Tracker.end_run
+
+    def end_run_with_a_second_ctrl_c(self, run_id, status, tags=None):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the runs are being closed
+        return real_end_run(self, run_id, status, tags)
+
+    monkeypatch.setattr(Tracker, "end_run", end_run_with_a_second_ctrl_c)
+    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "twice"')
+    text = text.replace('families = ["vae"]', 'families = ["packed"]').replace("[space.vae]", "[space.packed]")
+    assert main(["study", str(write_study(tmp_path, "twice", text)), "--device", "cpu", "--pack", "2"]) == 130
+    assert len(steps) == 3
+    runs = mlflow_runs(runs_dir, "twice-v2")
+    children = [r for r in runs if "fused_pack" in r.data.tags]
+    assert len(children) == 2 and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs} == {"KILLED"}
+    trials = optuna.load_study(study_name="twice-v2", storage=f"sqlite:///{runs_dir / 'optuna.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("interrupted" in t.user_attrs["failure_reason"] for t in trials)
