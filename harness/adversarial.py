@@ -170,7 +170,7 @@ def bce_eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) 
 BCE_METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}  # logged; not objectives
 
 
-def fused_bce_step(stack: Stack, models: list[AdversarialPair], x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
+def fused_bce_step(stack: Stack, x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
                    optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
     """adversarial_step with the BCE losses for every member of a pack at once: x (P, B, C, S, S),
     noise (P, B, Z). Each member takes the step its own schedule says (its D:G ratio is a per-member
@@ -179,6 +179,7 @@ def fused_bce_step(stack: Stack, models: list[AdversarialPair], x: Tensor, noise
     step get their D BatchNorm statistics back afterwards. One pass of D over the fakes then serves
     both: the D losses of D steppers, the G losses of G steppers (the gradients each member's other
     network receives are never stepped, as alone)."""
+    models: list[AdversarialPair] = stack.models
     turns = [model.schedule.turn for model in models]
     d_turn = torch.tensor([t == "d" for t in turns], device=x.device)  # (P,)
     factor = stack.scalar([p.get("d_loss_factor", 1.0) for p in params])  # (P,)

@@ -58,8 +58,8 @@ from harness.registry import Family, family_names, get_family
 from harness.storage import Storage
 from harness.studyfile import load_study, study_names
 from harness.fused import template_of
-from harness.packs import fused_batch, member_generator, pack_fast
-from harness.training import StepCounter, TrainConfig, TrainHooks, TrialRun, train_round
+from harness.packs import fused_batch, new_member, pack_fast
+from harness.training import StepCounter, TrainConfig, TrainHooks, train_round
 from harness.workload import batch_flops, inception_flops_per_image, order_of, study_workload
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
@@ -230,12 +230,8 @@ PACK_PIXELS = {"cpu": (32,), "cuda": (32, 64)}
 def pack_runner(family: Family, params: Mapping[str, Any], data: ImageSplits, fast: speed.FastPath,
                 size: int) -> Callable[[int], float]:
     """n fused steps of a pack of `size` members (harness/packs.py) -> seconds (ends in a read: synchronised)."""
-    runs = []
-    for seed in range(size):
-        torch.manual_seed(seed)
-        run = TrialRun(family, params, data, TrainConfig(steps=sys.maxsize, seed=seed, fast=fast), TrainHooks(scorers=[]))
-        run.rng = member_generator(seed, data.device)
-        runs.append(run)
+    runs = [new_member(family, params, data, TrainConfig(steps=sys.maxsize, seed=seed, fast=fast), TrainHooks(scorers=[]))
+            for seed in range(size)]
     template = template_of(runs[0].model)
 
     def run_steps(n: int) -> float:

@@ -14,7 +14,8 @@ A family declares `FUSED = Fused(scalars=..., step=..., switches=...)` (or `FUSE
            other parameter (latent size, width, batch size) must be equal in a pack
   switches those scalars whose zero builds other modules (a dropout rate of 0 builds no Dropout):
            members agree on which of them are zero
-  step     step(stack, models, x, noise, params, optimizers, fast) -> one output dict per member:
+  step     step(stack, x, noise, params, optimizers, fast) -> one output dict per member (the
+           members' models are stack.models):
            one update of every member on its own batch x[p] (P, B, C, H, W) and noise[p] (P, B, Z),
            the noise its train_step draws from the global generator when trained alone
 """
@@ -79,12 +80,9 @@ class Stack:
                        for name, _ in template.named_parameters()}
         self.buffers = {name: torch.stack([m.get_buffer(name) for m in self.models])
                         for name, _ in template.named_buffers()}
-        device = next(iter(self.params.values())).device
-        self.rates = {path: torch.tensor([m.get_submodule(path).p for m in self.models], device=device)
+        self.device = next(iter(self.params.values())).device
+        self.rates = {path: torch.tensor([m.get_submodule(path).p for m in self.models], device=self.device)
                       for path, module in template.named_modules() if isinstance(module, MemberDropout)}
-
-    def __len__(self) -> int:
-        return len(self.models)
 
     def __call__(self, path: str, *inputs: Tensor, **kwargs: Any) -> Any:
         """The template's submodule `path` ("" for the whole model) on every member: inputs and
@@ -128,8 +126,7 @@ class Stack:
 
     def scalar(self, values: Sequence[float]) -> Tensor:
         """Per-member numbers as a (P,) float tensor on the members' device."""
-        device = next(iter(self.params.values())).device
-        return torch.tensor([float(v) for v in values], device=device)
+        return torch.tensor([float(v) for v in values], device=self.device)
 
 
 def zero_grads(optimizers: Sequence[Mapping[str, torch.optim.Optimizer]]) -> None:

@@ -74,6 +74,16 @@ def pack_fast(fast: FastPath) -> FastPath:
     return dataclasses.replace(fast, channels_last=False)
 
 
+def new_member(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
+               hooks: TrainHooks) -> TrialRun:
+    """A pack member, built as train() builds a lone trial (its seed sets its initial weights), with
+    the random generator its noise comes from."""
+    torch.manual_seed(config.seed)
+    run = TrialRun(family, params, data, config, hooks)
+    run.rng = member_generator(config.seed, data.device)
+    return run
+
+
 def member_generator(seed: int, device: torch.device) -> torch.Generator:
     """The generator a member's noise comes from, in the state the global one would have alone:
     on a CPU the state after its model was built (call right after building it); on a GPU, the GPU
@@ -90,12 +100,7 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
     why = why_not_packable(family, [(params, config) for params, config, _ in members])
     if why:
         raise ValueError(f"not one pack: {why}")
-    runs = []
-    for params, config, hooks in members:
-        torch.manual_seed(config.seed)  # as train() does: the seed sets the initial weights
-        run = TrialRun(family, params, data, config, hooks)
-        run.rng = member_generator(config.seed, data.device)
-        runs.append(run)
+    runs = [new_member(family, params, data, config, hooks) for params, config, hooks in members]
     config = members[0][1]
     results: list[TrainResult | Diverged] = [run.result for run in runs]
     going = list(range(len(runs)))
@@ -163,7 +168,7 @@ def fused_batch(family: Family, template: torch.nn.Module,
     for run in runs:
         run.step_params["progress"] = run.counter.done / run.config.steps
     stack = Stack(template, [run.model for run in runs])
-    outputs = family.fused.step(stack, stack.models, x, noise, [run.step_params for run in runs],
+    outputs = family.fused.step(stack, x, noise, [run.step_params for run in runs],
                                 [run.optimizers for run in runs], fast)
     stack.write_back()
     return outputs, x.shape[1]

@@ -224,12 +224,13 @@ def _first_diverged(losses: Mapping[str, float]) -> str | None:
 class TrialRun:
     """One configuration in training: its model, optimizers, batch stream, step counts and history,
     and what closes a round (validation, scores, the hooks, checkpoints). `train` drives one; a fused
-    pack (harness/fusion.py) drives several in lockstep, each with its own random generator `rng`
+    pack (harness/packs.py) drives several in lockstep and gives each its own random generator `rng`
     (None: the global one, as a lone trial uses)."""
 
     def __init__(self, family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
-                 hooks: TrainHooks, resume: Checkpoint | None = None, rng: torch.Generator | None = None):
-        self.family, self.params, self.data, self.config, self.hooks, self.rng = family, params, data, config, hooks, rng
+                 hooks: TrainHooks, resume: Checkpoint | None = None):
+        self.family, self.params, self.data, self.config, self.hooks = family, params, data, config, hooks
+        self.rng: torch.Generator | None = None
         self.scorers = [SampleScorer(data)] if hooks.scorers is None else hooks.scorers
         self.model = config.fast.prepare(family.build(params, data.channels, data.image_size).to(data.device))
         self.optimizers = family.make_optimizers(self.model, params, config.fast)

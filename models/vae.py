@@ -181,7 +181,7 @@ def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optim
             "kl_weight": torch.tensor(weight, device=x.device)}
 
 
-def fused_train_step(stack: Stack, models: list[VAE], x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
+def fused_train_step(stack: Stack, x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
                      optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
     """train_step of every member of a pack at once: x (P, B, C, S, S), noise (P, B, Z)."""
     weights = stack.scalar([kl_weight_now(p) for p in params])  # (P,)
@@ -195,7 +195,7 @@ def fused_train_step(stack: Stack, models: list[VAE], x: Tensor, noise: Tensor, 
     for member in optimizers:
         member["vae"].step()
     stats = {"loss": loss, "recon_mse": recon_mse, "kl": kl, "kl_weight": weights}
-    return [per_member(stats, p) for p in range(len(models))]
+    return [per_member(stats, p) for p in range(len(stack.models))]
 
 
 # Scalars only: the KL weight and its warm-up, Adam's settings and the dropout rate (0 builds no

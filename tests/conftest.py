@@ -9,6 +9,7 @@ from harness.cli import MLFLOW_QUIET, main
 for _key, _value in MLFLOW_QUIET.items():  # as `python -m harness` does, before MLflow is imported
     os.environ.setdefault(_key, _value)
 
+import signal
 import socket
 import subprocess
 import time
@@ -84,6 +85,25 @@ def split_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     parents = [r for r in runs if r.data.tags.get("kind") == "study"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return parents, children
+
+
+def second_ctrl_c_while_runs_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users press Ctrl-C twice: the second arrives while MLflow runs are being closed."""
+    from harness.tracking import Tracker
+
+    real_end_run = Tracker.end_run
+
+    def end_run_with_a_second_ctrl_c(self, run_id, status, tags=None):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_end_run(self, run_id, status, tags)
+
+    monkeypatch.setattr(Tracker, "end_run", end_run_with_a_second_ctrl_c)
+
+
+def smoke_study_of(family: str, name: str) -> str:
+    """The smoke study's text, renamed, for another (test) family."""
+    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', f'name = "{name}"')
+    return text.replace('families = ["vae"]', f'families = ["{family}"]').replace("[space.vae]", f"[space.{family}]")
 
 
 def write_study(folder: Path, name: str, text: str) -> Path:

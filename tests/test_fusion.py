@@ -273,16 +273,12 @@ def test_on_a_gpu_the_bench_measures_packs_of_4_8_and_16_with_their_memory(tmp_p
 def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C while a pack trains, and again while its runs close: every member's run ends KILLED,
     every member's trial FAIL, and the study exits 130, as for a lone trial."""
-    import os
-    import signal
-
     import optuna
-    from conftest import REPO, mlflow_runs, write_study
+    from conftest import mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, write_study
     from harness import registry
     from harness.cli import main
     from harness.fused import Fused
     from harness.registry import register_family
-    from harness.tracking import Tracker
     from models import vae
 
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
@@ -297,16 +293,9 @@ def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, mo
     register_family("packed", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
                     make_optimizers=vae.make_optimizers, train_step=vae.train_step, eval_step=vae.eval_step,
                     budget_optimizer="vae", fused=Fused(vae.FUSED.scalars, interrupted_step, vae.FUSED.switches))
-    real_end_run = Tracker.end_run
-
-    def end_run_with_a_second_ctrl_c(self, run_id, status, tags=None):
-        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the runs are being closed
-        return real_end_run(self, run_id, status, tags)
-
-    monkeypatch.setattr(Tracker, "end_run", end_run_with_a_second_ctrl_c)
-    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "twice"')
-    text = text.replace('families = ["vae"]', 'families = ["packed"]').replace("[space.vae]", "[space.packed]")
-    assert main(["study", str(write_study(tmp_path, "twice", text)), "--device", "cpu", "--pack", "2"]) == 130
+    second_ctrl_c_while_runs_close(monkeypatch)
+    study = write_study(tmp_path, "twice", smoke_study_of("packed", "twice"))
+    assert main(["study", str(study), "--device", "cpu", "--pack", "2"]) == 130
     assert len(steps) == 3
     runs = mlflow_runs(runs_dir, "twice-v2")
     children = [r for r in runs if "fused_pack" in r.data.tags]

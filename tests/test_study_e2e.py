@@ -16,11 +16,10 @@ from harness import registry, training
 from harness.cli import main
 from harness.data import load_dataset
 from harness.registry import register_family
-from harness.tracking import Tracker
 from harness.training import evaluate, load_model
 from models import vae
 
-from conftest import REPO, mlflow_runs, split_runs, write_study
+from conftest import REPO, mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, split_runs, write_study
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples", "scores.json"}
@@ -283,16 +282,8 @@ def test_a_second_ctrl_c_while_runs_close_leaves_nothing_running(runs_dir, tmp_p
     register_family("interrupted", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
                     make_optimizers=vae.make_optimizers, train_step=interrupted_step, eval_step=vae.eval_step,
                     budget_optimizer="vae")
-    real_end_run = Tracker.end_run
-
-    def end_run_with_a_second_ctrl_c(self, run_id, status, tags=None):
-        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the run is being closed
-        return real_end_run(self, run_id, status, tags)
-
-    monkeypatch.setattr(Tracker, "end_run", end_run_with_a_second_ctrl_c)
-    text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "twice"')
-    text = text.replace('families = ["vae"]', 'families = ["interrupted"]').replace("[space.vae]", "[space.interrupted]")
-    assert main(["study", str(write_study(tmp_path, "twice", text))]) == 130
+    second_ctrl_c_while_runs_close(monkeypatch)
+    assert main(["study", str(write_study(tmp_path, "twice", smoke_study_of("interrupted", "twice")))]) == 130
     assert "still closing the interrupted runs" in capsys.readouterr().err
     runs = mlflow_runs(runs_dir, "twice-v2")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
