@@ -11,18 +11,22 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
 from harness import speed
 from harness.cli import main
 from harness.data import load_dataset
 from harness.registry import get_family
-from harness.storage import Storage
+from harness.storage import SCHEMA_RACE_ATTEMPTS, Storage, open_rdb_storage
 from harness.training import TrainConfig, train
 
 from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
@@ -247,13 +251,86 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, sh
     assert after[2].value == train(vae, params, data, TrainConfig(steps=42, rounds=6, seed=0, fast=fast)).history[-1]["val_recon_mse"]
 
 
-@pytest.mark.fault
-@pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
-                    reason="set GENBENCH_TEST_POSTGRES=postgresql://... (.ci/run starts PostgreSQL and sets it)")
-def test_workers_share_postgres_and_a_tracking_server(tmp_path, shared_caches):
-    """Two machines on one PostgreSQL study and one tracking server (the caches shared: the extractor
-    is trained once, as a second run on each machine would find it)."""
+needs_postgres = pytest.mark.skipif(not os.environ.get("GENBENCH_TEST_POSTGRES"),
+                                    reason="set GENBENCH_TEST_POSTGRES=postgresql://... (.ci/run starts PostgreSQL and sets it)")
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[str]:
+    """GENBENCH_TEST_POSTGRES with a new, empty schema first on its search path: every test meets the
+    tables uncreated, as a fresh database does (CI's is fresh only for the first test to use it)."""
     url = os.environ["GENBENCH_TEST_POSTGRES"]
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {name}"))
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        engine.dispose()
+
+
+def test_a_storage_whose_tables_another_process_is_creating_is_opened_again(monkeypatch):
+    """The loser of the CREATE TABLE race gets IntegrityError and tries again; an error that lasts is
+    raised after the last attempt, not retried for ever."""
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) < 3:
+            raise IntegrityError("CREATE TYPE", {}, Exception('duplicate key value violates "pg_type_typname_nsp_index"'))
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    assert open_rdb_storage("postgresql://db") == "storage" and len(calls) == 3
+    calls.clear()
+
+    def lasting(url, **kwargs):
+        calls.append(url)
+        raise IntegrityError("INSERT", {}, Exception("a constraint the user's database keeps refusing"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lasting)
+    with pytest.raises(IntegrityError):
+        open_rdb_storage("postgresql://db")
+    assert len(calls) == SCHEMA_RACE_ATTEMPTS
+
+
+def open_optuna_storage(url: str, barrier, results) -> None:
+    """One machine opening the Optuna storage at the same moment as the others."""
+    barrier.wait()
+    try:
+        Storage.from_env({"STORAGE": url}).optuna()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.fault
+@needs_postgres
+def test_machines_opening_a_fresh_postgres_at_once_all_get_the_storage(fresh_postgres):
+    """CI's first PostgreSQL run failed: two machines on a fresh database both created Optuna's tables
+    and PostgreSQL refused the slower one (unique violation on pg_type). Six open it at the same moment."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(6), context.Queue()
+    processes = [context.Process(target=open_optuna_storage, args=(fresh_postgres, barrier, results)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == ["ok"] * 6
+    assert optuna.get_all_study_summaries(fresh_postgres) == []  # the tables are there, and empty
+
+
+@pytest.mark.fault
+@needs_postgres
+def test_workers_share_postgres_and_a_tracking_server(tmp_path, shared_caches, fresh_postgres):
+    """Two machines on one fresh PostgreSQL study and one tracking server (the caches shared: the
+    extractor is trained once, as a second run on each machine would find it)."""
+    url = fresh_postgres
     password = url.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
     name = f"pg_{uuid.uuid4().hex[:8]}"
     path = write_study(tmp_path, name, study_text(name, trials=4, rounds=1, sampler="random"))
