@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import optuna
 
+from harness.claims import Claim, check_params, parse_claims
 from harness.data import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.errors import UserError
 from harness.evaluation import ScoreSettings, score_settings
@@ -51,6 +52,8 @@ KEYS = {  # every key a study file may have, and what it means
     "checkpoint_every": "save a resumable checkpoint every N rounds (default 2; 0: never)",
     "scores": "[scores] extractor = auto|inception|domain, round_samples, final_samples, kid_subsets, "
               "kid_subset_size, pr_k, panel = require|warn, flags = exclude|tag",
+    "claims": "[[claims]] the seed reports' claims the study tests (says, source, test = near|trend|better_within "
+              "and its keys); the report says of each: held, did not hold or inconclusive",
     "full": "[full] the reports' scale (SCALE=full, for a GPU): the keys that differ there, among trials, steps, "
             "rounds, checkpoint_every, [dataset], [space.<family>], [scores], [speed]",
 }
@@ -90,6 +93,7 @@ class StudySpec:
     speed: Speed = Speed()
     variant: str = ""  # set when the command line swaps the dataset, so those runs are a study of their own
     scale: str = "cpu"  # cpu | full (the file's [full] table on top)
+    claims: tuple[Claim, ...] = ()  # the seed reports' claims the study tests (harness/claims.py)
 
     @property
     def study_name(self) -> str:
@@ -266,9 +270,11 @@ def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> Stud
     if checkpoint_every < 0:
         raise UserError(f"{at}checkpoint_every: must be >= 0 (0: never), got {checkpoint_every}")
     fast = speed_settings(_typed(data.get("speed", {}), dict, at + "speed"), at + "speed")
+    claims = parse_claims(data.get("claims", []), at)
+    check_params(claims, {p for space in spaces.values() for p in space}, at)
     spec = StudySpec(name, version, description, path, dataset, dataset_options, families, spaces,
                      sampler, sampler_table, pruner, pruner_table, trials, steps, seed, objectives, scores,
-                     checkpoint_every, rounds, fast, scale=scale)
+                     checkpoint_every, rounds, fast, scale=scale, claims=claims)
     # Build both now so bad options are refused before anything runs.
     make_sampler(sampler, sampler_table, seed, spec.grid, at + "sampler")
     make_pruner(pruner, pruner_table, at + "pruner")

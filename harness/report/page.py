@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,9 +16,11 @@ from harness import keys
 from harness.errors import warn
 from harness.keys import Tag
 from harness.report import plots
+from harness.report.claims import Verdict, judge, recorded_claims
 from harness.report.findings import findings
-from harness.report.records import StudyRecord
-from harness.report.tables import all_trials, best_per_family, markdown
+from harness.report.records import StudyRecord, latent_notes
+from harness.report.strips import Strip, trial_strips
+from harness.report.tables import all_trials, best_per_family, markdown, protocol_line
 
 GRIDS = {"samples": "samples.png", "reconstructions": "reconstructions.png"}  # plot -> the run's artifact
 
@@ -25,7 +28,8 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
 figcaption{font-size:12px;color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:540px}
-.note{color:#555;font-size:13px}"""
+.note{color:#555;font-size:13px}.wide{overflow-x:auto}.strips td{text-align:left;vertical-align:middle}
+.strips img{image-rendering:pixelated}.held{color:#1a7f37}.did-not-hold{color:#b42318}.inconclusive{color:#8a6d00}"""
 
 
 def _image(path: Path, title: str = "") -> str:
@@ -52,12 +56,44 @@ def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: P
     return grids
 
 
+def _embedded(path: Path, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" alt="{html.escape(alt)}">'
+
+
+def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
+    return pd.DataFrame([{"claim": v.claim.says, "source": v.claim.source, "verdict": v.verdict, "evidence": v.evidence}
+                         for v in verdicts], columns=["claim", "source", "verdict", "evidence"])
+
+
+def _claims_html(verdicts: list[Verdict]) -> str:
+    if not verdicts:
+        return "<p class='note'>This study declares no claims of the seed reports ([[claims]] in its study file).</p>"
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(v.claim.says)}<br><span class='note'>"
+                   f"{html.escape(v.claim.source)}</span></td><td class='{v.verdict.replace(' ', '-')}'><b>"
+                   f"{html.escape(v.verdict)}</b></td><td style='text-align:left'>{html.escape(v.evidence)}</td></tr>"
+                   for v in verdicts)
+    return ("<table><tr><th>the reports said</th><th>here</th><th>the numbers behind it</th></tr>" + rows + "</table>"
+            "<p class='note'>held / did not hold: a 95% interval excludes the other answer; inconclusive otherwise "
+            "(one run has no interval: <code>make confirm</code> re-trains the best configurations with fresh seeds).</p>")
+
+
+def _strips_html(strips: list[Strip]) -> str:
+    if not strips:
+        return "<p class='note'>No trial has finished its sample grids yet.</p>"
+    rows = "".join(f"<tr><td>{html.escape(s.label)}</td>" + "".join(
+        f"<td>{_embedded(s.pictures[name], f'trial {s.trial} {name}') if name in s.pictures else ''}</td>"
+        for name in ("samples", "reconstructions")) + "</tr>" for s in strips)
+    return ("<p class='note'>The first row of every trial's grids: samples from the same fixed z, and reconstructions "
+            "(each reference face, then its reconstruction) of the same validation images.</p><div class='wide'>"
+            "<table class='strips'><tr><th>trial</th><th>samples</th><th>reconstructions</th></tr>" + rows + "</table></div>")
+
+
 def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     best, trials = best_per_family(record), all_trials(record)
     best.to_csv(out / "best_per_family.csv", index=False)
     trials.to_csv(out / "trials.csv", index=False)
-    paragraphs = findings(record)
+    paragraphs = findings(record) + latent_notes(record, client)
     drawn = plots.plot_objective_vs_params(record, out)
     val_kl, val_recon = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")
     for x, y, name in ((val_kl, val_recon, "tradeoff_recon_kl.png"), (val_recon, record.objective, "tradeoff_objective_recon.png")):
@@ -66,34 +102,79 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
     if len(record.objectives) > 1 and (path := plots.plot_tradeoff(record, *record.objectives[:2], out, "pareto.png")):
         drawn.append(path)
     drawn += plots.plot_loss_curves(record, client, out)
+    drawn += [p for p in (plots.plot_quality_vs_cost(record, client, out),) if p]
     drawn += [p for p in (plots.plot_importances(record, out), plots.plot_wall_times(record, out),
                           plots.plot_cost(record, out), plots.plot_confirm(record, out)) if p]
     grids = _grids(record, best, client, out)
+    strips = trial_strips(record, client, out)
+    verdicts = judge(record, recorded_claims(record, client))
+    claims = claims_frame(verdicts)
+    claims.to_csv(out / "claims.csv", index=False)
+    if verdicts:
+        paragraphs = [*paragraphs, "The seed reports' claims this study tests: " + "; ".join(
+            f"{v.claim.says}: {v.verdict}" for v in verdicts) + " (the numbers and intervals: the claims table below)."]
+    measured = protocol_line(record)
     protocol = "; ".join(f"{k.removeprefix('score.')}: {v}" for k, v in record.protocol.items())
+    measured_md = f"_Measured with: {measured}._\n\n"
+    strip_lines = "".join(f"- {s.label}: " + ", ".join(f"![{name}]({p.relative_to(out)})" for name, p in s.pictures.items())
+                          + "\n" for s in strips)
     (out / "tables.md").write_text(
-        f"# {record.name}\n\n" + "\n\n".join(paragraphs) + f"\n\nScore protocol: {protocol}\n\n"
-        f"## Best trial per family\n\n{markdown(best)}\n## Every trial, best first\n\n{markdown(trials)}")
+        f"# {record.name}\n\n" + "\n\n".join(paragraphs) + "\n\n## The reports' claims, checked\n\n"
+        + markdown(claims) + f"\nScore protocol: {protocol}\n\n## Best trial per family\n\n{measured_md}{markdown(best)}"
+        f"\n## Every trial, best first\n\n{measured_md}{markdown(trials)}\n## Samples of every trial\n\n{strip_lines}")
+    measured_html = f"<p class='note'>Measured with: {html.escape(measured)}.</p>"
     page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(record.name)}</title><style>{CSS}</style>",
             f"<h1>{html.escape(record.name)}</h1>", "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs),
             f"<p class='note'>Objective: {html.escape(', '.join(f'{o} ({d})' for o, d in zip(record.objectives, record.directions)))}."
             f"</p><details class='note'><summary>Score protocol</summary>{html.escape(protocol) or 'n/a'}</details>",
-            "<h2>Best trial per family</h2>", best.to_html(index=False, float_format="%.4g", na_rep=""),
+            "<h2>The reports' claims, checked</h2>", _claims_html(verdicts),
+            "<h2>Best trial per family</h2>", measured_html, "<div class='wide'>",
+            best.to_html(index=False, float_format="%.4g", na_rep=""), "</div>",
             "<h2>Samples and reconstructions of the best trials</h2><div class='grid'>",
             "".join(_image(path, f"{family}: {name.removesuffix('.png')}") for family, name, path in grids), "</div>",
+            "<h2>Samples of every trial</h2>", _strips_html(strips),
             "<h2>Plots</h2>", "".join(_image(p) for p in drawn),
-            "<h2>Every trial, best first</h2>", trials.to_html(index=False, float_format="%.4g", na_rep="")]
+            "<h2>Every trial, best first</h2>", measured_html, "<div class='wide'>",
+            trials.to_html(index=False, float_format="%.4g", na_rep=""), "</div>"]
     (out / "index.html").write_text("\n".join(page))
     return out / "index.html"
 
 
-def write_index(pages: list[Path], table: pd.DataFrame, out: Path) -> Path:
+def _link(name: str) -> str:
+    return f'<a href="{html.escape(name)}/index.html">{html.escape(name)}</a>'
+
+
+def _index_entry(record: StudyRecord, out: Path, fresh: set[Path]) -> tuple[str, bool, str, str]:
+    """(study, whether it has a page, the page's status, its trials' states) for the index."""
+    page = out / record.name / "index.html"
+    if page.resolve() in fresh:
+        status = "rebuilt now"
+    elif page.is_file():
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(page.stat().st_mtime))
+        status = f"not rebuilt this time; its page is from {written}"
+    else:
+        status = f"no report yet: make report STUDY={record.name}"
+    return record.name, page.is_file(), status, record.counts_text()
+
+
+def write_index(records: list[StudyRecord], rebuilt: list[Path], table: pd.DataFrame, out: Path) -> Path:
+    """reports/index.html: every study under RUNS_DIR with its trials' states and its page, marked rebuilt
+    now, not rebuilt this time (`make report STUDY=x` rebuilds x alone) or missing; and the families x
+    datasets table of them all."""
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cross_study.csv", index=False)
-    (out / "tables.md").write_text("# Families x datasets\n\nBest value per family; one column per dataset, objective "
-                                   "and score protocol (never ranked across protocols).\n\n" + markdown(table))
-    links = "".join(f"<li><a href='{html.escape(p.parent.name)}/index.html'>{html.escape(p.parent.name)}</a></li>" for p in pages)
+    entries = [_index_entry(record, out, {p.resolve() for p in rebuilt}) for record in records]
+    studies = "".join(f"- {f'[{name}]({name}/index.html)' if linked else name}: {counts} ({status})\n"
+                      for name, linked, status, counts in entries)
+    (out / "tables.md").write_text(f"# Studies\n\n{studies}\n# Families x datasets\n\nBest value per family; one "
+                                   "column per dataset, objective and score protocol (never ranked across protocols)."
+                                   "\n\n" + markdown(table))
+    items = "".join(f"<li>{_link(name) if linked else html.escape(name)}: {html.escape(counts)} "
+                    f"<span class='note'>({html.escape(status)})</span></li>" for name, linked, status, counts in entries)
     (out / "index.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>genbench report</title><style>{CSS}</style>"
-        f"<h1>genbench report</h1><ul>{links}</ul><h2>Families x datasets</h2>"
-        "<p class='note'>Best value per family; one column per dataset, objective and score protocol: scores "
-        "measured differently are never ranked side by side.</p>" + table.to_html(index=False, na_rep=""))
+        f"<h1>genbench report</h1><p class='note'>Every study under RUNS_DIR ({len(entries)}).</p><ul>{items}</ul>"
+        "<h2>Families x datasets</h2><p class='note'>Best value per family; one column per dataset, objective and "
+        "score protocol: scores measured differently are never ranked side by side.</p>"
+        + table.to_html(index=False, na_rep=""))
     return out / "index.html"

@@ -15,10 +15,6 @@ from harness import keys
 from harness.keys import Tag
 from harness.report.records import StudyRecord
 
-KEY_METRICS = (keys.split_key("val", "recon_mse"), keys.split_key("val", "kl"),  # beside the objective when present
-               keys.split_key("test", "psnr"), keys.split_key("test", "ssim"))
-
-
 def confidence(values: pd.Series) -> tuple[float, float, int]:
     """(mean, half-width of the 95% confidence interval (Student t), n)."""
     values = values.dropna().astype(float)
@@ -28,8 +24,51 @@ def confidence(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)), n
 
 
+BOOKKEEPING = ("family", "budget_optimizer", "rounds")  # run params that are not the trial's hyperparameters
+NOT_SCORES = ("train_", "study_", "best_")  # per-step losses, the parent's counters
+
+
+def hyperparameters(table: pd.DataFrame) -> list[str]:
+    """Every parameter the trials had (a run param without a dot: the family's space, steps, seed),
+    in the order they were logged; each family's own (k, beta1) included, blank for the others."""
+    return [c.removeprefix("params.") for c in table if c.startswith("params.") and "." not in c.removeprefix("params.")
+            and c.removeprefix("params.") not in BOOKKEEPING and table[c].notna().any()]
+
+
+def score_keys(record: StudyRecord) -> list[str]:
+    """Every final score and evaluation metric the trials logged, the objective(s) first, then sample
+    quality (precision, recall, diversity ...), the test split's scores, validation metrics (KL, pixel
+    MMD) and reconstruction on the test split (ELBO, PSNR, SSIM). Left out: per-round estimates (the
+    round score, on fewer samples), training losses, cost (its own columns) and spreads (_std)."""
+    extractor = record.protocol.get("score.extractor", "")
+    round_score = keys.round_score_key(extractor) if extractor else ""
+    logged = [c.removeprefix("metrics.") for c in record.table if c.startswith("metrics.") and record.table[c].notna().any()]
+    kept = [k for k in logged if k not in record.objectives and k != round_score and not k.endswith("_std")
+            and not k.startswith(NOT_SCORES) and k not in keys.COST and not k.startswith(f"{keys.STEPS}_")]
+
+    def order(key: str) -> int:
+        split = (keys.split_of(key) or ("",))[0]
+        return 0 if not split else 1 if keys.score_kind(key.partition("_")[2]) else {"val": 2, "test": 3}[split]
+
+    return [*record.objectives, *sorted(kept, key=order)]
+
+
+def protocol_line(record: StudyRecord) -> str:
+    """How every number of the study's tables was measured, stated once above them."""
+    p = record.protocol
+    parts = [f"budget {record.parent.get('steps', '?')} optimizer steps per trial"]
+    if p.get("score.extractor"):
+        parts.append(f"scores in {p['score.extractor']} features (weights sha256 {p.get('score.extractor_sha256', '?')[:12]})")
+    for field, text in (("score.sample_size", "{}"), ("score.reference_data", "reference: {}"), ("score.input", "input: {}")):
+        if p.get(field):
+            parts.append(text.format(p[field]))
+    parts.append(f"dataset {record.dataset}")
+    return "; ".join(parts)
+
+
 def best_per_family(record: StudyRecord) -> pd.DataFrame:
     rows = []
+    params = hyperparameters(record.table)
     for family, group in record.ranked.groupby("family", sort=False):
         best = group.iloc[0]
         row = {"family": family, "trial": int(best["number"]), record.objective: best[record.objective]}
@@ -38,13 +77,13 @@ def best_per_family(record: StudyRecord) -> pd.DataFrame:
         mean, half, n = confidence(confirm[record.objective]) if len(confirm) else (math.nan, math.nan, 0)
         row["seeds"] = n
         row[f"{record.objective} over seeds"] = f"{mean:.4g} ± {half:.2g}" if n >= 2 else ""
-        for key in KEY_METRICS:
-            if f"metrics.{key}" in best and pd.notna(best[f"metrics.{key}"]) and key != record.objective:
+        for key in score_keys(record)[len(record.objectives):]:
+            if pd.notna(best.get(f"metrics.{key}")):
                 row[key] = best[f"metrics.{key}"]
-        for p in record.swept:
+        for p in params:
             if pd.notna(best.get(f"params.{p}")):
                 row[p] = best[f"params.{p}"]
-        row["steps"] = best.get("params.steps")
+        row["flags"] = best.get("flags") or ""
         row["wall_s"] = round(float(best.get(f"metrics.{keys.TRAIN_SECONDS}", best["duration_s"]) or 0), 1)
         row["run_id"] = best.get("run_id")
         rows.append(row)
@@ -52,10 +91,12 @@ def best_per_family(record: StudyRecord) -> pd.DataFrame:
 
 
 def all_trials(record: StudyRecord) -> pd.DataFrame:
+    """Every trial, best first: state, tag, every score, every parameter, steps and wall-clock."""
     table = record.table.sort_values(record.objective, ascending=record.minimize, na_position="last")
     columns = {"number": "trial", "state": "state", "family": "family", "flags": "flags",
-               **{k: k for k in record.objectives}, **{f"metrics.{k}": k for k in KEY_METRICS if k not in record.objectives},
-               **{f"params.{p}": p for p in record.swept}, "duration_s": "wall_s"}
+               **{(k if k in record.objectives else f"metrics.{k}"): k for k in score_keys(record)},
+               **{f"params.{p}": p for p in hyperparameters(table)},
+               f"metrics.{keys.TRAIN_SECONDS}": "train_s", "duration_s": "wall_s"}
     present = {k: v for k, v in columns.items() if k in table}
     out = table[list(present)].rename(columns=present)
     failure = f"user_attrs_{keys.Attr.FAILURE}"
