@@ -1,5 +1,7 @@
 """`make report`, `make confirm`, the latent tools and the pages in a browser, on a small real study."""
 
+import base64
+import io
 import math
 import os
 import re
@@ -227,8 +229,16 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
     runs, folder, _ = studied
     ARTIFACTS.mkdir(exist_ok=True)
     page = (folder / "index.html").as_uri()
-    dom = headless("--dump-dom", page, profile=tmp_path / "p1").stdout
+    opened = headless("--enable-logging=stderr", "--v=0", "--dump-dom", page, profile=tmp_path / "p1")
+    dom = opened.stdout
     assert "report_demo-v1" in dom and "Best trial per family" in dom and dom.count("<img") >= 5
+    assert not [line for line in opened.stderr.splitlines() if "CONSOLE" in line]  # no console message, no error
+    sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', dom)
+    assert len(sources) == dom.count("<img")  # every image is embedded: none can fail to load from a path
+    for source in sources:  # and each decodes as the browser has it
+        with Image.open(io.BytesIO(base64.b64decode(source))) as picture:
+            picture.load()
+            assert picture.width > 0 and picture.height > 0
     headless(f"--screenshot={ARTIFACTS / 'report.png'}", "--window-size=1280,2200", page, profile=tmp_path / "p2")
     with Image.open(ARTIFACTS / "report.png") as shot:
         assert shot.size == (1280, 2200)
