@@ -112,6 +112,34 @@ def steps_key(optimizer: str) -> str:
     """steps_g, steps_d: one optimizer's steps so far."""
     return f"{STEPS}_{optimizer}"
 
+
+# ---- per-step training curves ----------------------------------------------------------------------
+
+# The training losses a family declares as curves are also logged every few judged steps (about
+# CURVE_POINTS points a trial, MLflow step = the judged step), each point the mean over the steps since
+# the previous point (or the round's start). They go under their own keys, per_step/train_kl, never
+# under train_kl: train_kl stays the round's mean (one point a round, its latest value the last
+# round's, as the tables and the compare view read it), and MLflow's UI puts the per_step/ charts in
+# their own section instead of mixing ~100 step points into a chart of a few round means.
+CURVE_POINTS = 100
+CURVE_PREFIX = "per_step/"
+CURVE_SMOOTHING = 0.8  # EMA weight the pictures smooth per-step curves with (a window of about 5 points)
+
+
+def curve_every(steps: int) -> int:
+    """Judged steps between two points of a per-step curve: about CURVE_POINTS points in `steps`."""
+    return max(1, steps // CURVE_POINTS)
+
+
+def curve_key(key: str) -> str:
+    """train_kl -> per_step/train_kl: the per-step curve of a training loss."""
+    return f"{CURVE_PREFIX}{key}"
+
+
+def curve_of(key: str) -> str | None:
+    """per_step/train_kl -> train_kl; None for any other key."""
+    return key.removeprefix(CURVE_PREFIX) if key.startswith(CURVE_PREFIX) else None
+
 # ---- labels for readers -----------------------------------------------------------------------------
 
 FAMILY_METRIC_LABELS = {"recon_mse": "reconstruction MSE", "kl": "KL(q(z|x) || p(z))", "loss": "loss",

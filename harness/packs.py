@@ -7,8 +7,8 @@ the same trial trained alone up to fp32 rounding (tests/test_fusion.py). Each ba
 that still have steps to take in this round step together through the family's fused step; one
 that has reached the round's target (a larger D:G ratio reaches it later) sits the batch out.
 After each round every member is validated, scored and handed to its hooks on its own, so each
-keeps its own history, checkpoints and pruning. A member that diverges fails alone (its Diverged
-is its result) and one that is pruned stops; the rest go on. Wall-clock figures are the pack's:
+keeps its own history, per-step curve, checkpoints and pruning. A member that diverges fails alone
+(its Diverged is its result) and one that is pruned stops; the rest go on. Wall-clock figures are the pack's:
 members share every second of training, so per-member time is the pack's time.
 """
 
@@ -112,7 +112,7 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
     with config.fast.applied():
         for round_ in bar:
             t0 = time.perf_counter()
-            tallies = {i: LossTally(data.device) for i in going}
+            tallies = {i: runs[i].new_tally() for i in going}  # each keeps its member's per-step curve
             for i in going:
                 runs[i].begin_round()
             going = _train_round(family, template, runs, going, tallies, config.target(round_), results)
@@ -121,7 +121,8 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
                 run = runs[i]
                 try:
                     metrics = tallies[i].means(run.model, run.counter, run.result.history)
-                    stopped = run.end_round(round_, metrics, train_seconds, time.perf_counter() - train_seconds)
+                    stopped = run.end_round(round_, metrics, train_seconds, time.perf_counter() - train_seconds,
+                                            tallies[i].curve())
                 except Diverged as e:
                     results[i], stopped = e, True
                 if stopped:
@@ -147,7 +148,7 @@ def _train_round(family: Family, template: torch.nn.Module, runs: list[TrialRun]
         outputs, images = fused_batch(family, template, [runs[i] for i in stepping])
         batches += 1
         for i, out in zip(stepping, outputs):
-            tallies[i].add(out, images)
+            tallies[i].add(out, images, runs[i].counter.done)
         if batches % CHECK_EVERY == 0:
             for i in stepping:
                 try:

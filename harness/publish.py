@@ -1,10 +1,10 @@
 """Publishing to MLflow: a parent run per invocation, a child run per trial, and each trial's outcome.
 
 The trial runner (harness/trial.py) returns a TrialOutcome; this module records it: params and tags
-when the run starts, each round's metrics and sample grid and each checkpoint as they come (the
-`MlflowSink`), and at the end the files, the final scores and the state. A failure is recorded as
-far as the machine allows (a full disk must not hide why the trial failed). It also reads back the
-one thing a run needs from an earlier run: the checkpoint a retried trial resumes from.
+when the run starts, each round's metrics, per-step curve points and sample grid and each checkpoint
+as they come (the `MlflowSink`), and at the end the files, the final scores and the state. A failure
+is recorded as far as the machine allows (a full disk must not hide why the trial failed). It also
+reads back the one thing a run needs from an earlier run: the checkpoint a retried trial resumes from.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 import torch
@@ -48,6 +48,10 @@ class MlflowSink:
     def round(self, steps: int, metrics: Mapping[str, float], grid: Path) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step=steps)  # the x axis: the budget's steps
         self.tracker.log_artifact(self.run_id, grid, "samples")
+
+    def curve(self, points: Sequence[Mapping[str, float]]) -> None:
+        """A round's per-step curve points, in one log_batch (MLflow step = the judged step)."""
+        self.tracker.log_points(self.run_id, points, keys.STEPS)
 
     def checkpoint(self, state: Checkpoint) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -106,9 +110,11 @@ class Publisher:
         return MlflowSink(self.tracker, run_id)
 
     def resumed(self, run_id: str, checkpoint: Checkpoint) -> None:
-        """The curves of the killed run go on in the retry's run."""
+        """The curves of the killed run go on in the retry's run: its rounds and per-step points up to
+        the checkpoint, the very ones the retry does not train again."""
         for metrics in checkpoint["history"]:
             self.tracker.log_metrics(run_id, metrics, step=int(metrics[keys.STEPS]))
+        self.tracker.log_points(run_id, checkpoint.get("curve", []), keys.STEPS)
         self.tracker.set_tags(run_id, {Tag.RESUMED_FROM: resumed_step(checkpoint)})
 
     def checkpoint_of(self, run_id: str | None, label: str) -> Checkpoint | None:

@@ -2,7 +2,8 @@
 runs read back as a table.
 
 Runs nest with the `mlflow.parentRunId` tag, which is what `mlflow.start_run(parent_run_id=...)`
-sets. Metrics of one step go in one `log_batch` call. Reading uses the same bound client (never
+sets. Metrics of one step go in one `log_batch` call, and so do the points of a per-step curve that
+one round adds (chunked at MLflow's 1000 metrics a call). Reading uses the same bound client (never
 `mlflow.search_runs`, which follows the global tracking URI), so the report and `confirm` read the
 store the study wrote, whatever the working directory.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -24,6 +25,7 @@ from harness.storage import Storage
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PAGE = 10_000  # runs per search request
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
 
 
 class Tracker:
@@ -66,6 +68,15 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_points(self, run_id: str, points: Sequence[Mapping[str, float]], step_key: str) -> None:
+        """Metrics at several steps (each point's step is its `step_key` value, not logged itself), in as
+        few log_batch calls as MLflow allows: one for a round of a per-step curve."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(point[step_key])) for point in points for k, v in point.items()
+                 if k != step_key]
+        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[start:start + MAX_METRICS_PER_BATCH])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

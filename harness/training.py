@@ -10,6 +10,9 @@ derived figure in the logs.
 
 Per-step losses stay on the device and are summed there; they are read once per round, and a
 running "all finite" flag is read every CHECK_EVERY steps, so the loop rarely waits on the device.
+The losses the family declares as curves are also kept every `curve_step` judged steps (about
+keys.CURVE_POINTS points a trial, each the mean since the previous point or the round's start), read
+with the round's sums and handed to `on_curve` once a round.
 A loss that becomes NaN or infinite or passes LOSS_BOUND, or a parameter that becomes NaN or
 infinite, stops the trial within those steps (`Diverged`, carrying the history of the good rounds).
 With the same seed on the CPU, a trial reproduces its losses exactly: the seed sets the initial
@@ -43,7 +46,8 @@ from harness.speed import PLAIN, FastPath
 
 RoundCallback = Callable[[int, dict[str, float], nn.Module], bool]  # (round from 1, metrics, model) -> stop now (pruned)
 RoundScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each round
-Checkpoint = dict[str, Any]  # see `_state`: model, optimizers, rng, round, steps, stream, history, best
+Checkpoint = dict[str, Any]  # see `_state`: model, optimizers, rng, round, steps, stream, history, curve, best
+CurvePoint = dict[str, float]  # {keys.STEPS: judged step, per_step/train_<loss>: mean since the previous point}
 CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
 STALL_BATCHES = 1_000_000  # batches without a step of the budget optimizer: a family's bug (the threshold
 # schedule's longest turn is max_consecutive, at most 100,000)
@@ -71,6 +75,7 @@ class TrainConfig:
     fast: FastPath = PLAIN  # the fast path (harness/speed.py)
     label: str | None = None  # the progress bar's; None: no bar
     phases: Profiler = OFF  # where the time goes (harness/phases.py)
+    curve_every: int = 0  # judged steps between points of the per-step curves (0: keys.curve_every(steps))
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= self.steps:
@@ -80,6 +85,11 @@ class TrainConfig:
         """The judged steps done at the end of a round (counted from 1)."""
         return round(self.steps * round_ / self.rounds)
 
+    @property
+    def curve_step(self) -> int:
+        """Judged steps between two points of the per-step curves."""
+        return self.curve_every or keys.curve_every(self.steps)
+
 
 @dataclass(frozen=True)
 class TrainHooks:
@@ -88,12 +98,14 @@ class TrainHooks:
     on_round: RoundCallback | None = None  # (round from 1, metrics with their steps, model) -> True to stop early
     save_checkpoint: Callable[[Checkpoint], None] | None = None  # every checkpoint_every rounds
     scorers: Sequence[RoundScorer] | None = None  # sample scores after every round (None: pixel MMD only)
+    on_curve: Callable[[list[CurvePoint]], None] | None = None  # the round's per-step points, once a round
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per round
+    curve: list[CurvePoint] = field(default_factory=list)  # the per-step points, every config.curve_step steps
     seconds: float = 0.0
     stopped_at: int | None = None  # the judged steps after which on_round asked to stop
 
@@ -240,6 +252,7 @@ class TrialRun:
         if resume is not None:
             self.first, self.best = _restore(resume, self.model, self.optimizers, data.device), resume.get("best")
             self.result.history = list(resume["history"])
+            self.result.curve = list(resume.get("curve", []))  # checkpoints from before the curves: none
             position, counts = resume["stream"], resume["steps"]
             self.wall = self.result.history[-1][keys.WALL_SECONDS] if self.result.history else 0.0
         self.counter = StepCounter(self.optimizers, family.budget_optimizer, counts)
@@ -251,10 +264,20 @@ class TrialRun:
         self.steps_before, self.images_before = self.counter.done, self.stream.images
         self.model.train()
 
-    def end_round(self, round_: int, metrics: dict[str, float], train_seconds: float, round_start: float) -> bool:
-        """Validation, round scores, cost figures and the hooks after a round's training; True: stop
-        (pruned). `round_start` is when the round's training began (perf_counter)."""
+    def new_tally(self) -> LossTally:
+        """A round's tally, keeping the family's declared curves every config.curve_step judged steps."""
+        return LossTally(self.data.device, self.family.curves, self.config.curve_step, self.counter.done)
+
+    def end_round(self, round_: int, metrics: dict[str, float], train_seconds: float, round_start: float,
+                  curve: Sequence[CurvePoint] = ()) -> bool:
+        """The round's per-step points to on_curve; validation, round scores, cost figures and the hooks
+        after a round's training; True: stop (pruned). `round_start` is when the round's training
+        began (perf_counter)."""
         config, phases, data, counter, stream = self.config, self.config.phases, self.data, self.counter, self.stream
+        self.result.curve.extend(curve)
+        if curve and self.hooks.on_curve is not None:  # first: a round that fails validation keeps its curve
+            with phases.phase("tracking"):
+                self.hooks.on_curve(list(curve))
         with phases.phase("validation"):
             metrics.update({keys.split_key("val", k): v
                             for k, v in evaluate(self.family, self.model, data, "val", self.params).items()})
@@ -282,7 +305,8 @@ class TrialRun:
                 and round_ < config.rounds:
             with phases.phase("checkpoint"):
                 self.hooks.save_checkpoint(_state(self.model, self.optimizers, round_, counter, stream,
-                                                  self.result.history, self.best, data.device, self.rng))
+                                                  self.result.history, self.result.curve, self.best, data.device,
+                                                  self.rng))
         return False
 
 
@@ -299,9 +323,12 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
         for round_ in bar:
             t0 = time.perf_counter()
             run.begin_round()
+            tally = run.new_tally()
             metrics = train_round(family, run.model, run.optimizers, run.stream, run.counter, config.target(round_),
-                                  config.steps, run.step_params, fast, phases, run.result.history)
-            stop = run.end_round(round_, metrics, time.perf_counter() - t0, t0)
+                                  config.steps, run.step_params, fast, phases, run.result.history, tally)
+            with phases.phase("loss bookkeeping"):
+                curve = tally.curve()
+            stop = run.end_round(round_, metrics, time.perf_counter() - t0, t0, curve)
             with phases.phase("progress bar"):
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")})
             if stop:
@@ -313,20 +340,44 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
 
 class LossTally:
     """A round's training outputs, summed on the device and read once at its end, and the running
-    "every loss finite and within LOSS_BOUND" flag, read every CHECK_EVERY steps."""
+    "every loss finite and within LOSS_BOUND" flag, read every CHECK_EVERY steps. With `curves` and
+    `every`, it also keeps a point of those outputs each time the judged steps pass a multiple of
+    `every` (counted from `step`, the judged steps at the round's start): the image-weighted mean
+    since the previous point, on the device until `curve` reads them all at once."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, curves: Sequence[str] = (), every: int = 0, step: int = 0):
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.finite = torch.ones((), dtype=torch.bool, device=device)
         self.last: Mapping[str, Tensor] = {}
+        self.curves, self.every, self.marked = tuple(curves), every, step
+        self.window: dict[str, tuple[Tensor, int]] = {}  # curve -> (weighted sum, images) since the last point
+        self.points: list[tuple[int, dict[str, Tensor]]] = []
 
-    def add(self, out: Mapping[str, Tensor], images: int) -> None:
+    def add(self, out: Mapping[str, Tensor], images: int, step: int | None = None) -> None:
+        """One batch's outputs; `step`: the judged steps after it (None: keep no curve points)."""
         for key, value in out.items():  # a key may come from some steps only (D or G steps)
-            self.sums[key] = self.sums.get(key, 0) + value.float() * images
+            weighted = value.float() * images
+            self.sums[key] = self.sums.get(key, 0) + weighted
             self.counts[key] = self.counts.get(key, 0) + images
             self.finite &= (value.float().abs() <= LOSS_BOUND).all()  # False for NaN and inf too
+            if key in self.curves and self.every:
+                total, seen = self.window.get(key, (0, 0))
+                self.window[key] = (total + weighted, seen + images)
         self.last = out
+        if self.every and step is not None and step // self.every > self.marked // self.every:
+            if self.window:
+                self.points.append((step, {key: total / seen for key, (total, seen) in self.window.items()}))
+            self.window, self.marked = {}, step
+
+    def curve(self) -> list[CurvePoint]:
+        """The points kept so far (one read of the device), keyed as they are logged."""
+        if not self.points:
+            return []
+        values = iter(torch.stack([v for _, point in self.points for v in point.values()]).tolist())
+        return [{keys.STEPS: float(step),
+                 **{keys.curve_key(keys.split_key("train", key)): next(values) for key in point}}
+                for step, point in self.points]
 
     def check(self, counter: StepCounter, history: Sequence[dict[str, float]]) -> None:
         """Diverged if a loss so far was NaN, infinite or past LOSS_BOUND (one read of the device)."""
@@ -349,11 +400,12 @@ class LossTally:
 def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
                 batches: Iterable[Tensor], counter: StepCounter, target: int, budget: int, params: dict[str, Any],
                 fast: FastPath = PLAIN, phases: Profiler = OFF,
-                history: Sequence[dict[str, float]] = ()) -> dict[str, float]:
+                history: Sequence[dict[str, float]] = (), tally: LossTally | None = None) -> dict[str, float]:
     """train_step on batches until the judged network has taken `target` steps: the image-weighted
     mean of every output as train_<key> (read from the device once, at the end). `params` gets
-    `progress`, the fraction of `budget` done, before each step. Diverged carries `history`."""
-    tally = LossTally(next(model.parameters()).device)
+    `progress`, the fraction of `budget` done, before each step. Diverged carries `history`.
+    `tally`: one that keeps curve points (TrialRun.new_tally), read by its caller; None: a plain one."""
+    tally = LossTally(next(model.parameters()).device) if tally is None else tally
     inputs = phases.timed((fast.layout(to_model_range(x, family.output_range)) for x in batches), "data")
     stalled_since, done_before = 0, counter.done
     for step, x in enumerate(inputs, start=1):
@@ -361,7 +413,7 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
             out = family.train_step(model, x, optimizers, params, fast)
         with phases.phase("loss bookkeeping"):
-            tally.add(out, x.shape[0])
+            tally.add(out, x.shape[0], counter.done)
             if step % CHECK_EVERY == 0:
                 tally.check(counter, history)
         if counter.done >= target:
@@ -376,8 +428,8 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
 
 
 def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], round_: int, counter: StepCounter,
-           stream: BatchStream, history: list[dict[str, float]], best: float | None, device: torch.device,
-           rng: torch.Generator | None = None) -> Checkpoint:
+           stream: BatchStream, history: list[dict[str, float]], curve: list[CurvePoint], best: float | None,
+           device: torch.device, rng: torch.Generator | None = None) -> Checkpoint:
     """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place.
     The random state is the global generators' or, for a member of a fused pack, its own `rng`'s."""
     return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
@@ -385,7 +437,7 @@ def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], ro
             "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
             "rng": _rng_state(device, rng),
             "round": round_, "steps": dict(counter.counts), "stream": stream.position(),
-            "history": list(history), "best": best}
+            "history": list(history), "curve": list(curve), "best": best}
 
 
 def _rng_state(device: torch.device, rng: torch.Generator | None) -> dict[str, Tensor | None]:

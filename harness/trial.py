@@ -42,6 +42,8 @@ class RunSink(Protocol):
 
     def round(self, steps: int, metrics: Mapping[str, float], grid: Path) -> None: ...
 
+    def curve(self, points: Sequence[Mapping[str, float]]) -> None: ...  # a round's per-step curve points
+
     def checkpoint(self, state: Checkpoint) -> None: ...
 
 
@@ -95,7 +97,7 @@ class TrialRunner:
     def _hooks(self, family: Family, sink: RunSink, scratch: Path, stop_after: StopAfter | None) -> TrainHooks:
         return TrainHooks(on_round=lambda round_, metrics, model: self._round(family, round_, metrics, model, sink,
                                                                               scratch, stop_after),
-                          save_checkpoint=sink.checkpoint, scorers=self.scorers)
+                          save_checkpoint=sink.checkpoint, scorers=self.scorers, on_curve=sink.curve)
 
     def _outcome(self, job: TrialJob, scratch: Path, trained: Callable[[], TrainResult]) -> TrialOutcome:
         """The outcome of a trial whose training `trained` returns (or raises): its files and scores."""
@@ -163,7 +165,8 @@ class TrialRunner:
                 written.append(scratch / "reconstructions.png")
             figures.save_png(figures.image_grid(grid_samples(family, model, N_GRID_IMAGES, s.data.device)),
                              scratch / "samples.png")
-        figures.loss_curves(result.history, scratch / "loss_curves.png", f"{s.spec.study_name} {job.label} ({family.name})")
+        figures.loss_curves(result.history, scratch / "loss_curves.png", f"{s.spec.study_name} {job.label} ({family.name})",
+                            result.curve)
         save_model(model, family.name, job.params, s.data.channels, s.data.image_size, scratch)
         return written + [scratch / name for name in ("samples.png", "loss_curves.png", "model.pt", "model.json")]
 

@@ -96,6 +96,11 @@ def test_a_member_matches_the_same_trial_trained_alone_step_for_step(family, dat
         for mine, theirs in zip(member.history, lone.history):  # every round's losses (logged in fp32)
             for key in loss_keys(lone.history):
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+        assert [p["steps"] for p in member.curve] == [p["steps"] for p in lone.curve] == list(range(1, 9))
+        for mine, theirs in zip(member.curve, lone.curve):  # its own per-step curve, point for point
+            assert mine.keys() == theirs.keys() and len(mine) == 1 + len(get_family(family).curves)
+            for key in mine:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
         assert largest_difference(member.model, lone.model) < PARAMETER_TOLERANCE
     if family != "vae":  # the D:G ratios really put the members out of phase
         assert len({h["steps_d"] for h in (m.history[-1] for m in packed)}) == 3
@@ -173,6 +178,20 @@ def test_a_pruned_member_stops_and_the_others_train_to_the_end(data):
     assert rounds_seen == [[1], [1, 2, 3], [1, 2, 3]]
     assert packed[0].stopped_at == 3 and packed[1].stopped_at is None
     assert [len(r.history) for r in packed] == [1, 3, 3]
+
+
+def test_each_member_hands_its_own_per_step_curve_to_its_own_hooks(data):
+    """A pack member's curve goes to its own run (its sink's on_curve), one call a round."""
+    family = get_family("vae")
+    params = configs("vae")[:2]
+    received: list[list[list[dict]]] = [[], []]
+    hooks = [TrainHooks(scorers=[], on_curve=received[i].append) for i in range(2)]
+    packed = train_pack(family, [(p, TrainConfig(steps=6, rounds=2, seed=i, curve_every=2), h)
+                                 for i, (p, h) in enumerate(zip(params, hooks))], data)
+    for member, calls in zip(packed, received):
+        assert [[p["steps"] for p in points] for points in calls] == [[2], [4, 6]]  # rounds end at 3 and 6
+        assert sum(calls, []) == member.curve
+    assert packed[0].curve[-1]["per_step/train_recon_mse"] != packed[1].curve[-1]["per_step/train_recon_mse"]
 
 
 def test_members_drop_out_at_their_own_rates():

@@ -1,6 +1,8 @@
 """The report's plots, from what was recorded: the objective against each swept parameter, trade-offs
 with their Pareto fronts, loss curves of each family's best trial (the curves the family declared,
-read from its run's tags), parameter importances, wall times and seed re-runs."""
+read from its run's tags; per-step training points raw and smoothed), the objective against steps and
+wall-clock as the rounds went, parameter importances, wall times and seed re-runs. Figures are at most
+MAX_WIDTH_INCHES wide (1,400 px at the canvas's 100 dpi), to be read on a laptop screen."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import numpy as np
 import optuna
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 
@@ -20,7 +24,8 @@ from harness.keys import Tag
 from harness.report.records import StudyRecord
 from harness.report.tables import best_per_family, confidence
 
-SMOOTHING = 0.6  # exponential moving average weight of the smoothed loss curves
+MAX_WIDTH_INCHES = 14.0
+MAX_COLUMNS = 3  # panels a row
 BESIDE_OBJECTIVE = (keys.split_key("val", "kl"), keys.split_key("val", "recon_mse"))  # drawn beside it when logged
 
 
@@ -89,35 +94,131 @@ def plot_tradeoff(record: StudyRecord, x: str, y: str, out: Path, name: str) -> 
     return save_figure(fig, out / name)
 
 
+def _history(client: MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a metric's logged history, in step order."""
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [m.step for m in points], [m.value for m in points]
+
+
+def _logged_scale(ax: Axes, values: list[float]) -> None:
+    """A log y axis when the values are positive and span more than 20x."""
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+
+
+def _panels(count: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """`count` panels, at most MAX_COLUMNS a row, no wider than MAX_WIDTH_INCHES; unused ones hidden."""
+    columns = min(MAX_COLUMNS, count)
+    rows = -(-count // columns)
+    width = min(width, MAX_WIDTH_INCHES / columns)
+    fig = new_figure(width * columns, height * rows + 0.5)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flatten())
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
 def plot_loss_curves(record: StudyRecord, client: MlflowClient, out: Path) -> list[Path]:
-    """Best trial per family: raw (faint) and smoothed curves of the losses its family declared."""
+    """Best trial per family, the losses its family declared: training every few steps raw (faint) and
+    smoothed (EMA; the round means for runs logged before per-step curves), validation each round."""
     paths = []
     curves_of = record.table.set_index("number").get(f"tags.{Tag.FAMILY_CURVES}", pd.Series(dtype=str))
     for _, best in best_per_family(record).iterrows():
         run_id, declared = best["run_id"], curves_of.get(best["trial"])
         losses = [c for c in (declared or "").split(",") if c]
-        histories = {(loss, split): client.get_metric_history(run_id, keys.split_key(split, loss))
+        per_step = {loss: _history(client, run_id, keys.curve_key(keys.split_key("train", loss))) for loss in losses}
+        per_round = {(loss, split): _history(client, run_id, keys.split_key(split, loss))
                      for loss in losses for split in ("train", "val")}
-        if not any(histories.values()):
+        losses = [loss for loss in losses if per_step[loss][0] or per_round[(loss, "train")][0]
+                  or per_round[(loss, "val")][0]]
+        if not losses:
             continue
-        fig = new_figure(4.6 * len(losses), 3.4)
-        axes = fig.subplots(1, len(losses), squeeze=False)
-        for ax, loss in zip(axes[0], losses):
-            for split in ("train", "val"):
-                history = histories[(loss, split)]
-                if not history:
-                    continue
-                steps = [m.step for m in history]
-                values = pd.Series([m.value for m in history])
-                line, = ax.plot(steps, values, alpha=0.3)
-                ax.plot(steps, values.ewm(alpha=1 - SMOOTHING).mean(), color=line.get_color(), label=split)
-            ax.set_xlabel("steps (the budget's optimizer)")
+        fig, axes = _panels(len(losses), 4.4, 3.3)
+        for ax, loss in zip(axes, losses):
+            drawn: list[float] = []
+            steps, values = per_step[loss]
+            if steps:
+                ax.plot(steps, values, color="C0", alpha=0.3, linewidth=1)
+                smooth = pd.Series(values).ewm(alpha=1 - keys.CURVE_SMOOTHING).mean()
+                every = steps[1] - steps[0] if len(steps) > 1 else 1
+                ax.plot(steps, smooth, color="C0", linewidth=1.8,
+                        label=f"training, every {every} steps" if every > 1 else "training, every step")
+            elif per_round[(loss, "train")][0]:
+                steps, values = per_round[(loss, "train")]
+                ax.plot(steps, values, "o-", color="C0", label="training, round means")
+            drawn += values
+            steps, values = per_round[(loss, "val")]
+            if steps:
+                ax.plot(steps, values, "o-", color="C1", label="validation, each round")
+                drawn += values
+            _logged_scale(ax, drawn)
+            ax.set_xlabel("optimizer steps (the budget's)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(keys.label(loss))
             ax.legend(fontsize=8)
-            ax.set_title(f"{keys.label(loss)} (faint: raw, solid: smoothed)")
-        fig.suptitle(f"{record.name}: {best['family']}, trial {best['trial']}")
+        fig.suptitle(f"{record.name}: {best['family']}, trial {best['trial']} "
+                     "(training: faint raw, solid smoothed)", fontsize=10)
         paths.append(save_figure(fig, out / f"curves_{best['family']}.png"))
     return paths
+
+
+def _round_key(record: StudyRecord, client: MlflowClient, run_ids: list[str]) -> str:
+    """The key that carries the objective round by round: the objective itself when it is a split's
+    (val_recon_mse), else its per-round validation counterpart where one was logged (fd_domain is
+    scored once at the end; val_fd_domain after every round, on fewer samples)."""
+    if keys.split_of(record.objective) is not None:
+        return record.objective
+    counterpart = keys.split_key("val", record.objective)
+    return counterpart if any(client.get_metric_history(r, counterpart) for r in run_ids[:3]) else record.objective
+
+
+def plot_quality_vs_cost(record: StudyRecord, client: MlflowClient, out: Path) -> Path | None:
+    """The objective as every trial went, against optimizer steps and against wall-clock, one colour
+    per family, each family's best trial bold (a star: its final objective where that is scored
+    apart from the rounds). From the per-round histories each run logged."""
+    trials = record.table[record.table["run_id"].notna()] if "run_id" in record.table else record.table.iloc[:0]
+    if trials.empty:
+        return None
+    ranked = best_per_family(record)
+    best = dict(zip(ranked["family"], ranked["trial"]))
+    key = _round_key(record, client, list(trials["run_id"]))
+    fig, axes = _panels(2, 5.4, 3.9)
+    colours = {family: f"C{i}" for i, family in enumerate(dict.fromkeys(trials["family"].dropna()))}
+    drawn: list[float] = []
+    for _, trial in trials.iterrows():
+        steps, values = _history(client, trial["run_id"], key)
+        if not steps:
+            continue
+        walls = dict(zip(*_history(client, trial["run_id"], keys.WALL_SECONDS)))
+        is_best = best.get(trial["family"]) == trial["number"]
+        style = {"color": colours.get(trial["family"], "grey"), "linewidth": 2.2 if is_best else 0.9,
+                 "alpha": 1.0 if is_best else 0.45, "marker": "o" if is_best else ".",
+                 "label": f"{trial['family']} (best: trial {int(trial['number'])})" if is_best else None}
+        axes[0].plot(steps, values, **style)
+        timed = [(walls[s], v) for s, v in zip(steps, values) if s in walls]
+        if timed:
+            axes[1].plot(*zip(*timed), **style)
+        drawn += values
+        final = trial.get(record.objective)
+        if is_best and key != record.objective and pd.notna(final):
+            axes[0].plot(steps[-1], final, "*", markersize=13, color=style["color"], markeredgecolor="black")
+            if timed:
+                axes[1].plot(timed[-1][0], final, "*", markersize=13, color=style["color"], markeredgecolor="black")
+            drawn.append(float(final))
+    if not drawn:
+        return None
+    for ax, xlabel in zip(axes, ("optimizer steps (the budget's)",
+                                 "wall-clock since the trial began (s; training with its per-round scoring)")):
+        _logged_scale(ax, drawn)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(keys.label(key))
+        ax.legend(fontsize=8)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    final_note = f"; stars: the best trials' final {record.objective}" if key != record.objective else ""
+    better = "lower" if _direction(record, record.objective) == "minimize" else "higher"
+    fig.suptitle(f"{record.name}: {key} as training went, against steps and wall-clock\n"
+                 f"(every trial; {better} is better{final_note})", fontsize=10)
+    return save_figure(fig, out / "quality_vs_cost.png")
 
 
 def plot_importances(record: StudyRecord, out: Path) -> Path | None:
