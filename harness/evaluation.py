@@ -31,6 +31,7 @@ from harness.errors import UserError, warn
 from harness.extractors import Extractor, extractor_names
 from harness.generate import GRID_SEED, fixed_samples
 from harness.metrics import gaussian_kl
+from harness.progress import Phase
 from harness.registry import Family
 from harness.scores import (KID_SEED, FeatureStats, diversity, frechet_distance, inception_score, kernel_distance,
                             precision_recall, to_uint8)
@@ -119,8 +120,12 @@ class SampleQuality:
                                 f"generated images (seed {FD_INF_SEED}), reference fixed (Chong & Forsyth 2020)",
                 "score.precision_recall_k": s.pr_k}
 
-    def features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        parts = [self.extractor(images[start:start + BATCH]) for start in range(0, len(images), BATCH)]
+    def features(self, images: Tensor, phase: Phase | None = None) -> tuple[Tensor, Tensor | None]:
+        parts = []
+        for start in range(0, len(images), BATCH):
+            parts.append(self.extractor(images[start:start + BATCH]))
+            if phase is not None:
+                phase.update(len(parts[-1][0]))
         features = torch.cat([p[0].float().cpu() for p in parts])
         logits = torch.cat([p[1].float().cpu() for p in parts]) if parts[0][1] is not None else None
         return features, logits
@@ -137,8 +142,9 @@ class SampleQuality:
                       "data_sha256": sha256_tensor(images), "part": part, "n": n,
                       "input": self.extractor.input_description, "version": 2}, length=24)
 
-        def build() -> dict[str, Tensor]:
-            features, _ = self.features(images)
+        def build() -> dict[str, Tensor]:  # minutes for Inception on a CPU: the phase shows how far it is
+            with Phase(f"reference statistics ({self.extractor.name}, {part})", total=n, unit="image") as phase:
+                features, _ = self.features(images, phase)
             stats = FeatureStats.of(features)
             return {"mu": stats.mu, "sigma": stats.sigma, "features": features}
 

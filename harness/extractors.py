@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from harness.cache import key_of, load_or_build, sha256_file
 from harness.errors import UserError, warn
 from harness.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
+from harness.progress import Phase
 from harness.reference import ScoreData
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -337,12 +338,12 @@ def training_steps(n_images: int) -> int:
 def _train_domain(net: DomainNet, images: Tensor, targets: Targets, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(RECIPE["seed"])
     steps, batch = training_steps(len(images)), min(RECIPE["batch_size"], len(images))
-    report_every = max(1, steps // 10)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    note_every = max(1, steps // 100)  # the loss is read back (a device sync) this often, for the progress line
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            Phase("training the domain extractor", total=steps) as phase:
         torch.manual_seed(RECIPE["seed"])
         net.to(device).train()
         optimizer = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
-        start = time.perf_counter()
         for step in range(1, steps + 1):
             index = torch.randint(0, len(images), (batch,), generator=generator)
             x = images[index].to(device).float() / 255
@@ -357,9 +358,7 @@ def _train_domain(net: DomainNet, images: Tensor, targets: Targets, device: torc
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % report_every == 0:
-                print(f"  domain extractor: step {step}/{steps}, loss {loss.item():.3f}, "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+            phase.update(1, note=f"loss {loss.item():.3f}" if step % note_every == 0 else None)
     net.eval()
 
 

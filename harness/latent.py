@@ -37,6 +37,7 @@ from harness.storage import Storage
 from harness.training import load_model
 
 STEPS = 8
+ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # beside the pictures: why there is no arithmetic one (the report reads it)
 
 
 def _decode(model: nn.Module, family: Family, z: Tensor) -> Tensor:
@@ -163,7 +164,8 @@ def traversal(model: nn.Module, family: Family, data: ImageSplits, dims: int = 8
 
 def make_all(model: nn.Module, family: Family, data: ImageSplits, folder: Path, variance: float = 0.05,
              groups: tuple[str, str] = ("neutral", "happy")) -> list[Path]:
-    """The family's latent pictures that this data allows, as PNGs in `folder`."""
+    """The family's latent pictures that this data allows, as PNGs in `folder`; where the family draws
+    arithmetic and the data cannot (no labels), ARITHMETIC_ABSENT says why, for the run and the report."""
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     pictures = {}
@@ -173,18 +175,37 @@ def make_all(model: nn.Module, family: Family, data: ImageSplits, folder: Path, 
         pictures["low_variance.png"] = lambda: low_variance(model, family, data.device, variance)
     if "traversal" in family.plots:
         pictures["traversal.png"] = lambda: traversal(model, family, data)
+    written = []
     if "arithmetic" in family.plots:
-        try:
-            source, target = labelled_groups(data, *groups)
-        except UserError as e:  # no labels, or not these values: arithmetic needs images picked by hand
-            print(f"latent arithmetic skipped: {e}", flush=True)
-            source = target = torch.empty(0)
-        if len(source) and len(target):
+        source, target, absent = arithmetic_groups(data, groups)
+        if absent:  # said on the console and kept beside the pictures, where the report reads it
+            print(absent, flush=True)
+            (folder / ARITHMETIC_ABSENT).write_text(absent + "\n")
+            written.append(folder / ARITHMETIC_ABSENT)
+        else:
             apply, rest = source[:8], (source[8:] if len(source) > 8 else source)  # move faces not in the mean
             pictures[f"arithmetic_{groups[1]}_minus_{groups[0]}.png"] = lambda: arithmetic(
                 model, family, data, rest, target, apply)
-    written = []
     for name, draw in pictures.items():
         save_png(draw(), folder / name)
         written.append(folder / name)
     return written
+
+
+def arithmetic_groups(data: ImageSplits, groups: tuple[str, str]) -> tuple[Tensor, Tensor, str]:
+    """(source, target, "") test-split indices of the two label values, or why there is no arithmetic
+    picture: it needs the data's attribute labels to pick each group's faces, and both groups present."""
+    dataset = data.description.get("dataset", "this dataset")
+    if not data.label_classes or "test" not in data.labels:
+        return torch.empty(0), torch.empty(0), (
+            f"latent arithmetic needs attribute labels to pick its groups ({groups[0]}, {groups[1]}); dataset "
+            f"{dataset} has none. Pick the faces by hand: python -m harness latent RUN_ID --from 3,7 --to 1,4 "
+            "--apply 10,11 (test-split indices)")
+    try:
+        source, target = labelled_groups(data, *groups)
+    except UserError as e:  # not values of its label
+        return torch.empty(0), torch.empty(0), f"latent arithmetic skipped on dataset {dataset}: {e}"
+    if not (len(source) and len(target)):
+        return source, target, (f"latent arithmetic needs faces of both groups; the test split of dataset {dataset} "
+                                f"has {len(source)} {groups[0]} and {len(target)} {groups[1]}")
+    return source, target, ""

@@ -1,10 +1,15 @@
 """What a running study prints: a progress bar (trials done of those to run, best so far), one line
-per finished trial, and the counts the summary at the end is made of."""
+per finished trial, and the counts the summary at the end is made of; and `Phase`, what any other
+long phase (training the domain extractor, drawing reference images, building reports) prints so
+that a log never goes silent, on a terminal or piped."""
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -12,7 +17,21 @@ from tqdm.auto import tqdm
 
 from harness.keys import Attr
 from harness.flags import best_ranked, ranked_trials
-from harness.studyfile import StudySpec
+
+LINE_SECONDS = 5.0  # piped output: a phase prints a line this often
+BAR_SECONDS = 1.0  # on a terminal: how often the bar's time and note are refreshed
+
+
+class StudySpec(Protocol):
+    """What these printers read of a study (harness.studyfile.StudySpec). Not imported from there: it
+    reaches the extractors, which print through Phase, and the report, which must not load torch."""
+
+    @property
+    def study_name(self) -> str: ...
+
+    @property
+    def objectives(self) -> Sequence[Any]: ...  # each with .metric and .direction
+
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SURPLUS = "surplus"  # a count beside the states: trials that stopped at once, their work done or budgeted elsewhere
@@ -93,3 +112,72 @@ def best_text(study: optuna.Study, spec: StudySpec) -> str:
     if best is None:
         return f"none: every complete trial is flagged{note}"
     return f"{spec.objectives[0].metric}={fmt(best.value)} (trial {best.number}){note}"
+
+
+def on_terminal() -> bool:
+    """Whether progress bars can be drawn: tqdm draws on stderr, and only where it is a terminal."""
+    return sys.stderr.isatty()
+
+
+class Phase:
+    """A long phase that must not go silent. On a terminal, a bar (or a counter when the total is not
+    known); where output is piped (a log file, CI, `| tee`), a plain line on stdout every LINE_SECONDS
+    saying what runs, how far it is and for how long. A background thread does the printing, so a
+    phase stuck in one long call (drawing 10,000 faces) still shows that it is alive.
+
+        with Phase("training the domain extractor", total=steps, unit="step") as phase:
+            for step in ...:
+                phase.update(1, note=f"loss {loss:.3f}")
+    """
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "step"):
+        self.what, self.total, self.unit = what, total, unit
+        self.done, self.note = 0, ""
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.bar = tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True, leave=False,
+                        bar_format=None if total else "{desc}: {elapsed}{postfix}") if on_terminal() else None
+        self._thread = threading.Thread(target=self._beat, name=f"progress: {what}", daemon=True)
+        self._thread.start()
+
+    def update(self, n: int = 1, note: str | None = None) -> None:
+        with self._lock:
+            self.done += n
+            if note is not None:
+                self.note = note
+            if self.bar is not None:
+                self.bar.update(n)
+
+    def line(self) -> str:
+        """What a piped log shows: `  what: 200/2000 steps (10%), loss 1.78, 87 s so far`."""
+        with self._lock:
+            if self.total:
+                far = f"{self.done}/{self.total} {self.unit}s ({100 * self.done / self.total:.0f}%)"
+            else:
+                far = f"{self.done} {self.unit}s" if self.done else ""
+            parts = [p for p in (far, self.note) if p]
+        seconds = time.perf_counter() - self.start
+        return f"  {self.what}: {', '.join(parts + [f'{seconds:.0f} s so far'])}"
+
+    def _beat(self) -> None:
+        while not self._stop.wait(BAR_SECONDS if self.bar is not None else LINE_SECONDS):
+            if self.bar is None:
+                sys.stdout.write(self.line() + "\n")  # one write: a line never interleaves with another thread's
+                sys.stdout.flush()
+                continue
+            with self._lock:
+                self.bar.set_postfix_str(self.note, refresh=False)
+                self.bar.refresh()  # the elapsed time moves on even while one call blocks
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "Phase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,6 +22,7 @@ from torch import Tensor
 from harness.cache import sha256_tensor
 from harness.data import SPLIT_OPTIONS, TrainShape, get_dataset, load_images, make_splits, resolve_options
 from harness.errors import warn
+from harness.progress import Phase
 
 TARGET_N = 2000  # reference images wanted on each side where the data has them (at least, on a CPU)
 GPU_N = 10_000  # final_samples = 0 with a GPU: the size FID is usually reported at
@@ -77,8 +78,13 @@ def score_data(name: str, options: Mapping[str, Any], cache_dir: Path | None, wa
     spec = get_dataset(name)
     canonical = canonical_options(name, options)
     if spec.draw is not None:
-        drawn = {part: spec.draw(canonical, n, SEEDS[part]) for part, n in
-                 (("train", EXTRACTOR_SAMPLE), ("reference", wanted), ("holdout", wanted))}
+        drawn = {}
+        parts = (("train", EXTRACTOR_SAMPLE), ("reference", wanted), ("holdout", wanted))
+        with Phase(f"drawing the scoring images of {name}", total=sum(n for _, n in parts), unit="image") as phase:
+            for part, n in parts:  # a minute on a 2-core CPU: the phase says it is alive
+                phase.update(0, note=f"the {part} set ({n})")
+                drawn[part] = spec.draw(canonical, n, SEEDS[part])
+                phase.update(n)
         identity_options = {k: v for k, v in canonical.items() if k != spec.sample_count and k not in SPLIT_OPTIONS}
         identity = {"dataset": name, "options": identity_options, "draw_seeds": SEEDS,
                     "extractor_sample": EXTRACTOR_SAMPLE, "version": VERSION}
@@ -89,9 +95,10 @@ def score_data(name: str, options: Mapping[str, Any], cache_dir: Path | None, wa
                          dict(first.label_classes),
                          f"fresh draws: {EXTRACTOR_SAMPLE} for the extractor (seed {SEEDS['train']}), reference "
                          f"seed {SEEDS['reference']}, holdout seed {SEEDS['holdout']}; no study trains on them")
-    splits = make_splits(name, load_images(name, canonical, cache_dir), canonical)
-    identity = {"dataset": name, "train_sha256": sha256_tensor(splits.train), "val_sha256": sha256_tensor(splits.val),
-                "test_sha256": sha256_tensor(splits.test), "version": VERSION}
+    with Phase(f"loading the scoring images of {name}", unit="image"):  # the whole set, and its content hashes
+        splits = make_splits(name, load_images(name, canonical, cache_dir), canonical)
+        identity = {"dataset": name, "train_sha256": sha256_tensor(splits.train), "val_sha256": sha256_tensor(splits.val),
+                    "test_sha256": sha256_tensor(splits.test), "version": VERSION}
     labels = {part: splits.labels[split] for part, split in (("train", "train"), ("reference", "val"))
               if split in splits.labels}
     return ScoreData(name, identity, splits.train, splits.val, splits.test, labels, splits.label_names,

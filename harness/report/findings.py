@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from harness import keys
-from harness.keys import Tag
+from harness.keys import Attr, Tag
 from harness.report.tables import confidence
 
 VAL_KL, VAL_RECON = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")
@@ -33,12 +33,32 @@ def _metric(row: pd.Series, key: str) -> float:
 
 
 def summary(record: "StudyRecord") -> str:
-    states = record.table["state"].value_counts()
-    text = (f"{len(record.table)} trials: {states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned, "
-            f"{states.get('FAIL', 0)} failed.")
+    """How many trials in each state, the first failure's reason, and the best trial; a study with no
+    complete trial (none yet, all running, or all failed or pruned) says so instead of a best."""
+    if record.table.empty:
+        return ("No trials yet: the study exists, but none of its trials has started, so there is nothing to "
+                "show or rank. Running the study adds them.")
+    counts = record.counts()
+    text = record.counts_text() + "."
+    if counts.get("surplus"):
+        text += " Surplus trials stopped at once: their points or budget were taken by another worker or invocation."
+    failed = record.table[record.table["state"] == "FAIL"]
+    reasons = failed.get(f"user_attrs_{Attr.FAILURE}", pd.Series(dtype=object)).dropna().astype(str)
+    reasons = reasons[~reasons.str.startswith("surplus")]
+    if len(reasons):
+        first = reasons.index[0]
+        reason = (reasons[first].splitlines() or [""])[0][:200].rstrip(".")
+        text += f" First failure, trial {int(failed.loc[first, 'number'])}: {reason}."
     done, ranked = record.complete, record.ranked
+    waiting = counts.get("running", 0) + counts.get("waiting", 0)
+    if done.empty and waiting:
+        words = " or ".join(word for word in ("running", "waiting") if counts.get(word))
+        return text + f" {waiting} trial{'s' * (waiting > 1)} {words}, none complete: nothing is ranked yet."
     if done.empty:
         return text + " No trial completed, so nothing is ranked."
+    if waiting:
+        text += (f" {waiting} trial{'s are' if waiting > 1 else ' is'} not finished: the ranking below is of the "
+                 "complete trials so far.")
     flagged = int((~done["flags"].isin(["none", ""])).sum())
     if flagged:
         text += (f" {flagged} complete trial(s) are flagged collapsed or did not learn (the flags column)"

@@ -4,17 +4,19 @@ recorded, including what each family is (its kind, curves and plots are tags of 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from harness import keys
-from harness.errors import UserError
-from harness.keys import Tag
+from harness.errors import UserError, warn
+from harness.keys import Attr, Tag
 from harness.storage import Storage
 from harness.tracking import runs_frame
 
@@ -53,11 +55,31 @@ class StudyRecord:
         done = self.complete
         return done[done["excluded"] != "true"]
 
+    def counts(self) -> dict[str, int]:
+        """Trials by state, as a reader names them (surplus apart from failed: trials that stopped at once,
+        their point or budget taken by another worker or invocation); states with no trial left out."""
+        failure = self.table.get(f"user_attrs_{Attr.FAILURE}", pd.Series("", index=self.table.index)).fillna("")
+        surplus = (self.table["state"] == "FAIL") & failure.astype(str).str.startswith("surplus")
+        states = self.table.loc[~surplus, "state"].value_counts()
+        found = {word: int(states.get(state, 0)) for state, word in STATE_WORDS.items()}
+        return {word: n for word, n in {**found, "surplus": int(surplus.sum())}.items() if n}
 
-def load_studies(storage: Storage, names: list[str] | None = None) -> list[StudyRecord]:
-    """The named studies (a name without its version matches every version), or every study."""
-    rdb = storage.optuna()
-    available = sorted(optuna.get_all_study_names(rdb))
+    def counts_text(self) -> str:
+        """`3 trials: 2 complete, 1 running`, or `no trials yet`."""
+        total = len(self.table)
+        if not total:
+            return "no trials yet"
+        return f"{total} trial{'s' * (total != 1)}: " + ", ".join(f"{n} {word}" for word, n in self.counts().items())
+
+
+STATE_WORDS = {"COMPLETE": "complete", "RUNNING": "running", "WAITING": "waiting", "PRUNED": "pruned", "FAIL": "failed"}
+IDENTITY_ATTR = "genbench_identity"  # the study file's identity on the Optuna study (harness/search.py writes it)
+ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # in a run's latent/: why it has no arithmetic picture (harness/latent.py)
+
+
+def select_studies(storage: Storage, names: list[str] | None = None) -> list[str]:
+    """The named studies (a name without its version matches every version), or every study under RUNS_DIR."""
+    available = sorted(optuna.get_all_study_names(storage.optuna()))
     if names:
         missing = [n for n in names if n not in available and not any(a.startswith(f"{n}-v") for a in available)]
         if missing:
@@ -65,36 +87,57 @@ def load_studies(storage: Storage, names: list[str] | None = None) -> list[Study
         available = [a for a in available if a in names or any(a.startswith(f"{n}-v") for n in names)]
     if not available:
         raise UserError(f"no studies under {storage.runs_dir}; run one first: make study STUDY=smoke")
-    client = storage.mlflow()
-    return [record for name in available if (record := _load(name, rdb, client)) is not None]
+    return available
 
 
-def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> StudyRecord | None:
+def load_studies(storage: Storage, names: list[str] | None = None) -> list[StudyRecord]:
+    """The named studies, or every study, whatever state their trials are in (none yet, running,
+    failed, pruned); reading is cheap: tables only, no images."""
+    selected = select_studies(storage, names)
+    rdb, client = storage.optuna(), storage.mlflow()
+    return [_load(name, rdb, client) for name in selected]
+
+
+def _column(frame: pd.DataFrame, key: str, default: Any = None) -> pd.Series:
+    return frame[key] if key in frame else pd.Series(default, index=frame.index, dtype=object)
+
+
+TRIAL_COLUMNS = {"number": "int64", "state": "object", "duration": "timedelta64[ns]"}
+
+
+def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> StudyRecord:
+    """One study's record. A study may have no MLflow runs (created, then stopped before its first trial)
+    or no trials at all, and its trials may be running, failed or pruned: each still gets a record."""
     study = optuna.load_study(study_name=name, storage=rdb)
+    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
     runs = runs_frame(client, name)
     if runs.empty:
-        return None
-    kinds = runs.get(f"tags.{Tag.KIND}", pd.Series(dtype=str))
-    parents = runs[kinds.isin(["study", "confirm"])].sort_values("start_time")
-    parent = {k.removeprefix("params."): v for k, v in parents.iloc[-1].items() if k.startswith("params.")} if len(parents) else {}
+        runs = pd.DataFrame({"run_id": pd.Series(dtype=object), "start_time": pd.Series(dtype="datetime64[ns, UTC]")})
+    parents = runs[_column(runs, f"tags.{Tag.KIND}").isin(["study", "confirm"])].sort_values("start_time")
+    parent = {k.removeprefix("params."): v for k, v in parents.iloc[-1].items()
+              if k.startswith("params.") and pd.notna(v)} if len(parents) else {}
     objectives = (parents.iloc[-1].get(f"tags.{Tag.OBJECTIVE}") or "").split(",") if len(parents) else []
-    parent_column = f"tags.{Tag.PARENT}"
-    children = runs[runs[parent_column].notna()] if parent_column in runs else runs.iloc[:0]
-    confirm_flag = children.get(f"tags.{Tag.CONFIRM}", pd.Series("", index=children.index))
-    trial_runs = children[(confirm_flag != "true") & children[f"tags.{Tag.TRIAL}"].notna()].copy()
-    trial_runs["number"] = trial_runs[f"tags.{Tag.TRIAL}"].astype(int)
+    children = runs[_column(runs, f"tags.{Tag.PARENT}").notna()]
+    confirm_flag = _column(children, f"tags.{Tag.CONFIRM}", "")
+    trial_runs = children[(confirm_flag != "true") & _column(children, f"tags.{Tag.TRIAL}").notna()].copy()
+    trial_runs["number"] = _column(trial_runs, f"tags.{Tag.TRIAL}").astype("int64")
     frame = study.trials_dataframe(attrs=("number", "state", "duration", "user_attrs"))
+    if frame.empty:  # no trials: Optuna's frame has no columns at all
+        frame = pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in TRIAL_COLUMNS.items()})
     table = frame.merge(trial_runs, on="number", how="left", suffixes=("", "_run"))
-    table["family"] = table.get(f"tags.{Tag.FAMILY}")
-    table["flags"] = table.get(f"tags.{Tag.FLAGS}", pd.Series("", index=table.index)).fillna("")
-    table["excluded"] = table.get(f"tags.{Tag.EXCLUDED}", pd.Series("", index=table.index)).fillna("")
-    table["duration_s"] = table["duration"].dt.total_seconds() if "duration" in table else np.nan
+    table["family"] = _column(table, f"tags.{Tag.FAMILY}")
+    table["flags"] = _column(table, f"tags.{Tag.FLAGS}", "").fillna("")
+    table["excluded"] = _column(table, f"tags.{Tag.EXCLUDED}", "").fillna("")
+    # A running trial has no duration yet: None, so the column is not a timedelta one until converted.
+    table["duration_s"] = pd.to_timedelta(table["duration"]).dt.total_seconds()
     if not [o for o in objectives if o]:  # runs logged before the objective tag: resolve the study's names
         extractor = parent.get("score.extractor", "")
-        objectives = [keys.resolve_objective(o, extractor) if extractor else o
-                      for o in parent.get("objective", "").split(",") if o]
-    for key in objectives:
-        table[key] = table.get(f"metrics.{key}")
+        study_objectives = parent.get("objective", "").split(",") if parent else identity.get("objectives", [])
+        objectives = [keys.resolve_objective(o, extractor) if extractor else o for o in study_objectives if o]
+    if not objectives:  # neither a parent run nor the study's identity: name the objectives by position
+        objectives = [f"objective {i}" for i in range(len(study.directions))]
+    for key in objectives:  # blank (NaN) where no trial has logged it yet
+        table[key] = _column(table, f"metrics.{key}").astype(float)
     swept: dict[str, bool] = {}
     for trial in study.trials:
         for param, dist in trial.distributions.items():
@@ -116,6 +159,28 @@ def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> 
                 if k.startswith("params.score.") and table[k].notna().any()}
     confirm = children[confirm_flag == "true"].copy()
     for key in objectives:
-        confirm[key] = confirm.get(f"metrics.{key}")
+        confirm[key] = _column(confirm, f"metrics.{key}").astype(float)
     return StudyRecord(name, study, table, confirm, objectives, [d.name.lower() for d in study.directions],
-                       swept, protocol, parent.get("dataset", "?"), parent)
+                       swept, protocol, parent.get("dataset") or identity.get("dataset", "?"), parent)
+
+
+def latent_notes(record: StudyRecord, client: MlflowClient) -> list[str]:
+    """Why a family's best trial has no latent arithmetic picture, as its run recorded it (latent/
+    arithmetic_absent.txt, written where the data has no labels to pick the groups by)."""
+    notes = []
+    for family, group in record.ranked.groupby("family", sort=False):
+        best = group.iloc[0]
+        if "arithmetic" not in str(best.get(f"tags.{Tag.FAMILY_PLOTS}") or "").split(","):
+            continue
+        try:
+            names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(best["run_id"], "latent")}
+            if ARITHMETIC_ABSENT not in names or "arithmetic_chosen.png" in names:  # none, or picked by hand since
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                why = Path(client.download_artifacts(best["run_id"], f"latent/{ARITHMETIC_ABSENT}", tmp)).read_text().strip()
+        except MlflowException as e:  # a run whose artifacts cannot be read: the rest of the report stands
+            warn(f"{record.name}: the latent pictures of trial {int(best['number'])} cannot be listed "
+                 f"({e.message.splitlines()[0][:120]})")
+            continue
+        notes.append(f"No latent arithmetic picture for {family} (trial {int(best['number'])}): {why}")
+    return notes
