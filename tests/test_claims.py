@@ -48,7 +48,7 @@ def test_a_trend_holds_fails_or_is_inconclusive_by_its_interval():
     down = claim(test="trend", param="kl_weight", metrics={"val_kl": "down", "fd": "up"})
     verdict = judge(study, (down,))[0]
     assert verdict.verdict == HELD and "val_kl falls" in verdict.evidence and "fd_domain rises" in verdict.evidence
-    assert "ρ = -1.00" in verdict.evidence and "n = 8" in verdict.evidence
+    assert "ρ = -1.00" in verdict.evidence and "n = 8, a perfect rank order: 1 in 40,320 by chance" in verdict.evidence
     assert judge(study, (claim(test="trend", param="kl_weight", metrics={"val_kl": "up"}),))[0].verdict == NOT_HELD
     # One part against the claim is enough for "did not hold".
     assert judge(study, (claim(test="trend", param="kl_weight", metrics={"val_kl": "down", "fd": "down"}),))[0].verdict == NOT_HELD

@@ -143,8 +143,9 @@ def _trend(record: "StudyRecord", claim: Claim) -> Verdict:
         expected = 1 if sign == "up" else -1
         verdicts.append(HELD if expected * lo > 0 and expected * hi > 0
                         else NOT_HELD if expected * lo < 0 and expected * hi < 0 else INCONCLUSIVE)
+        perfect = f", a perfect rank order: 1 in {math.factorial(len(x)):,} by chance" if abs(rho) == 1 else ""
         parts.append(f"{key} {'rises' if rho > 0 else 'falls'} with {claim.param}: Spearman ρ = {rho:+.2f} "
-                     f"(95% CI {lo:+.2f} to {hi:+.2f}, n = {len(x)}; claimed: {sign})")
+                     f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {len(x)}{perfect}; claimed: {sign})")
     verdict = NOT_HELD if NOT_HELD in verdicts else HELD if all(v == HELD for v in verdicts) else INCONCLUSIVE
     return Verdict(claim, verdict, "; ".join(parts) + " (intervals: Fisher's z with Fieller's variance)")
 
