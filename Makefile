@@ -66,8 +66,8 @@ quick: setup ## the quick tier for development: every test not marked slow (abou
 faults: setup ## the fault suite (part of make test): concurrent starts, a moved RUNS_DIR, kills and reruns, secrets, bad input
 	$(PY) -m pytest -m fault -rA $(PYTEST_ARGS)
 
-ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000); STUDY=name prints its link
-	$(PY) -m harness ui --port $(PORT) $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
+ui: setup ## serve the MLflow UI for RUNS_DIR on http://127.0.0.1:PORT (default 5000); STUDY=name [SCALE=full] prints its links
+	$(PY) -m harness ui --port $(PORT) --scale $(SCALE) $(if $(filter command line environment,$(origin STUDY)),$(STUDY))
 
 list: setup ## list families (with their spaces), datasets and studies; checks every study file
 	$(PY) -m harness list

@@ -250,6 +250,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from harness.errors import redact
     from harness.storage import Storage
+    from harness.ui import serve, study_links
 
     storage = Storage.from_env()
     storage.prepare()
@@ -260,13 +261,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.study:
         from harness.studyfile import load_study
 
-        name = load_study(args.study).study_name
-        found = storage.mlflow().get_experiment_by_name(name)
-        if found is None:
-            raise UserError(f"no MLflow experiment {name} under {storage.runs_dir}; run the study first")
-        print(f"study {name}: http://{args.host}:{args.port}/#/experiments/{found.experiment_id}/runs", flush=True)
-    _mlflow_server(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)
-    return 0  # not reached
+        spec = load_study(args.study, args.scale)
+        if storage.mlflow().get_experiment_by_name(spec.study_name) is None:
+            raise UserError(f"no MLflow experiment {spec.study_name} under {storage.runs_dir}; run the study first")
+        links = study_links(storage.mlflow(), spec, f"http://{args.host}:{args.port}")
+        print(f"study {spec.study_name}, runs by parent run, sorted by {links.objective}: {links.runs}", flush=True)
+        print(f"study {spec.study_name}, its {links.complete} complete trials compared on {links.objective}: "
+              f"{links.compare}" if links.compare else f"study {spec.study_name}: no complete trial to compare yet",
+              flush=True)
+    return serve(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -438,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     ui.add_argument("--port", type=_positive_int, default=5000)
-    ui.add_argument("study", nargs="?", help="print the link to this study's runs")
+    ui.add_argument("study", nargs="?", help="print the links to this study's runs and to its trials compared")
+    ui.add_argument("--scale", choices=SCALES, default="cpu", help="the study's scale (its experiment's name)")
     ui.set_defaults(run=cmd_ui)
 
     listing = commands.add_parser("list", help="families, datasets and studies (each study file is validated)")

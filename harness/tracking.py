@@ -26,6 +26,11 @@ from harness.storage import Storage
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PAGE = 10_000  # runs per search request
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
+# The experiment tag MLflow 3's UI writes when a user picks an experiment's kind ("Machine learning" here,
+# against "GenAI apps & agents"); UIs that choose the view per experiment open the classic runs view for
+# it. MLflow 3.17 chooses the view from the workflowType URL parameter instead (harness/ui.py).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+ML_EXPERIMENT = {EXPERIMENT_KIND: "custom_model_development"}
 
 
 class Tracker:
@@ -40,18 +45,20 @@ class Tracker:
                             f"{redact_text(e.message, storage.tracking_uri)}") from None
 
     def _experiment(self, name: str, location: str | None) -> str:
+        """The study's experiment, created or reopened as a machine-learning one (EXPERIMENT_KIND)."""
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another worker created it first
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=location, tags=ML_EXPERIMENT)
+            except MlflowException:  # another worker created it first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND not in found.tags:  # created before the tag; a kind a user chose in the UI stays
+            self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, ML_EXPERIMENT[EXPERIMENT_KIND])
+        return found.experiment_id
 
     def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any],
                   parent_id: str | None = None) -> str:

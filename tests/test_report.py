@@ -244,25 +244,35 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
         assert shot.size == (1280, 2200)
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=REPO,
+    study_file = studied[2]
+    server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port), str(study_file)], cwd=REPO,
                               env={**os.environ, "RUNS_DIR": str(runs)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        printed = "".join(server.stdout.readline().decode() for _ in range(3))  # the UI's address, the study's links
+        runs_link, compare_link = re.findall(r"http://\S+viewStateShareKey=\S+", printed)
         wait_until_serving(port, server, "MLflow UI")
-        experiment = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").get_experiment_by_name("report_demo-v1")
-        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
         every = mlflow_runs(runs, "report_demo-v1")
-        parents = [r for r in every if r.data.tags.get("kind") in ("study", "confirm")]
+        (parent,) = [r for r in every if r.data.tags.get("kind") == "study"]
+        trials = sorted((r for r in every if "trial_number" in r.data.tags and r.data.tags["state"] == "COMPLETE"),
+                        key=lambda r: r.data.metrics["fd_domain"])  # the complete trials, best first
         dom = ""
         for _ in range(3):  # the page fetches the runs after it loads
-            dom = visible_text(headless("--virtual-time-budget=30000", "--dump-dom", url, profile=tmp_path / "p3").stdout)
-            if all(p.info.run_name in dom for p in parents):
+            dom = headless("--virtual-time-budget=30000", "--dump-dom", runs_link, profile=tmp_path / "p3").stdout
+            if all(r.info.run_name in visible_text(dom) for r in trials):
                 break
-        assert all(p.info.run_name in dom for p in parents)  # the study's parent runs are listed
-        assert f"{len(every)} matching runs" in dom  # parents and, nested under them, every trial and seed run
+        text = visible_text(dom)
+        assert "Model registry" in text and "Observability" not in text  # MLflow's classic runs view, not GenAI's
+        assert 'col-id="metrics.`fd_domain`"' in dom  # the objective's column
+        assert f"{len(every)} matching runs" in text  # parents, trials and seed runs
+        below = text[text.index(f"Group: {parent.info.run_id}"):]  # the trials listed under their parent run
+        assert [below.index(r.info.run_name) for r in trials] == sorted(below.index(r.info.run_name) for r in trials)
         headless("--virtual-time-budget=30000", f"--screenshot={ARTIFACTS / 'mlflow_ui.png'}", "--window-size=1400,900",
-                 url, profile=tmp_path / "p4")
+                 runs_link, profile=tmp_path / "p4")
         assert (ARTIFACTS / "mlflow_ui.png").stat().st_size > 10_000
+        text = visible_text(headless("--virtual-time-budget=30000", "--dump-dom", compare_link, profile=tmp_path / "p5").stdout)
+        assert f"{len(trials)} matching runs" in text and "objective fd_domain" in text  # charts of the objective
+        assert all(r.info.run_name in text for r in trials)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -1,17 +1,26 @@
-"""`make ui`: the MLflow UI serves RUNS_DIR on 127.0.0.1, artifacts included."""
+"""`make ui`: the MLflow UI serves RUNS_DIR on 127.0.0.1, artifacts included; its links open a study in the
+classic runs view and its trials compared on the objective; stopping it stops every process it started."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+
+from harness.storage import Storage
+from harness.studyfile import load_study
+from harness.tracking import EXPERIMENT_KIND, Tracker
+from harness.ui import COMPARE_VIEW, RUNS_VIEW, SHARED_VIEW, study_links
 
 from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving
-
-pytestmark = pytest.mark.slow
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -30,6 +39,7 @@ def get(url: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_ui_serves_the_runs(smoke_runs):
     port = free_port()
     env = {**os.environ, "RUNS_DIR": str(smoke_runs)}
@@ -63,6 +73,7 @@ def session_command_lines(session_id: int) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_the_server_takes_its_store_from_a_file_never_from_argv(tmp_path):
     marker = "s3cret-marker"  # stands for a password: the store's URI must not reach any process's argv
@@ -84,6 +95,7 @@ def test_the_server_takes_its_store_from_a_file_never_from_argv(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_make_refuses_a_store_uri_on_its_command_line(tmp_path):
     env = {**os.environ, "RUNS_DIR": str(tmp_path / "runs")}
@@ -91,3 +103,118 @@ def test_make_refuses_a_store_uri_on_its_command_line(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "hunter2" not in done.stdout + done.stderr
     assert "set it in the environment (BACKEND_STORE=... make server)" in done.stderr
+
+
+# ---- the study's links -----------------------------------------------------------------------------------
+
+def test_the_tracker_makes_study_experiments_machine_learning_ones(runs_dir):
+    storage = Storage.from_env()
+    storage.prepare()
+    client = storage.mlflow()
+    assert client.get_experiment(Tracker(storage, "fresh-v1").experiment_id).tags[EXPERIMENT_KIND] \
+        == "custom_model_development"
+    older = client.create_experiment("older-v1")  # made before the tag: a study reopening it adds it
+    assert EXPERIMENT_KIND not in client.get_experiment(older).tags
+    Tracker(storage, "older-v1")
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND] == "custom_model_development"
+    chosen = client.create_experiment("chosen-v1", tags={EXPERIMENT_KIND: "genai_development"})
+    Tracker(storage, "chosen-v1")  # a kind a user picked in the UI stays
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND] == "genai_development"
+
+
+@pytest.mark.slow
+def test_the_links_open_the_classic_view_sorted_and_compared_on_the_objective(smoke_runs):
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke-v2")
+    assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"  # the study created it so
+    links = study_links(client, load_study("smoke"), "http://127.0.0.1:5000")
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert links.runs == f"{page}&viewStateShareKey={RUNS_VIEW}"
+    assert links.compare == f"{page}&compareRunsMode=CHART&viewStateShareKey={COMPARE_VIEW}"
+    assert (links.objective, links.complete) == ("val_recon_mse", 2)
+    tags = client.get_experiment(experiment.experiment_id).tags
+    runs_view, compare_view = (json.loads(tags[SHARED_VIEW + key]) for key in (RUNS_VIEW, COMPARE_VIEW))
+    for view in (runs_view, compare_view):  # sorted by the objective, best first; its column and the swept one shown
+        assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`val_recon_mse`", True)
+        assert {"metrics.`val_recon_mse`", "params.`kl_weight`", "tags.`state`"} <= set(view["selectedColumns"])
+    assert runs_view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "mlflow.parentRunId"}]
+    assert compare_view["searchFilter"] == "tags.state = 'COMPLETE' and tags.trial_number LIKE '%'"
+    trials = [r.info.run_id for r in client.search_runs([experiment.experiment_id], compare_view["searchFilter"])]
+    assert sorted(trials) == sorted(r.info.run_id for r in split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1])
+    charts = {chart["type"]: chart for chart in compare_view["compareRunCharts"]}
+    assert charts["BAR"]["metricKey"] == "val_recon_mse"
+    assert (charts["SCATTER"]["xaxis"]["key"], charts["SCATTER"]["yaxis"]["key"]) == ("kl_weight", "val_recon_mse")
+    assert charts["PARALLEL"]["selectedParams"] == ["kl_weight"]
+
+
+# ---- stopping it ----------------------------------------------------------------------------------------
+
+def live_processes(session_id: int) -> list[str]:
+    """The argv of every process of a session that has not ended (zombies left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state, _ppid, _group, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            if entry.name.isdigit() and int(session) == session_id and state != "Z":
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError):
+            continue  # not a process, or it ended meanwhile
+    return found
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def start_ui(runs: Path, *study: str) -> tuple[subprocess.Popen, str, int]:
+    """`python -m harness ui` in a session of its own, as a terminal runs it; once MLflow's job runner has
+    started its consumers (the processes `make ui` used to leave behind): (the process, what it printed
+    before the server started, the server's session)."""
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port), *study], cwd=REPO,
+                          env={**os.environ, "RUNS_DIR": str(runs)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    printed = [ui.stdout.readline().decode() for _ in range(1 + 2 * bool(study))]
+    wait_until_serving(port, ui, "MLflow UI")
+    (server,) = children(ui.pid)
+    server_session = os.getsid(server)
+    deadline = time.time() + 120
+    while not any("huey_consumer" in line for line in live_processes(server_session)):
+        assert time.time() < deadline, f"no huey consumer started: {live_processes(server_session)}"
+        time.sleep(0.5)
+    return ui, "".join(printed), server_session
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_harness_alone_stops_every_process_it_started(smoke_runs):
+    ui, printed, server_session = start_ui(smoke_runs, "smoke")
+    experiment = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").get_experiment_by_name("smoke-v2")
+    links = re.findall(r"http://\S+", printed)
+    assert [link.split("/#/")[1] for link in links[1:]] == [
+        f"experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}",
+        (f"experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+         f"&viewStateShareKey={COMPARE_VIEW}")]
+    assert "sorted by val_recon_mse" in printed and "2 complete trials compared on val_recon_mse" in printed
+    started = live_processes(server_session)
+    assert len(started) >= 4  # the server, uvicorn, the job runner and its consumers
+    os.kill(ui.pid, signal.SIGTERM)  # the harness only: the server is in a session of its own
+    assert ui.wait(timeout=120) == 128 + signal.SIGTERM
+    assert live_processes(server_session) == [] and live_processes(ui.pid) == []
+    stopped = re.search(r"stopped the MLflow UI: (\d+) process\(es\) ended", ui.stdout.read().decode())
+    assert stopped and int(stopped[1]) >= 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_it_started(smoke_runs):
+    ui, _, server_session = start_ui(smoke_runs)
+    assert len(live_processes(server_session)) >= 4
+    os.killpg(ui.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the terminal's foreground process group
+    assert ui.wait(timeout=120) == 130
+    assert live_processes(server_session) == [] and live_processes(ui.pid) == []
