@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -207,17 +206,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mlflow_server(backend: str, artifacts: str, host: str, port: int, workers: int) -> None:
-    """Replace this process with `mlflow server`; the store URIs go through the environment, so a
-    password in them never shows in the process list. Ctrl-C reaches the server directly."""
-    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
-    if mlflow is None:
-        raise UserError("the mlflow command is not installed; run `make setup`")
-    os.environ.update(MLFLOW_BACKEND_STORE_URI=backend, MLFLOW_ARTIFACTS_DESTINATION=artifacts)
-    os.execv(mlflow, [mlflow, "server", "--serve-artifacts", "--host", host, "--port", str(port),
-                      "--workers", str(workers)])
-
-
 def backend_store(path: str | None) -> str | None:
     """The server's store URI, from a file the user names or the BACKEND_STORE environment variable:
     never from argv, which every user of the machine can read with ps."""
@@ -243,8 +231,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     artifacts = args.artifacts_destination or storage.artifacts_uri
     print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
           f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)
-    _mlflow_server(backend, artifacts, args.host, args.port, args.workers)
-    return 0  # not reached
+    from harness.ui import serve
+
+    return serve(backend, artifacts, args.host, args.port, args.workers)  # Ctrl-C stops every process it started
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

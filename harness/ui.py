@@ -168,7 +168,7 @@ def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> i
             signal.signal(s, signal.SIG_IGN)
         if server is not None:
             stopped = stop_session(server)
-            print(f"stopped the MLflow UI: {stopped} process(es) ended", file=sys.stderr, flush=True)
+            print(f"stopped the MLflow server: {stopped} process(es) ended", file=sys.stderr, flush=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 + received[0] if received else server.returncode

@@ -87,12 +87,14 @@ def test_the_server_takes_its_store_from_a_file_never_from_argv(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_serving(port, server, "tracking server")
-        lines = session_command_lines(server.pid)
+        mlflow_session = next(os.getsid(int(c)) for c in open(f"/proc/{server.pid}/task/{server.pid}/children").read().split())
+        lines = session_command_lines(server.pid) + session_command_lines(mlflow_session)  # the server runs in its own
         assert any("mlflow" in line for line in lines) and not any(marker in line for line in lines)
         assert store.exists()  # the server uses the store named in the file
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+    assert not session_command_lines(mlflow_session)  # and the server stopped every process it started
 
 
 @pytest.mark.slow
@@ -207,7 +209,7 @@ def test_sigterm_to_the_harness_alone_stops_every_process_it_started(smoke_runs)
     os.kill(ui.pid, signal.SIGTERM)  # the harness only: the server is in a session of its own
     assert ui.wait(timeout=120) == 128 + signal.SIGTERM
     assert live_processes(server_session) == [] and live_processes(ui.pid) == []
-    stopped = re.search(r"stopped the MLflow UI: (\d+) process\(es\) ended", ui.stdout.read().decode())
+    stopped = re.search(r"stopped the MLflow server: (\d+) process\(es\) ended", ui.stdout.read().decode())
     assert stopped and int(stopped[1]) >= 4
 
 
