@@ -129,7 +129,7 @@ def test_claims_must_be_tables():
 def test_the_shipped_sweeps_declare_the_reports_claims():
     """Every study that repeats a seed report's experiment names what that report claimed."""
     declared = {name: load_study(name).claims for name in study_names()}
-    for name in ("vae_kl_sweep", "gan_k_sweep", "dcgan_lr_sweep", "resnet_vae_latent_sweep", "families_compare"):
+    for name in ("vae_kl_sweep", "gan_k_sweep", "dcgan_lr_sweep", "resnet_vae_latent_sweep", "families_compare", "vae_pareto"):
         assert declared[name], f"{name} declares no claims"
         assert all(c.source.startswith(("report", "the DCGAN")) for c in declared[name])
     assert {c.test for cs in declared.values() for c in cs} == {"near", "trend", "better_within"}

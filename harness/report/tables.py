@@ -87,7 +87,13 @@ def best_per_family(record: StudyRecord) -> pd.DataFrame:
         row["wall_s"] = round(float(best.get(f"metrics.{keys.TRAIN_SECONDS}", best["duration_s"]) or 0), 1)
         row["run_id"] = best.get("run_id")
         rows.append(row)
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["family", "trial", record.objective])  # none unflagged
+    if not rows:  # none unflagged
+        return pd.DataFrame(columns=["family", "trial", record.objective])
+    # One column order for every family (scores, then parameters), whichever family came first.
+    order = ["family", "trial", record.objective, "seeds", f"{record.objective} over seeds",
+             *score_keys(record)[len(record.objectives):], *params, "flags", "wall_s", "run_id"]
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in order if c in frame]]
 
 
 def all_trials(record: StudyRecord) -> pd.DataFrame:
