@@ -67,7 +67,20 @@ def harness(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def prepare_and_use(runs: str, barrier, index: int, results) -> None:
+def started_together(target, args_of_each: list[tuple]) -> list[str]:
+    """Start one spawned process per args, all waiting on one barrier; what each put in the queue."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(len(args_of_each)), context.Queue()
+    processes = [context.Process(target=target, args=(*args, barrier, results)) for args in args_of_each]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    return outcomes
+
+
+def prepare_and_use(runs: str, index: int, barrier, results) -> None:
     """One command starting on a fresh RUNS_DIR: create the stores, then record something in each."""
     os.environ["RUNS_DIR"] = runs
     barrier.wait()
@@ -94,15 +107,7 @@ def test_commands_starting_together_on_a_fresh_runs_dir_create_the_stores_once(t
     and migrates its tables without a lock). Four processes start at the same moment; each must record,
     and the stores must end exactly as one process alone leaves them."""
     runs = str(tmp_path / "runs")
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(4), context.Queue()
-    processes = [context.Process(target=prepare_and_use, args=(runs, barrier, i, results)) for i in range(4)]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=300) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-    assert outcomes == ["ok"] * 4
+    assert started_together(prepare_and_use, [(runs, i) for i in range(4)]) == ["ok"] * 4
     alone = Storage.from_env({"RUNS_DIR": str(tmp_path / "alone")})
     alone.prepare()
     assert schema(tmp_path / "runs" / "mlflow.db") == schema(tmp_path / "alone" / "mlflow.db")
@@ -313,15 +318,7 @@ def open_optuna_storage(url: str, barrier, results) -> None:
 def test_machines_opening_a_fresh_postgres_at_once_all_get_the_storage(fresh_postgres):
     """CI's first PostgreSQL run failed: two machines on a fresh database both created Optuna's tables
     and PostgreSQL refused the slower one (unique violation on pg_type). Six open it at the same moment."""
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(6), context.Queue()
-    processes = [context.Process(target=open_optuna_storage, args=(fresh_postgres, barrier, results)) for _ in range(6)]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=300) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-    assert outcomes == ["ok"] * 6
+    assert started_together(open_optuna_storage, [(fresh_postgres,)] * 6) == ["ok"] * 6
     assert optuna.get_all_study_summaries(fresh_postgres) == []  # the tables are there, and empty
 
 
