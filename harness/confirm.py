@@ -6,7 +6,8 @@ GAN studies re-run their winners with several seeds before claiming anything. Th
 study seed + 1 .. + SEEDS (fresh: never the seed the trial was chosen with, so the selection's luck
 does not count). The runs go to the study's MLflow experiment under a `confirm` parent run, tagged
 `confirm = true` and `config = trial-N`; the report shows mean ± 95% CI (Student t) per configuration
-and calls a difference between families significant only when the intervals do not overlap.
+and tests the best against each other one with Welch's t-test (the difference with its 95% interval,
+Holm-corrected when several pairs are compared) rather than asking whether the intervals overlap.
 Running it again only trains the (configuration, seed) pairs that have no finished run yet.
 """
 

@@ -48,7 +48,8 @@ def test_a_trend_holds_fails_or_is_inconclusive_by_its_interval():
     down = claim(test="trend", param="kl_weight", metrics={"val_kl": "down", "fd": "up"})
     verdict = judge(study, (down,))[0]
     assert verdict.verdict == HELD and "val_kl falls" in verdict.evidence and "fd_domain rises" in verdict.evidence
-    assert "ρ = -1.00" in verdict.evidence and "n = 8, a perfect rank order: 1 in 40,320 by chance" in verdict.evidence
+    assert "ρ = -1.00 (n = 8; exact permutation test over all 40,320 orders" in verdict.evidence
+    assert "P(ρ ≤ -1.00) = 1/40,320 = 2.5e-05" in verdict.evidence and "P(ρ ≥ +1.00) = 1/40,320" in verdict.evidence
     assert judge(study, (claim(test="trend", param="kl_weight", metrics={"val_kl": "up"}),))[0].verdict == NOT_HELD
     # One part against the claim is enough for "did not hold".
     assert judge(study, (claim(test="trend", param="kl_weight", metrics={"val_kl": "down", "fd": "down"}),))[0].verdict == NOT_HELD
@@ -57,6 +58,55 @@ def test_a_trend_holds_fails_or_is_inconclusive_by_its_interval():
     few = record(weights[:3], falling[:3], rising_fd[:3])
     verdict = judge(few, (claim(test="trend", param="kl_weight", metrics={"val_kl": "down"}),))[0]
     assert verdict.verdict == INCONCLUSIVE and "needs 4 trials" in verdict.evidence
+
+
+def trend(x: list[float], y: list[float], sign: str = "up") -> tuple[str, str]:
+    """The verdict and evidence of a trend claim on val_kl against kl_weight."""
+    verdict = judge(record(x, y, [1.0] * len(x)), (claim(test="trend", param="kl_weight", metrics={"val_kl": sign}),))[0]
+    return verdict.verdict, verdict.evidence
+
+
+@pytest.mark.parametrize("x, y, count, total, verdict", [
+    # n = 4: a perfect order has one-sided p = 1/24 = 0.042; Fisher's z (clamped) used to call it held.
+    ([1, 2, 3, 4], [1, 2, 3, 4], 1, 24, INCONCLUSIVE),
+    # n = 5: a perfect order is 1 in 120; one adjacent swap (rho = 0.9) is 5 in 120 = 0.042, once held.
+    ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 1, 120, HELD),
+    ([1, 2, 3, 4, 5], [1, 2, 3, 5, 4], 5, 120, INCONCLUSIVE),
+    # n = 5, ties in x (two trials at one value), either side of 0.025: 2/120 = 0.017 held, 4/120 = 0.033 not.
+    ([1, 1, 2, 3, 4], [1, 2, 3, 4, 5], 2, 120, HELD),
+    ([1, 1, 2, 2, 3], [1, 2, 3, 4, 5], 4, 120, INCONCLUSIVE),
+    # n = 6 without ties: rho = 0.886 is 12/720 = 0.017 (held), rho = 0.829 is 21/720 = 0.029 (once held, now not).
+    ([1, 2, 3, 4, 5, 6], [1, 2, 4, 3, 6, 5], 12, 720, HELD),
+    ([1, 2, 3, 4, 5, 6], [1, 2, 3, 5, 6, 4], 21, 720, INCONCLUSIVE),
+    # n = 6 with three tied trials: exactly at the boundary, 18/720 = 0.025 (held: p <= 0.025).
+    ([1, 1, 1, 2, 4, 3], [1, 2, 3, 4, 5, 6], 18, 720, HELD),
+])
+def test_a_trend_at_a_few_trials_is_judged_by_its_exact_permutation_p_value(x, y, count, total, verdict):
+    weights = [1e-4 * w for w in x]
+    got, evidence = trend(weights, y, "up")
+    assert got == verdict, evidence
+    assert f"n = {len(x)}; exact permutation test over all {total:,} orders" in evidence
+    assert f"P(ρ ≥ {evidence.split('ρ = ')[1][:5]}) = {count:,}/{total:,} = {count / total:.2g}" in evidence
+    # The same numbers against a falling claim: did not hold exactly where the rising one held.
+    assert trend(weights, y, "down")[0] == (NOT_HELD if verdict == HELD else INCONCLUSIVE)
+    assert trend(weights, [-v for v in y], "down")[0] == verdict
+
+
+def test_a_constant_metric_has_no_trend():
+    got, evidence = trend([1e-4, 2e-4, 3e-4, 4e-4, 5e-4], [2.0] * 5)
+    assert got == INCONCLUSIVE and "the same in all 5 trials" in evidence
+
+
+def test_a_trend_over_many_trials_draws_random_orders_and_shows_fishers_interval():
+    x = list(np.geomspace(1e-5, 1e-1, 12))
+    rng = np.random.default_rng(1)
+    y = list(-np.arange(12) + rng.normal(0, 3, 12))
+    got, evidence = trend(x, y, "down")
+    assert got == HELD and "n = 12; 20,000 random permutations (seed 0), p = (hits + 1) / (draws + 1)" in evidence
+    assert "Fisher's z 95% CI" in evidence and "not the verdict" in evidence
+    # A perfect order of 12 has no Fisher interval (atanh(1) is infinite), and is held by the permutations.
+    perfect = trend(x, list(range(12)), "up")
+    assert perfect[0] == HELD and "Fisher" not in perfect[1] and "= 5e-05" in perfect[1]
 
 
 def test_a_value_at_one_configuration_needs_seed_reruns_for_a_verdict():

@@ -2,17 +2,20 @@
 inconclusive, with the numbers and the interval behind each verdict.
 
 The claims are read from the study file logged with the study's parent run (what ran, not what the
-file says today). A verdict is "held" or "did not hold" only when a 95% interval excludes the other
-answer; a single run has no interval, so a claim about one configuration stays inconclusive until
-`make confirm` re-trains it with fresh seeds.
+file says today). A verdict is "held" or "did not hold" only when the numbers exclude the other answer
+at the 95 % level: a 95 % interval (near, better_within) or a one-sided permutation p-value of at most
+0.025 (trend, exact at a few trials, where Fisher's z is not valid); a single run has no interval, so
+a claim about one configuration stays inconclusive until `make confirm` re-trains it with fresh seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import tomllib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
 SPEARMAN_VARIANCE = 1.06  # Fieller, Hartley & Pearson (1957): var(atanh(rho_s)) ~ 1.06 / (n - 3)
+ALPHA = 0.025  # one-sided, in the claimed direction: the strictness of a two-sided 95 % interval excluding 0
+EXACT_UP_TO = 8  # trials: all n! orders enumerated (40,320 at 8); above, random permutations
+DRAWS, DRAW_SEED = 20_000, 0  # random permutations above EXACT_UP_TO, seeded so a report is reproducible
+FISHER_FROM = 10  # trials: below this Fisher's z interval for Spearman's rho is not trustworthy; never the verdict
 
 
 @dataclass(frozen=True)
@@ -118,11 +125,63 @@ def _near(record: "StudyRecord", claim: Claim) -> Verdict:
                                    f"{claimed})")
 
 
-def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, float]:
-    """Spearman's rho and its 95% interval (Fisher's z with Fieller's variance)."""
-    rho = float(stats.spearmanr(x, y).statistic)
-    z, se = math.atanh(max(-0.9999, min(0.9999, rho))), math.sqrt(SPEARMAN_VARIANCE / (len(x) - 3))
-    return rho, math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+@dataclass(frozen=True)
+class Permutation:
+    """Spearman's rho and its one-sided permutation p-values (y's order against x, average ranks for ties)."""
+
+    rho: float
+    n: int
+    up: float  # P(rho >= observed) over the orders
+    down: float  # P(rho <= observed)
+    method: str  # how the orders were drawn, for the evidence
+    exact: tuple[int, int, int] | None  # (orders rising as far, orders falling as far, all orders) when enumerated
+
+
+@lru_cache(maxsize=EXACT_UP_TO)
+def _orders(n: int) -> np.ndarray:
+    """Every order of n items, one a row (n! rows)."""
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> Permutation:
+    """Spearman's rho and its permutation test: exact over all n! orders of y for n <= 8 (Fisher's z
+    is not valid at 4 to 8 trials), else 20,000 seeded random orders with p = (hits + 1) / (draws + 1)."""
+    rx, ry = stats.rankdata(x.to_numpy(float)), stats.rankdata(y.to_numpy(float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    n, scale = len(rx), math.sqrt(float((rx @ rx) * (ry @ ry)))
+    if scale == 0:  # a constant parameter or metric: no order at all
+        return Permutation(math.nan, n, math.nan, math.nan, "no test: no spread", None)
+    rho = float(rx @ ry) / scale
+    if n <= EXACT_UP_TO:
+        rhos = ry[_orders(n)] @ rx / scale
+        method = f"exact permutation test over all {len(rhos):,} orders"
+    else:
+        rng = np.random.default_rng(DRAW_SEED)
+        block = max(1, min(DRAWS, 2_000_000 // n))  # orders drawn at a time: memory stays small at many trials
+        rhos = np.concatenate([ry[rng.permuted(np.tile(np.arange(n), (min(block, DRAWS - start), 1)), axis=1)] @ rx
+                               for start in range(0, DRAWS, block)]) / scale
+        method = f"{DRAWS:,} random permutations (seed {DRAW_SEED}), p = (hits + 1) / (draws + 1)"
+    tolerance = 1e-9  # tied orders give the same rho up to rounding: count them as at least as extreme
+    rising, falling = int((rhos >= rho - tolerance).sum()), int((rhos <= rho + tolerance).sum())
+    if n <= EXACT_UP_TO:
+        return Permutation(rho, n, rising / len(rhos), falling / len(rhos), method, (rising, falling, len(rhos)))
+    return Permutation(rho, n, (rising + 1) / (DRAWS + 1), (falling + 1) / (DRAWS + 1), method, None)
+
+
+def _fisher(rho: float, n: int) -> tuple[float, float] | None:
+    """Fisher's z 95 % interval with Fieller's variance, where it is valid (n >= 10, |rho| < 1): extra
+    evidence of the size of the trend, never the verdict (the permutation test decides at every n)."""
+    if n < FISHER_FROM or not abs(rho) < 1:
+        return None
+    z, se = math.atanh(rho), math.sqrt(SPEARMAN_VARIANCE / (n - 3))
+    return math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+
+
+def _p(p: float, count: int | None, total: int | None) -> str:
+    """A p-value, as the fraction of orders it counts when they were all enumerated."""
+    if count is None or total is None:
+        return f"{p:.2g}"
+    return "1" if count == total else f"{count:,}/{total:,} = {p:.2g}"
 
 
 def _trend(record: "StudyRecord", claim: Claim) -> Verdict:
@@ -139,15 +198,24 @@ def _trend(record: "StudyRecord", claim: Claim) -> Verdict:
             parts.append(f"{key}: {len(x)} complete trials over {x.nunique()} values of {claim.param} "
                          "(a trend needs 4 trials and 3 values)")
             continue
-        rho, lo, hi = _spearman(x, y)
-        expected = 1 if sign == "up" else -1
-        verdicts.append(HELD if expected * lo > 0 and expected * hi > 0
-                        else NOT_HELD if expected * lo < 0 and expected * hi < 0 else INCONCLUSIVE)
-        perfect = f", a perfect rank order: 1 in {math.factorial(len(x)):,} by chance" if abs(rho) == 1 else ""
-        parts.append(f"{key} {'rises' if rho > 0 else 'falls'} with {claim.param}: Spearman ρ = {rho:+.2f} "
-                     f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {len(x)}{perfect}; claimed: {sign})")
+        test = _spearman(x, y)
+        if math.isnan(test.rho):
+            verdicts.append(INCONCLUSIVE)
+            parts.append(f"{key} is the same in all {test.n} trials: no order to test (claimed: {sign})")
+            continue
+        claimed, other = (test.up, test.down) if sign == "up" else (test.down, test.up)
+        verdicts.append(HELD if claimed <= ALPHA else NOT_HELD if other <= ALPHA else INCONCLUSIVE)
+        rising, falling, total = test.exact or (None, None, None)
+        fisher = _fisher(test.rho, test.n)
+        interval = (f"; Fisher's z 95% CI {fisher[0]:+.3f} to {fisher[1]:+.3f}, Fieller's variance, not the verdict"
+                    if fisher else "")
+        parts.append(f"{key} {'rises' if test.rho > 0 else 'falls'} with {claim.param}: Spearman ρ = {test.rho:+.2f} "
+                     f"(n = {test.n}; {test.method}: P(ρ ≥ {test.rho:+.2f}) = {_p(test.up, rising, total)}, "
+                     f"P(ρ ≤ {test.rho:+.2f}) = {_p(test.down, falling, total)}{interval}; claimed: {sign})")
     verdict = NOT_HELD if NOT_HELD in verdicts else HELD if all(v == HELD for v in verdicts) else INCONCLUSIVE
-    return Verdict(claim, verdict, "; ".join(parts) + " (intervals: Fisher's z with Fieller's variance)")
+    return Verdict(claim, verdict, "; ".join(parts) + f" (one-sided permutation p-values, average ranks for ties: "
+                                                      f"held when the claimed side's p ≤ {ALPHA}, did not hold when "
+                                                      f"the other side's is; the 5% two-sided level)")
 
 
 def _within(frame: pd.DataFrame, bounds: Mapping[str, Bounds]) -> pd.Series:

@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
+from scipy import stats
 
 from harness import keys
 from harness.keys import Attr, Tag
@@ -77,23 +78,60 @@ def summary(record: "StudyRecord") -> str:
     return text
 
 
+SIGNIFICANCE = 0.05  # two-sided, on Holm-adjusted p-values when several pairs are compared
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: calling each test significant at adjusted
+    p <= 0.05 keeps the chance of any false call among them at 5% (no assumption on their dependence)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def seeds(record: "StudyRecord") -> str:
-    """The seed re-runs: mean ± 95% CI per configuration, and which differences the intervals support."""
+    """The seed re-runs: mean ± 95% CI per configuration, and Welch's t-test of the best against each
+    other one (Holm-corrected over the pairs): two 95% intervals can overlap while the difference is
+    significant, so whether they overlap is not the test."""
     rows = []
     for config, group in record.confirm.groupby(f"tags.{Tag.CONFIG}"):
-        mean, half, n = confidence(group[record.objective])
-        rows.append((group[f"tags.{Tag.FAMILY}"].iloc[0], config, mean, half, n))
+        values = group[record.objective].dropna().astype(float)
+        mean, half, n = confidence(values)
+        rows.append((group[f"tags.{Tag.FAMILY}"].iloc[0], config, mean, half, n, values))
     rows.sort(key=lambda r: r[2], reverse=not record.minimize)
-    parts = [f"{family} ({config}): {_g(mean)} ± {_g(half)} over {n} seeds" for family, config, mean, half, n in rows]
+    parts = [f"{family} ({config}): {_g(mean)} ± {_g(half)} over {n} seeds" for family, config, mean, half, n, _ in rows]
     text = "Re-trained with fresh seeds (mean ± 95% CI): " + "; ".join(parts) + "."
-    if len(rows) > 1:
-        top = rows[0]
-        verdicts = []
-        for other in rows[1:]:
-            apart = (top[2] + top[3] < other[2] - other[3]) if record.minimize else (top[2] - top[3] > other[2] + other[3])
-            verdicts.append(f"{top[0]} vs {other[0]}: {'significant' if apart else 'not significant'}")
-        text += " Intervals that do not overlap are called significant: " + "; ".join(verdicts) + "."
-    return text
+    if len(rows) < 2:
+        return text
+    families = [r[0] for r in rows]
+    label = {r[1]: r[0] if families.count(r[0]) == 1 else f"{r[0]} ({r[1]})" for r in rows}  # config -> name
+    best, best_values = label[rows[0][1]], rows[0][5]
+    tested, untested = [], []
+    for _, config, mean, _, _, values in rows[1:]:
+        pair = f"{best} vs {label[config]}"
+        if len(best_values) < 2 or len(values) < 2:
+            untested.append(f"{pair}: not tested (a t-test needs 2 seeds a side)")
+            continue
+        test = stats.ttest_ind(best_values, values, equal_var=False)
+        if math.isnan(test.pvalue):  # no spread on either side
+            untested.append(f"{pair}: not tested (the seeds have no spread)")
+            continue
+        low, high = test.confidence_interval(0.95)
+        tested.append((pair, rows[0][2] - mean, float(low), float(high), float(test.pvalue)))
+    several = len(tested) > 1
+    verdicts = [f"{pair}: {difference:+.3g} (95% CI {low:+.3g} to {high:+.3g}), p = {_g(p)}"
+                f"{f', Holm {_g(adjusted)}' if several else ''}: "
+                f"{'significant' if adjusted <= SIGNIFICANCE else 'not significant'}"
+                for (pair, difference, low, high, p), adjusted in zip(tested, holm([t[4] for t in tested]))]
+    pairs = len(rows) - 1
+    how = (f"Welch's t-test of the best ({best}) against each other configuration ({pairs} pair{'s' * (pairs > 1)}): "
+           f"the difference of means, best − other, with its Welch 95% CI; significant at "
+           + (f"Holm-adjusted p ≤ {SIGNIFICANCE} over the {len(tested)} pairs tested (the intervals are not adjusted)"
+              if several else f"p ≤ {SIGNIFICANCE}"))
+    return text + f" {how}: " + "; ".join(verdicts + untested) + "."
 
 
 def _at(done: pd.DataFrame, param: str, value: float) -> pd.Series | None:
