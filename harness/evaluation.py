@@ -5,8 +5,10 @@ study on it. After every round, a cheap Fréchet distance (`val_fd_<extractor>`,
 fixed z against as many reference images) goes to the pruner. After training, n generated images
 (`final_samples`: 10,000 with a GPU, 2,000 on a CPU, or what the data has) are scored against n
 reference images (the objective) and n holdout images (`test_` scores, reported, never selected on):
-Fréchet distance, FD-infinity, kernel distance (+ std over subsets), precision, recall, and the
-inception score for extractors with class outputs. Reference statistics are cached under
+Fréchet distance (and, for an extractor whose features come in blocks, the distance of each block
+alone: fd_domain/32px is the detail at 32 pixels), FD-infinity, kernel distance (+ std over subsets),
+precision, recall, density, coverage (one k: pr_k), and the inception score for extractors with
+class outputs. Reference statistics are cached under
 RUNS_DIR/cache/reference/, keyed by the extractor (its weights' hash), the images' content hash, the
 count and the preprocessing, so every later trial and study reuses them.
 VAE families also get reconstruction scores on the test split: BCE, ELBO, PSNR, SSIM.
@@ -34,7 +36,7 @@ from harness.metrics import gaussian_kl
 from harness.progress import Phase
 from harness.registry import Family
 from harness.scores import (KID_SEED, FeatureStats, diversity, frechet_distance, inception_score, kernel_distance,
-                            precision_recall, to_uint8)
+                            knn_scores, to_uint8)
 
 ROUND_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-round and the final samples
 BATCH = 250  # images per forward pass when sampling and extracting
@@ -71,15 +73,16 @@ class SampleQuality:
         self.computed = 0  # reference statistics computed here rather than found in the cache
         self._memo: dict[tuple[str, int], FeatureStats] = {}
         self._floor: float | None = None
+        self._floor_by_scale: dict[str, float] | None = None
 
     def check(self, objectives: list[str]) -> None:
         """Refuse objectives this data or extractor cannot give; warn about scores it must skip."""
         n = self.final_samples
         if n <= self.settings.pr_k:
-            if {"precision", "recall"} & set(objectives):
-                raise UserError(f"precision/recall with k = {self.settings.pr_k} need more than {self.settings.pr_k} "
-                                f"reference images, the dataset has {n}; use more data or another objective")
-            warn(f"only {n} reference images: precision/recall (k = {self.settings.pr_k}) are skipped")
+            if {"precision", "recall", "coverage"} & set(objectives):
+                raise UserError(f"precision, recall and coverage with k = {self.settings.pr_k} need more than "
+                                f"{self.settings.pr_k} reference images, the dataset has {n}; use more data or another objective")
+            warn(f"only {n} reference images: precision, recall, density and coverage (k = {self.settings.pr_k}) are skipped")
         if any(o == "is" for o in objectives):
             if not self.extractor.has_classes:
                 raise UserError(f"objective is needs an extractor with class outputs; the {self.extractor.name} "
@@ -112,13 +115,14 @@ class SampleQuality:
                 "score.n": n, "score.sample_size": self.data.size_note(n),
                 "score.n_round": self.round_samples,
                 "score.floor_fd": round(self.floor(), 6),
+                **({"score.floor_fd_by_scale": json.dumps(self.floor_by_scale())} if self.extractor.blocks else {}),
                 "score.z_seeds": json.dumps({"grid": GRID_SEED, "round": ROUND_SEED, "final": FINAL_SEED}),
                 "score.dtype": "float32 features, float64 statistics",
                 "score.kid": f"cubic polynomial kernel, {s.kid_subsets} subsets of "
                              f"{min(s.kid_subset_size, n)} (asked {s.kid_subset_size}), seed {KID_SEED}",
                 "score.fd_inf": f"linear fit of FD against 1/N over N = {', '.join(map(str, fd_inf_sizes(n)))} "
                                 f"generated images (seed {FD_INF_SEED}), reference fixed (Chong & Forsyth 2020)",
-                "score.precision_recall_k": s.pr_k}
+                "score.precision_recall_k": s.pr_k}  # the k of density and coverage too (the name is older)
 
     def features(self, images: Tensor, phase: Phase | None = None) -> tuple[Tensor, Tensor | None]:
         parts = []
@@ -154,6 +158,21 @@ class SampleQuality:
         self.computed += built
         self._memo[(part, n)] = stats
         return stats
+
+    def floor_by_scale(self) -> dict[str, float]:
+        """The real-vs-real floor of each block alone (holdout against reference at the compared n)."""
+        if self._floor_by_scale is None:
+            holdout, reference = self.reference("holdout", self.final_samples), self.reference("reference", self.final_samples)
+            self._floor_by_scale = {block: round(frechet_distance(holdout.part(columns), reference.part(columns)), 6)
+                                    for block, columns in self.extractor.blocks.items()}
+        return self._floor_by_scale
+
+    def scale_scores(self, generated: FeatureStats, reference: FeatureStats) -> dict[str, float]:
+        """The Fréchet distance of each block of the features alone (fd_domain/learned, fd_domain/32px,
+        ...): which scale a model gets wrong. Empty for an extractor without blocks (Inception)."""
+        whole = keys.score_key("fd", self.extractor.name)
+        return {keys.scale_key(whole, block): frechet_distance(generated.part(columns), reference.part(columns))
+                for block, columns in self.extractor.blocks.items()}
 
     def generated_images(self, family: Family, model: nn.Module, n: int, seed: int) -> Tensor:
         """n samples from a fixed z as uint8 (N, C, H, W) on the CPU, as real images are stored."""
@@ -194,9 +213,11 @@ class SampleQuality:
             scores.update({key("fd"): frechet_distance(generated, reference), key("kd"): kd,
                            keys.std_key(key("kd")): kd_std})
             if n > s.pr_k:  # else too few for k-NN balls
-                precision, recall = precision_recall(generated, reference, s.pr_k)
-                scores.update({key("precision"): precision, key("recall"): recall})
-        scores[keys.score_key("diversity", self.extractor.name)] = diversity(generated, self.reference("reference", n))
+                scores.update({key(kind): value for kind, value in knn_scores(generated, reference, s.pr_k).items()})
+        scores.update(self.scale_scores(generated, self.reference("reference", n)))
+        learned = self.extractor.blocks.get("learned", slice(None))  # diversity's bar (flags.py) was set there
+        scores[keys.score_key("diversity", self.extractor.name)] = diversity(generated.part(learned),
+                                                                             self.reference("reference", n).part(learned))
         fd_inf, points = frechet_distance_infinity(generated.features, self.reference("reference", n))
         scores[keys.score_key("fd_inf", self.extractor.name)] = fd_inf
         if logits is not None:

@@ -33,12 +33,14 @@ SCORES: dict[str, MetricInfo] = {
     "kd": MetricInfo("minimize", "kernel distance (KID estimator)"),
     "precision": MetricInfo("maximize", "precision (k-NN manifold)"),
     "recall": MetricInfo("maximize", "recall (k-NN manifold)"),
+    "density": MetricInfo(None, "density (real k-NN balls per generated image / k; about 1 for real data)"),
+    "coverage": MetricInfo("maximize", "coverage (share of real k-NN balls reached)"),
     "is": MetricInfo("maximize", "inception score"),
     "diversity": MetricInfo("maximize", "diversity (nearest-neighbour distance, generated / real)"),
 }
 INCEPTION_NAMES = {"fd": "fid", "fd_inf": "fid_inf", "kd": "kid", "is": "is", "precision": "precision",
-                   "recall": "recall", "diversity": "diversity"}
-DIAGNOSTIC_SCORES = ("diversity",)  # logged, never an objective: uniform noise maximises it
+                   "recall": "recall", "density": "density", "coverage": "coverage", "diversity": "diversity"}
+DIAGNOSTIC_SCORES = ("diversity", "density")  # logged, never objectives: noise maximises diversity; density is best near 1
 # What a study file may name as its objective besides the families' val_<metric>: resolved per extractor.
 SCORE_OBJECTIVES: dict[str, Direction] = {**{kind: info.direction for kind, info in SCORES.items()
                                              if kind not in DIAGNOSTIC_SCORES}, "val_fd": "minimize"}
@@ -51,6 +53,23 @@ def score_key(kind: str, extractor: str) -> str:
     if kind not in SCORES:
         raise KeyError(f"unknown score kind {kind!r}; known: {', '.join(SCORES)}")
     return INCEPTION_NAMES[kind] if extractor == "inception" else f"{kind}_{extractor}"
+
+
+SCALE_SEP = "/"  # fd_domain/32px: the part of a score that one feature block (a scale) gives
+
+
+def scale_key(key: str, block: str) -> str:
+    """fd_domain + 32px -> fd_domain/32px: the Fréchet distance of one block of the features alone."""
+    return f"{key}{SCALE_SEP}{block}"
+
+
+def scale_of(key: str) -> tuple[str, str] | None:
+    """fd_domain/32px -> (fd_domain, 32px); None for a key of the whole features."""
+    whole, sep, block = key.partition(SCALE_SEP)
+    return (whole, block) if sep and block and not key.startswith(CURVE_PREFIX) else None
+
+
+SCALE_LABELS = {"learned": "the network's features (coarse structure)"}
 
 
 def std_key(key: str) -> str:
@@ -148,7 +167,9 @@ SPLIT_LABELS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def score_kind(metric: str) -> tuple[str, str] | None:
-    """(kind, extractor) of a score's name without split: fid -> (fd, inception), kd_domain -> (kd, domain)."""
+    """(kind, extractor) of a score's name without split: fid -> (fd, inception), kd_domain -> (kd, domain),
+    fd_domain/32px -> (fd, domain)."""
+    metric = (scale_of(metric) or (metric,))[0]
     for kind, name in INCEPTION_NAMES.items():
         if metric == name:
             return kind, "inception"
@@ -166,6 +187,9 @@ def label(key: str) -> str:
         kind, extractor = scored
         text = {("fd", "inception"): "FID", ("fd_inf", "inception"): "FID∞"}.get(scored, SCORES[kind].label)
         text += "" if extractor == "inception" else f", {extractor} features"
+        block = (scale_of(metric) or ("", ""))[1]
+        if block:
+            text += f": {SCALE_LABELS.get(block, f'detail at {block}')} alone"
     elif metric in RECONSTRUCTION:
         text = RECONSTRUCTION[metric].label
     else:

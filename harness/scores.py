@@ -9,8 +9,12 @@ written to agree with torch-fidelity and torchmetrics on the same features (test
     (x.y / d + 1)^3, averaged over random equal-size subsets drawn as torch-fidelity draws them
     (numpy RandomState(seed).choice, generated set first); with subsets of the whole sets it is the
     plain unbiased MMD^2, whatever the draw.
-  - precision and recall: the k-nearest-neighbour manifold estimate of Kynkäänniemi et al. 2019.
-  - inception score: exp E_x KL(p(y|x) || p(y)) over splits, for extractors with class outputs.
+  - precision and recall: the k-nearest-neighbour manifold estimate of Kynkäänniemi et al. 2019,
+    closed balls as torch-fidelity's metric_prc (the same numbers at the same k).
+  - density and coverage (Naeem et al. 2020): the same real k-NN balls, counted instead of united, so
+    a few real outliers with large balls cannot make a poor set look precise or diverse.
+  - inception score: exp E_x KL(p(y|x) || p(y)) over splits, for extractors with class outputs; the
+    images permuted and cut into splits as torch-fidelity's metric_isc does (mean and std agree).
   - diversity: the median distance from each generated image to its nearest other generated image,
     over the same among the real images, in features standardised by the real ones' std. About 1
     for real data, 0 for a set of repeated images (mode collapse); a diagnostic, never an objective
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 KID_SEED = 2020  # torch-fidelity's default rng_seed
+ISC_SEED = 2020  # the same seed: torch-fidelity permutes the images with it before cutting IS splits
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class FeatureStats:
         mu = x.mean(dim=0)
         centred = x - mu
         return cls(mu, centred.T @ centred / (len(x) - 1), x)
+
+    def part(self, columns: slice) -> "FeatureStats":
+        """The statistics of some of the features (one block: a scale)."""
+        return FeatureStats(self.mu[columns], self.sigma[columns, columns], self.features[:, columns])
 
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
@@ -96,24 +105,52 @@ def _kth_neighbour_radii(features: Tensor, k: int, block: int = 4096) -> Tensor:
     return radii
 
 
-def _coverage(points: Tensor, centres: Tensor, radii: Tensor, block: int = 4096) -> float:
-    """Share of `points` inside at least one ball (centre, radius)."""
-    inside = 0
+def _ball_hits(points: Tensor, centres: Tensor, radii: Tensor, block: int = 4096) -> tuple[Tensor, Tensor]:
+    """How many closed balls (centre, radius) contain each of `points`, and whether each ball holds
+    at least one of them."""
+    counts = torch.empty(len(points), dtype=torch.long)
+    held = torch.zeros(len(centres), dtype=torch.bool)
     for start in range(0, len(points), block):
-        distances = torch.cdist(points[start:start + block], centres)
-        inside += int((distances <= radii[None, :]).any(dim=1).sum())
-    return inside / len(points)
+        inside = torch.cdist(points[start:start + block], centres) <= radii[None, :]  # (b, centres)
+        counts[start:start + block] = inside.sum(dim=1)
+        held |= inside.any(dim=0)
+    return counts, held
+
+
+def knn_scores(generated: FeatureStats, reference: FeatureStats, k: int = 3) -> dict[str, float]:
+    """Precision, recall, density and coverage from one set of k-NN radii per side.
+
+    Precision (Kynkäänniemi et al. 2019): the share of generated points inside at least one real
+    ball (a real point's ball reaches its k-th nearest other real point); recall: the share of real
+    points inside at least one generated ball. A few real outliers have huge balls, so a generated
+    set piled around one of them is all "precise".
+    Density and coverage (Naeem et al. 2020) use the real balls only: density = (1 / kM) x the number
+    of (generated point, real ball containing it) pairs, about 1 for a set drawn like the reference
+    (more than 1 when it crowds where the real data is dense); coverage = the share of real balls
+    that hold at least one generated point. Naeem recommend k = 5 (real against real coverage is
+    then about 1 - 2^-5 = 0.97 at M = N); we take the study's precision/recall k (pr_k, 3: about
+    0.875), so one k defines all four and is logged once."""
+    fake, real = generated.features, reference.features
+    if min(len(fake), len(real)) <= k:
+        raise ValueError(f"k-NN scores with k = {k} need more than {k} images on each side")
+    real_radii = _kth_neighbour_radii(real, k)
+    in_real, covered = _ball_hits(fake, real, real_radii)  # real balls holding each generated point; held ones
+    in_fake, _ = _ball_hits(real, fake, _kth_neighbour_radii(fake, k))  # generated balls holding each real point
+    return {"precision": (in_real > 0).sum().item() / len(fake), "recall": (in_fake > 0).sum().item() / len(real),
+            "density": in_real.sum().item() / (k * len(fake)), "coverage": covered.sum().item() / len(real)}
 
 
 def precision_recall(generated: FeatureStats, reference: FeatureStats, k: int = 3) -> tuple[float, float]:
     """Precision: generated images inside the real manifold (k-NN balls of real features); recall:
     real images inside the generated manifold."""
-    fake, real = generated.features, reference.features
-    if min(len(fake), len(real)) <= k:
-        raise ValueError(f"precision/recall with k = {k} needs more than {k} images on each side")
-    precision = _coverage(fake, real, _kth_neighbour_radii(real, k))
-    recall = _coverage(real, fake, _kth_neighbour_radii(fake, k))
-    return precision, recall
+    scores = knn_scores(generated, reference, k)
+    return scores["precision"], scores["recall"]
+
+
+def density_coverage(generated: FeatureStats, reference: FeatureStats, k: int = 3) -> tuple[float, float]:
+    """Naeem et al. 2020's density and coverage (knn_scores)."""
+    scores = knn_scores(generated, reference, k)
+    return scores["density"], scores["coverage"]
 
 
 def _median_neighbour_distance(x: Tensor, block: int = 4096) -> float:
@@ -133,14 +170,18 @@ def diversity(generated: FeatureStats, reference: FeatureStats) -> float:
     return _median_neighbour_distance(generated.features / scale) / max(real, 1e-12)
 
 
-def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over splits of exp(E_x KL(p(y|x) || p(y))), from class logits (N, K)."""
-    log_p = torch.log_softmax(logits.double().cpu(), dim=1)
+def inception_score(logits: Tensor, splits: int = 10, seed: int = ISC_SEED) -> tuple[float, float]:
+    """(mean, std) over splits of exp(E_x KL(p(y|x) || p(y))), from class logits (N, K). The images are
+    permuted by numpy RandomState(seed).permutation and split i is rows i N // splits to (i + 1) N //
+    splits, as torch-fidelity 0.4 does (seed 2020, its rng_seed), so both numbers agree with it (fewer
+    splits when there are fewer images)."""
+    log_p = torch.log_softmax(logits.double().cpu(), dim=1)[np.random.RandomState(seed).permutation(len(logits))]
+    n, splits = len(log_p), min(splits, len(log_p))
     values = []
-    for part in log_p.chunk(splits):
-        p = part.exp()
+    for i in range(splits):
+        part = log_p[i * n // splits:(i + 1) * n // splits]
         log_marginal = torch.logsumexp(part, dim=0) - np.log(len(part))
-        values.append(float(torch.exp((p * (part - log_marginal)).sum(dim=1).mean())))
+        values.append(float(torch.exp((part.exp() * (part - log_marginal)).sum(dim=1).mean())))
     return float(np.mean(values)), float(np.std(values))
 
 

