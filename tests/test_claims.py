@@ -40,7 +40,7 @@ def claim(**fields) -> Claim:
     return Claim(says="the report's words", source="report 003", **fields)
 
 
-def test_a_trend_holds_fails_or_is_inconclusive_by_its_interval():
+def test_a_trend_holds_fails_or_is_inconclusive_by_its_permutation_p_value():
     weights = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
     falling = [20.0, 12.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.5]
     rising_fd = list(np.linspace(30, 300, 8))

@@ -47,6 +47,7 @@ batch_size = 64
 round_samples = 200
 final_samples = 300
 flags = "tag"                 # 14 steps learn nothing: tagged, still ranked, so the report has a best
+panel = "warn"                # domain-v5 fails the panel below n = 1,000 on synthfaces 32 (README): the report is tested
 
 [[claims]]
 says = "a higher KL weight lowers the KL"
@@ -99,9 +100,11 @@ def test_tables_match_the_study(studied):
     assert "Re-trained with fresh seeds" in (folder / "tables.md").read_text()
     assert (folder.parent / "cross_study.csv").is_file() and "vae" in (folder.parent / "cross_study.csv").read_text()
     # Every score, every parameter the trials had (swept or not), the tag, steps and wall-clock.
-    assert {"fd_domain", "kd_domain", "precision_domain", "recall_domain", "val_pixel_mmd", "val_recon_mse", "val_kl",
-            "test_elbo", "test_psnr", "kl_weight", "latent_dim", "batch_size", "lr", "steps", "seed", "flags",
-            "train_s", "wall_s"} <= set(trials.columns)
+    assert {"fd_domain", "kd_domain", "precision_domain", "recall_domain", "density_domain", "coverage_domain",
+            "val_pixel_mmd", "val_recon_mse", "val_kl", "test_elbo", "test_psnr", "kl_weight", "latent_dim", "batch_size",
+            "lr", "steps", "seed", "flags", "train_s", "wall_s"} <= set(trials.columns)
+    scale_columns = [c for c in trials.columns if c.startswith("fd_domain/")]  # each scale alone, the network's first
+    assert scale_columns == ["fd_domain/learned", "fd_domain/32px", "fd_domain/16px", "fd_domain/8px"]
     assert not [c for c in trials.columns if c.startswith(("train_", "per_step/")) and c != "train_s" or c == "val_fd_domain"]
     assert {"precision_domain", "recall_domain", "latent_dim", "steps", "flags"} <= set(best.columns)
     tables_md = (folder / "tables.md").read_text()
@@ -141,7 +144,7 @@ def test_every_plot_is_a_png_and_the_page_is_self_contained(studied):
     _, folder, _ = studied
     pngs = list(folder.rglob("*.png"))
     assert {"vs_kl_weight.png", "curves_vae.png", "wall_times.png", "confirm.png", "importances.png",
-            "quality_vs_cost.png"} <= {p.name for p in pngs}
+            "quality_vs_cost.png", "scales.png"} <= {p.name for p in pngs}
     for path in pngs:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as picture:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -115,10 +116,10 @@ def seeds(record: "StudyRecord") -> str:
         if len(best_values) < 2 or len(values) < 2:
             untested.append(f"{pair}: not tested (a t-test needs 2 seeds a side)")
             continue
-        test = stats.ttest_ind(best_values, values, equal_var=False)
-        if math.isnan(test.pvalue):  # no spread on either side
+        if float(np.std(best_values)) == 0.0 and float(np.std(values)) == 0.0:  # Welch would say p = 0 or nan
             untested.append(f"{pair}: not tested (the seeds have no spread)")
             continue
+        test = stats.ttest_ind(best_values, values, equal_var=False)
         low, high = test.confidence_interval(0.95)
         tested.append((pair, rows[0][2] - mean, float(low), float(high), float(test.pvalue)))
     several = len(tested) > 1

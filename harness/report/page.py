@@ -102,7 +102,7 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
     if len(record.objectives) > 1 and (path := plots.plot_tradeoff(record, *record.objectives[:2], out, "pareto.png")):
         drawn.append(path)
     drawn += plots.plot_loss_curves(record, client, out)
-    drawn += [p for p in (plots.plot_quality_vs_cost(record, client, out),) if p]
+    drawn += [p for p in (plots.plot_quality_vs_cost(record, client, out), plots.plot_scales(record, out)) if p]
     drawn += [p for p in (plots.plot_importances(record, out), plots.plot_wall_times(record, out),
                           plots.plot_cost(record, out), plots.plot_confirm(record, out)) if p]
     grids = _grids(record, best, client, out)

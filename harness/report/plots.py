@@ -1,11 +1,13 @@
 """The report's plots, from what was recorded: the objective against each swept parameter, trade-offs
 with their Pareto fronts, loss curves of each family's best trial (the curves the family declared,
 read from its run's tags; per-step training points raw and smoothed), the objective against steps and
-wall-clock as the rounds went, parameter importances, wall times and seed re-runs. Figures are at most
+wall-clock as the rounds went, each trial's distance at every scale, parameter importances, wall
+times and seed re-runs. Figures are at most
 MAX_WIDTH_INCHES wide (1,400 px at the canvas's 100 dpi), to be read on a laptop screen."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from harness import keys
 from harness.canvas import new_figure, save_figure
 from harness.keys import Tag
 from harness.report.records import StudyRecord
-from harness.report.tables import best_per_family, confidence
+from harness.report.tables import best_per_family, confidence, scale_order
 
 MAX_WIDTH_INCHES = 14.0
 MAX_COLUMNS = 3  # panels a row
@@ -219,6 +221,38 @@ def plot_quality_vs_cost(record: StudyRecord, client: MlflowClient, out: Path) -
     fig.suptitle(f"{record.name}: {key} as training went, against steps and wall-clock\n"
                  f"(every trial; {better} is better{final_note})", fontsize=10)
     return save_figure(fig, out / "quality_vs_cost.png")
+
+
+def plot_scales(record: StudyRecord, out: Path, most: int = 30) -> Path | None:
+    """The Fréchet distance of each scale alone (fd_domain/learned, /32px, ...) of the complete trials,
+    ordered by the study's objective, under the real-vs-real floor at each scale: which scale a model gets wrong ("blurry at 32 px,
+    right at 8 px"). None where the extractor has no scales (Inception)."""
+    done = record.complete
+    extractor = record.protocol.get("score.extractor", "")
+    whole = keys.score_key("fd", extractor) if extractor else ""
+    prefix = f"metrics.{whole}{keys.SCALE_SEP}"
+    columns = [c for c in done if whole and c.startswith(prefix) and done[c].notna().any()]
+    if not columns or done.empty:
+        return None
+    floor = json.loads(record.protocol.get("score.floor_fd_by_scale", "{}") or "{}")
+    columns.sort(key=lambda c: scale_order(c.removeprefix(prefix), list(floor)))
+    scales = [c.removeprefix(prefix) for c in columns]
+    best = done.sort_values(record.objective, ascending=record.minimize).head(most)
+    labels = [f"{int(r['number'])} {r['family']} ({record.objective} {r[record.objective]:.3g})"
+              + ("" if r["flags"] in ("none", "") else f" [{r['flags']}]") for _, r in best.iterrows()]
+    values = pd.DataFrame(best[columns].to_numpy(dtype=float), index=labels, columns=scales)
+    if floor:
+        values = pd.concat([pd.DataFrame([[floor.get(s, np.nan) for s in scales]], index=["real vs real (floor)"],
+                                         columns=scales), values])
+    label_inches = 0.075 * max(len(label) for label in values.index)  # the trial labels left of the cells
+    fig = new_figure(min(MAX_WIDTH_INCHES, 2.5 + label_inches + 1.1 * len(scales)), 1.6 + 0.3 * len(values))
+    ax = fig.subplots()
+    sns.heatmap(np.log10(values.clip(lower=1e-3)), annot=values.map(lambda v: f"{v:.3g}"), fmt="", cmap="rocket_r",
+                annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 distance"}, ax=ax)
+    ax.set_xlabel("learned: the network's features (coarse); then the detail at each size")
+    ax.set_ylabel("")
+    ax.set_title(f"{record.name}: {whole} of each scale alone, lower is better", fontsize=10)
+    return save_figure(fig, out / "scales.png")
 
 
 def plot_importances(record: StudyRecord, out: Path) -> Path | None:

@@ -35,20 +35,36 @@ def hyperparameters(table: pd.DataFrame) -> list[str]:
             and c.removeprefix("params.") not in BOOKKEEPING and table[c].notna().any()]
 
 
+def scale_order(block: str, declared: list[str]) -> tuple[int, int]:
+    """Blocks in the extractor's order where the protocol declares it, else learned first, then by side
+    from the finest (32px before 16px)."""
+    if block in declared:
+        return 0, declared.index(block)
+    side = block.removesuffix("px")
+    return 1, -int(side) if side.isdigit() else -10**9
+
+
 def score_keys(record: StudyRecord) -> list[str]:
-    """Every final score and evaluation metric the trials logged, the objective(s) first, then sample
-    quality (precision, recall, diversity ...), the test split's scores, validation metrics (KL, pixel
-    MMD) and reconstruction on the test split (ELBO, PSNR, SSIM). Left out: per-round estimates (the
-    round score, on fewer samples), training losses, cost (its own columns) and spreads (_std)."""
+    """Every final score and evaluation metric the trials logged, the objective(s) first, then the
+    Fréchet distance of each scale alone (fd_domain/learned, /32px, ...: in the extractor's order),
+    sample quality (precision, recall, density, coverage, diversity ...), the test split's scores,
+    validation metrics (KL, pixel MMD) and reconstruction on the test split (ELBO, PSNR, SSIM). Left
+    out: per-round estimates (the round score, on fewer samples), training losses, cost (its own
+    columns) and spreads (_std)."""
     extractor = record.protocol.get("score.extractor", "")
     round_score = keys.round_score_key(extractor) if extractor else ""
     logged = [c.removeprefix("metrics.") for c in record.table if c.startswith("metrics.") and record.table[c].notna().any()]
     kept = [k for k in logged if k not in record.objectives and k != round_score and not k.endswith("_std")
             and not k.startswith(NOT_SCORES) and k not in keys.COST and not k.startswith(f"{keys.STEPS}_")]
 
-    def order(key: str) -> int:
+    declared = list(json.loads(record.protocol.get("score.floor_fd_by_scale", "{}") or "{}"))
+
+    def order(key: str) -> tuple[int, int, int]:
+        scale = keys.scale_of(key)
+        if scale:
+            return (0, *scale_order(scale[1], declared))
         split = (keys.split_of(key) or ("",))[0]
-        return 0 if not split else 1 if keys.score_kind(key.partition("_")[2]) else {"val": 2, "test": 3}[split]
+        return (1 if not split else 2 if keys.score_kind(key.partition("_")[2]) else {"val": 3, "test": 4}[split]), 0, 0
 
     return [*record.objectives, *sorted(kept, key=order)]
 
