@@ -60,13 +60,15 @@ def test_ui_serves_the_runs(smoke_runs):
 
 
 def session_command_lines(session_id: int) -> list[str]:
-    """The argv of every process in a session (what `ps` shows any user of the machine)."""
+    """The argv of every live process in a session (what `ps` shows any user of the machine). A zombie
+    (exited, not yet reaped by its parent) runs nothing and has no argv: it is left out."""
     lines = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.getsid(int(entry)) == session_id:
+            state = open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()[0]
+            if os.getsid(int(entry)) == session_id and state != "Z":
                 lines.append(open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace"))
         except (OSError, ProcessLookupError):
             continue  # exited meanwhile
