@@ -13,8 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from harness.errors import UserError, restore_interrupts
-from harness.keys import SCALES
+from harness.core.errors import UserError, restore_interrupts
+from harness.core.keys import SCALES
 
 
 def _int_at_least(minimum: int, what: str):
@@ -43,9 +43,9 @@ def _positive_ints(text: str) -> list[int]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from harness.search import run_study
-    from harness.storage import Storage
-    from harness.studyfile import load_study
+    from harness.search.runner import run_study
+    from harness.core.storage import Storage
+    from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
     spec = spec.with_dataset(args.dataset, args.data)
@@ -58,9 +58,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from harness.search import run_worker
-    from harness.storage import Storage
-    from harness.studyfile import load_study
+    from harness.search.runner import run_worker
+    from harness.core.storage import Storage
+    from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
     spec = spec.with_dataset(args.dataset, args.data)
@@ -76,8 +76,8 @@ def _option_value(text: str) -> Any:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from harness.datacheck import check
-    from harness.storage import Storage
+    from harness.data.check import check
+    from harness.core.storage import Storage
 
     options = _options(args.option)
     if args.key:
@@ -100,9 +100,9 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_validate_scores(args: argparse.Namespace) -> int:
-    from harness.devices import resolve_device
-    from harness.storage import Storage
-    from harness.validation import validate
+    from harness.training.devices import resolve_device
+    from harness.core.storage import Storage
+    from harness.scoring.commands import validate
 
     storage = Storage.from_env()
     storage.prepare()
@@ -116,9 +116,9 @@ def cmd_validate_scores(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from harness.devices import resolve_device
-    from harness.storage import Storage
-    from harness.validation import score_files
+    from harness.training.devices import resolve_device
+    from harness.core.storage import Storage
+    from harness.scoring.commands import score_files
 
     storage = Storage.from_env()
     storage.prepare()
@@ -129,9 +129,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_workers, run, run_workload
-    from harness.devices import resolve_device
-    from harness.storage import Storage
+    from harness.bench.speeds import bench_workers, run, run_workload
+    from harness.training.devices import resolve_device
+    from harness.core.storage import Storage
 
     storage = Storage.from_env()
     storage.prepare()
@@ -155,10 +155,10 @@ def _indexes_or_label(text: str | None) -> list[int] | str | None:
 def cmd_latent(args: argparse.Namespace) -> int:
     import tempfile
 
-    from harness import latent
-    from harness.devices import resolve_device
-    from harness.figures import save_png
-    from harness.storage import Storage
+    from harness.training import latent
+    from harness.training.devices import resolve_device
+    from harness.training.pictures import save_png
+    from harness.core.storage import Storage
 
     storage = Storage.from_env()
     storage.prepare()
@@ -182,9 +182,9 @@ def cmd_latent(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from harness.confirm import run_confirm
-    from harness.storage import Storage
-    from harness.studyfile import load_study
+    from harness.search.confirm import run_confirm
+    from harness.core.storage import Storage
+    from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(steps=args.steps).with_dataset(args.dataset, args.data)
     result = run_confirm(spec, Storage.from_env(), args.seeds, args.top, device=args.device, inception=args.inception,
@@ -196,7 +196,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build
-    from harness.storage import Storage
+    from harness.core.storage import Storage
 
     storage = Storage.from_env()
     storage.check_reachable()
@@ -222,8 +222,8 @@ def backend_store(path: str | None) -> str | None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from harness.errors import redact
-    from harness.storage import Storage
+    from harness.core.errors import redact
+    from harness.core.storage import Storage
 
     storage = Storage.from_env()
     storage.prepare()
@@ -231,15 +231,15 @@ def cmd_server(args: argparse.Namespace) -> int:
     artifacts = args.artifacts_destination or storage.artifacts_uri
     print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
           f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)
-    from harness.ui import serve
+    from harness.tracking.ui import serve
 
     return serve(backend, artifacts, args.host, args.port, args.workers)  # Ctrl-C stops every process it started
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from harness.errors import redact
-    from harness.storage import Storage
-    from harness.ui import serve, study_links
+    from harness.core.errors import redact
+    from harness.core.storage import Storage
+    from harness.tracking.ui import serve, study_links
 
     storage = Storage.from_env()
     storage.prepare()
@@ -248,7 +248,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     print(f"MLflow UI for {storage.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     if args.study:
-        from harness.studyfile import load_study
+        from harness.study.studyfile import load_study
 
         spec = load_study(args.study, args.scale)
         if storage.mlflow().get_experiment_by_name(spec.study_name) is None:
@@ -262,9 +262,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.data import dataset_names, get_dataset
-    from harness.registry import family_names, get_family
-    from harness.studyfile import load_study, study_names
+    from harness.data.datasets import dataset_names, get_dataset
+    from harness.family.registry import family_names, get_family
+    from harness.study.studyfile import load_study, study_names
 
     print("families:")
     for name in family_names():

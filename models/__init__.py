@@ -1,1 +1,1 @@
-"""One file per model family; each is registered in harness/registry.py."""
+"""One file per model family; each is registered in harness/family/registry.py."""

@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from harness.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
+from harness.family.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
                                  bce_d_loss, bce_eval_step, bce_g_loss, init_normal, make_adam_pair)
-from harness.speed import FastPath
-from harness.space import IntParam
+from harness.family.fast_path import FastPath
+from harness.family.space import IntParam
 
 
 def stages(image_size: int) -> int:

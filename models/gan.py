@@ -3,7 +3,7 @@
 Generator: the VAE decoder from z ~ N(0, I) (linear layer, three BN-ReLU-Conv blocks with nearest 2x
 upsampling, sigmoid). Discriminator: the VAE encoder's three Conv-BN-ReLU blocks and one linear
 layer to a single logit. BCE losses, the discriminator's scaled by d_loss_factor (the report: 1/2),
-one network per batch by the shared schedule (harness/adversarial.py).
+one network per batch by the shared schedule (harness/family/adversarial.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from harness.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
+from harness.family.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
                                  bce_d_loss, bce_eval_step, bce_g_loss, make_adam_pair)
-from harness.fused import Fused
-from harness.speed import FastPath
-from harness.space import FloatParam
+from harness.family.fused import Fused
+from harness.family.fast_path import FastPath
+from harness.family.space import FloatParam
 from models.vae import ConvBNReLU, Decoder, VAEConfig
 
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from harness.fused import Fused
-from harness.space import ChoiceParam, IntParam
+from harness.family.fused import Fused
+from harness.family.space import ChoiceParam, IntParam
 from models import vae
 
 

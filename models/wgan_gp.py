@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from harness.adversarial import AdversarialPair, adversarial_space, adversarial_step, init_normal, make_adam_pair
-from harness.generate import GRID_SEED, fixed_z
-from harness.space import FloatParam, IntParam
-from harness.speed import FastPath
+from harness.family.adversarial import AdversarialPair, adversarial_space, adversarial_step, init_normal, make_adam_pair
+from harness.family.generate import GRID_SEED, fixed_z
+from harness.family.space import FloatParam, IntParam
+from harness.family.fast_path import FastPath
 from models.dcgan import Discriminator, Generator
 
 

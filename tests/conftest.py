@@ -89,7 +89,7 @@ def split_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 
 def second_ctrl_c_while_runs_close(monkeypatch: pytest.MonkeyPatch) -> None:
     """Users press Ctrl-C twice: the second arrives while MLflow runs are being closed."""
-    from harness.tracking import Tracker
+    from harness.tracking.client import Tracker
 
     real_end_run = Tracker.end_run
 

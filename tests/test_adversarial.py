@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.adversarial import Alternation
-from harness.metrics import median_bandwidth, pixel_mmd
-from harness.registry import get_family
+from harness.family.adversarial import Alternation
+from harness.scoring.pixel_mmd import median_bandwidth, pixel_mmd
+from harness.family.registry import get_family
 
 
 def run(schedule: Alternation, losses: list[float]) -> str:

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.claims import Claim, parse_claims
-from harness.errors import UserError
+from harness.study.claims import Claim, parse_claims
+from harness.core.errors import UserError
 from harness.report import StudyRecord
-from harness.report.claims import HELD, INCONCLUSIVE, NOT_HELD, judge
-from harness.studyfile import load_study, study_names
+from harness.report.verdicts import HELD, INCONCLUSIVE, NOT_HELD, judge
+from harness.study.studyfile import load_study, study_names
 
 from conftest import write_study
 

@@ -12,15 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import figures, keys
-from harness.data import load_dataset
-from harness.keys import Tag
-from harness.publish import MlflowSink, Publisher
-from harness.registry import get_family
+from harness.training import pictures as figures
+
+from harness.core import keys
+from harness.data.datasets import load_dataset
+from harness.core.keys import Tag
+from harness.tracking.publish import MlflowSink, Publisher
+from harness.family.registry import get_family
 from harness.report import StudyRecord, plots
-from harness.storage import Storage
-from harness.tracking import Tracker
-from harness.training import TrainConfig, TrainHooks, train
+from harness.core.storage import Storage
+from harness.tracking.client import Tracker
+from harness.training.loop import TrainConfig, TrainHooks, train
 
 STEPS = 200
 MAX_WIDTH_PX = 1400  # a laptop screen; the loss-curve figure was 2,940 px wide

@@ -7,11 +7,11 @@ import pytest
 import scipy.io
 import torch
 
-from harness.bench import bench_sampler
+from harness.bench.speeds import bench_sampler
 from harness.cli import main
-from harness.data import dataset_names, load_dataset
-from harness.registry import get_family
-from harness.training import TrainConfig, evaluate, train
+from harness.data.datasets import dataset_names, load_dataset
+from harness.family.registry import get_family
+from harness.training.loop import TrainConfig, evaluate, train
 
 from conftest import SHARED_DATA, mlflow_runs, split_runs
 from test_loaders import column_major, make_celeba, make_mnist, write_mat73

@@ -1,11 +1,11 @@
-"""The detail descriptor beside the domain network (harness/detail.py): known answers at the pixel scale."""
+"""The detail descriptor beside the domain network (harness/scoring/detail.py): known answers at the pixel scale."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.detail import PER_CHANNEL, DetailFeatures, describe, levels, without_level
-from harness.scores import FeatureStats, frechet_distance
+from harness.scoring.detail import PER_CHANNEL, DetailFeatures, describe, levels, without_level
+from harness.scoring.scores import FeatureStats, frechet_distance
 
 
 def smooth_faces(n: int = 64, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_calibration_makes_losing_a_level_cost_what_was_asked():
 def test_the_domain_network_weighs_each_octave_by_what_its_own_features_charge_for_one():
     """calibrate_detail: losing an octave of detail costs detail_ratio x the learned features' cost of
     a lost octave (the images halved at the network's input side), times 32 / side above 32 px."""
-    from harness.extractors import RECIPE, DomainNet
+    from harness.scoring.extractors import RECIPE, DomainNet
 
     for size in (32, 64):
         torch.manual_seed(0)

@@ -4,10 +4,10 @@ import optuna
 import pytest
 import torch
 
-from harness.data import to_model_range
-from harness.registry import family_names, get_family
-from harness.space import suggest
-from harness.speed import PLAIN
+from harness.data.datasets import to_model_range
+from harness.family.registry import family_names, get_family
+from harness.family.space import suggest
+from harness.family.fast_path import PLAIN
 
 SMALL = {"width": 8, "latent_dim": 16, "batch_size": 4}  # fast on a CPU; every family that has the knob
 
@@ -133,8 +133,8 @@ def test_kl_warm_up_is_a_fraction_of_the_budget_grows_linearly_and_is_logged():
     assert [kl_weight_now({**params, "progress": p}) for p in (0.1, 0.2, 0.4, 0.9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
     assert kl_weight_now({"kl_weight": 0.01, "kl_warmup": 0.0, "progress": 0.0}) == 0.01
     assert kl_weight_now(params) == 0.01  # evaluation: no progress, the full weight
-    from harness.data import load_dataset
-    from harness.training import TrainConfig, train
+    from harness.data.datasets import load_dataset
+    from harness.training.loop import TrainConfig, train
     data = load_dataset("synthfaces", {"n": 200})
     # 40 steps in 4 rounds; step i (from 0) has progress i/40, so the weight is 0.01 * min(1, i/20)
     history = train(get_family("vae"), params_for("vae", kl_warmup=0.5, kl_weight=0.01, batch_size=16), data,

@@ -1,13 +1,13 @@
-"""Trials that complete but are never called best: collapsed, or did not learn (harness/flags.py)."""
+"""Trials that complete but are never called best: collapsed, or did not learn (harness/scoring/flags.py)."""
 
 import optuna
 import pytest
 
-from harness import flags
-from harness.errors import UserError
-from harness.confirm import best_trials
-from harness.flags import COLLAPSED, DID_NOT_LEARN, baseline, best_ranked, excludes, judge
-from harness.studyfile import load_study
+from harness.scoring import flags
+from harness.core.errors import UserError
+from harness.search.confirm import best_trials
+from harness.scoring.flags import COLLAPSED, DID_NOT_LEARN, baseline, best_ranked, excludes, judge
+from harness.study.studyfile import load_study
 
 PANEL = {("floor", 0): 0.7, ("uniform_noise", 0): 468.0, ("mean_image", 0): 349.0, ("checkerboard", 0): 683.0,
          ("eight_images", 0): 68.0, ("quarter_resolution", 0): 246.0, ("gaussian_blur", 2): 30.0}

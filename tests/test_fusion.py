@@ -1,4 +1,4 @@
-"""Fused packs (harness/packs.py): a member is the trial it would be alone, step for step.
+"""Fused packs (harness/training/packs.py): a member is the trial it would be alone, step for step.
 
 The tolerance. A member and its lone twin do the same arithmetic in a different order (a grouped
 convolution instead of P convolutions, one backward through a stack), so they differ by rounding
@@ -23,13 +23,13 @@ from typing import Any, Iterator, Mapping
 import pytest
 import torch
 
-from harness import packs
-from harness.data import load_dataset
-from harness.fused import Stack, template_of
-from harness.packs import pack_fast, pack_key, train_pack, why_not_packable
-from harness.registry import get_family
-from harness.speed import FastPath
-from harness.training import Diverged, TrainConfig, TrainHooks, TrainResult, load_model, save_model, train
+from harness.training import packs
+from harness.data.datasets import load_dataset
+from harness.family.fused import Stack, template_of
+from harness.training.packs import pack_fast, pack_key, train_pack, why_not_packable
+from harness.family.registry import get_family
+from harness.family.fast_path import FastPath
+from harness.training.loop import Diverged, TrainConfig, TrainHooks, TrainResult, load_model, save_model, train
 
 PARAMETER_TOLERANCE = 1e-6  # fp64: see the module docstring
 NO_SCORES = TrainHooks(scorers=[])
@@ -279,7 +279,7 @@ def test_on_a_gpu_members_train_like_their_lone_twins(family):
 
 @pytest.mark.gpu
 def test_on_a_gpu_the_bench_measures_packs_of_4_8_and_16_with_their_memory(tmp_path):
-    from harness.bench import bench_packs
+    from harness.bench.speeds import bench_packs
 
     rows = bench_packs(torch.device("cuda"), tmp_path / "cache", seconds=0.5, families=["vae"])
     assert [(r["family"], r["size"]) for r in rows] == [("vae", 32), ("vae", 64)]
@@ -294,10 +294,10 @@ def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, mo
     every member's trial FAIL, and the study exits 130, as for a lone trial."""
     import optuna
     from conftest import mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, write_study
-    from harness import registry
+    from harness.family import registry
     from harness.cli import main
-    from harness.fused import Fused
-    from harness.registry import register_family
+    from harness.family.fused import Fused
+    from harness.family.registry import register_family
     from models import vae
 
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))

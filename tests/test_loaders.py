@@ -13,10 +13,10 @@ import scipy.io
 import torch
 from PIL import Image
 
-from harness.data import (ImageSplits, from_model_range, get_dataset, infer_dataset, load_dataset, load_images,
+from harness.data.datasets import (ImageSplits, from_model_range, get_dataset, infer_dataset, load_dataset, load_images,
                           resolve_options, to_model_range)
-from harness.errors import UserError
-from harness.loaders import TEST, TRAIN
+from harness.core.errors import UserError
+from harness.data.formats import TEST, TRAIN
 
 from conftest import SHARED_DATA
 
@@ -139,7 +139,7 @@ def test_bad_mat_contents(tmp_path, arrays, options, message):
 
 
 def synthetic_faces(n: int, size: int) -> np.ndarray:
-    from harness.synthfaces import generate
+    from harness.data.synthfaces import generate
     return generate(n, size, seed=3)[0][:, 0].numpy()  # (n, size, size) uint8
 
 

@@ -9,13 +9,13 @@ import torch
 from scipy import stats
 
 from conftest import SHARED_DATA, mlflow_runs, split_runs, write_study
-from harness import extractors
+from harness.scoring import extractors
 from harness.cli import main
-from harness.evaluation import SampleQuality, ScoreSettings, fd_inf_sizes, frechet_distance_infinity
-from harness.extractors import Extractor, ExtractorContext, resolve_extractor
-from harness.panel import BROKEN, LEVELS, SET_COUNT, UNSEEN, judge, panel_sets, run_panel, spearman
-from harness.reference import score_data
-from harness.scores import FeatureStats
+from harness.scoring.evaluation import SampleQuality, ScoreSettings, fd_inf_sizes, frechet_distance_infinity
+from harness.scoring.extractors import Extractor, ExtractorContext, resolve_extractor
+from harness.scoring.panel import BROKEN, LEVELS, SET_COUNT, UNSEEN, judge, panel_sets, run_panel, spearman
+from harness.scoring.real_images import score_data
+from harness.scoring.scores import FeatureStats
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +192,12 @@ def test_validate_scores_writes_a_table_and_a_plot(runs_dir, meanpixel, capsys):
 def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir, tmp_path, capsys):
     from importlib.metadata import version
 
-    from harness.evaluation import FINAL_SEED
-    from harness.storage import Storage
-    from harness.generate import fixed_samples
-    from harness.registry import get_family
-    from harness.scores import to_uint8
-    from harness.training import load_model
+    from harness.scoring.evaluation import FINAL_SEED
+    from harness.core.storage import Storage
+    from harness.family.generate import fixed_samples
+    from harness.family.registry import get_family
+    from harness.scoring.scores import to_uint8
+    from harness.training.loop import load_model
 
     # objective val_recon_mse: at n = 64 the panel is not passed (mode collapse scores too well at
     # such a small n), so an fd objective would be refused; the scores are logged all the same
@@ -247,8 +247,8 @@ def test_the_scoring_sample_does_not_depend_on_a_studys_n_and_is_never_trained_o
     big_study = score_data("synthfaces", {"size": 32, "n": 6000}, None, 100)
     assert small_study.identity == big_study.identity and torch.equal(small_study.reference, big_study.reference)
     assert score_data("synthfaces", {"size": 64}, None, 100).identity != small_study.identity
-    from harness.data import load_dataset
-    from harness.reference import warn_if_trained_on
+    from harness.data.datasets import load_dataset
+    from harness.scoring.real_images import warn_if_trained_on
     study = load_dataset("synthfaces", {"size": 32, "n": 6000})
     assert warn_if_trained_on(small_study, study.train) == 0  # fresh draws from other seeds
     assert small_study.sample_size(2000) == 100 and "fewer than 2000" in small_study.size_note(100)
@@ -256,8 +256,8 @@ def test_the_scoring_sample_does_not_depend_on_a_studys_n_and_is_never_trained_o
 
 
 def test_a_file_sets_scoring_sample_is_its_default_split_and_a_study_on_another_split_is_warned(tmp_path, capsys):
-    from harness.data import load_dataset
-    from harness.reference import warn_if_trained_on
+    from harness.data.datasets import load_dataset
+    from harness.scoring.real_images import warn_if_trained_on
     faces = np.random.default_rng(0).integers(0, 255, (200, 1, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "faces.npz", images=faces)
     data = score_data("npz", {"path": str(tmp_path / "faces.npz")}, None)

@@ -15,14 +15,16 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness import extractors, registry
+from harness.scoring import extractors
+
+from harness.family import registry
 from harness.cli import main
-from harness.errors import UserError
-from harness.latent import download_model
-from harness.publish import CHECKPOINT, read_checkpoint
-from harness.registry import register_family
-from harness.storage import Storage
-from harness.training import save_model
+from harness.core.errors import UserError
+from harness.training.latent import download_model
+from harness.tracking.publish import CHECKPOINT, read_checkpoint
+from harness.family.registry import register_family
+from harness.core.storage import Storage
+from harness.training.loop import save_model
 from models import gan
 
 from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
@@ -214,7 +216,7 @@ def test_a_trial_whose_recording_fails_is_closed_as_failed(runs_dir, tmp_path, m
     FAILED with the reason, not left RUNNING, and the study stops saying the disk is full."""
     import errno
 
-    from harness.tracking import Tracker
+    from harness.tracking.client import Tracker
 
     real = Tracker.log_artifact
 

@@ -5,9 +5,9 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from harness.planning import plan_trials, surplus, waiting_params
-from harness.registry import get_family
-from harness.studyfile import load_study
+from harness.search.planning import plan_trials, surplus, waiting_params
+from harness.family.registry import get_family
+from harness.study.studyfile import load_study
 
 from conftest import REPO, write_study
 

@@ -1,9 +1,9 @@
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.registry import RegistryError, get_family, register_family
-from harness.space import FloatParam, IntParam
+from harness.family import registry
+from harness.core.errors import UserError
+from harness.family.registry import RegistryError, get_family, register_family
+from harness.family.space import FloatParam, IntParam
 from models import vae
 
 

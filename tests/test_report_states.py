@@ -16,13 +16,21 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import extractors, latent, progress, reference, synthfaces
+from harness.scoring import extractors
+
+from harness.training import latent
+
+from harness.core import progress
+
+from harness.scoring import real_images as reference
+
+from harness.data import synthfaces
 from harness.cli import main
-from harness.keys import Tag
-from harness.progress import Phase
+from harness.core.keys import Tag
+from harness.core.progress import Phase
 from harness.report import records
-from harness.storage import Storage
-from harness.tracking import Tracker
+from harness.core.storage import Storage
+from harness.tracking.client import Tracker
 
 from conftest import mlflow_runs, share_caches, split_runs, write_study
 

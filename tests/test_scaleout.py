@@ -22,12 +22,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from harness import speed
+from harness.family import fast_path as speed
 from harness.cli import main
-from harness.data import load_dataset
-from harness.registry import get_family
-from harness.storage import SCHEMA_RACE_ATTEMPTS, Storage, open_rdb_storage
-from harness.training import TrainConfig, train
+from harness.data.datasets import load_dataset
+from harness.family.registry import get_family
+from harness.core.storage import SCHEMA_RACE_ATTEMPTS, Storage, open_rdb_storage
+from harness.training.loop import TrainConfig, train
 
 from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
 
@@ -376,7 +376,7 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     import errno
     import sqlite3
 
-    from harness import figures
+    from harness.training import pictures as figures
 
     runs = tmp_path / "runs"
     share_caches(runs, shared_caches)

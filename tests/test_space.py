@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from harness.errors import UserError
-from harness.space import ChoiceParam, FixedParam, FloatParam, IntParam, suggest
+from harness.core.errors import UserError
+from harness.family.space import ChoiceParam, FixedParam, FloatParam, IntParam, suggest
 from models import vae
 
 

@@ -24,14 +24,16 @@ import os
 import pytest
 import torch
 
-from harness import phases, speed
+from harness.training import phases
+
+from harness.family import fast_path as speed
 from harness.cli import main
-from harness.data import load_dataset, to_model_range
-from harness.errors import UserError
-from harness.registry import get_family
-from harness.studyfile import load_study
-from harness.storage import Storage
-from harness.training import StepCounter, TrainConfig, TrainHooks, train, train_round
+from harness.data.datasets import load_dataset, to_model_range
+from harness.core.errors import UserError
+from harness.family.registry import get_family
+from harness.study.studyfile import load_study
+from harness.core.storage import Storage
+from harness.training.loop import StepCounter, TrainConfig, TrainHooks, train, train_round
 from conftest import REPO, mlflow_runs, split_runs, write_study, share_caches
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
@@ -228,7 +230,7 @@ def test_nested_phases_count_their_time_once():
 
 @pytest.mark.slow
 def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
-    from harness.bench import bench_training, training_table
+    from harness.bench.speeds import bench_training, training_table
 
     rows = bench_training(torch.device("cpu"), tmp_path / "cache", seconds=0.2, sizes=(32,), families=["vae", "dcgan"])
     assert [(r["family"], r["size"]) for r in rows] == [("vae", 32), ("dcgan", 32)]
@@ -241,7 +243,7 @@ def test_bench_measures_fast_and_plain_side_by_side(tmp_path):
 
 @pytest.mark.slow
 def test_bench_measures_fused_packs_beside_one_trial_at_a_time(tmp_path):
-    from harness.bench import bench_packs, pack_lines
+    from harness.bench.speeds import bench_packs, pack_lines
 
     rows = bench_packs(torch.device("cpu"), tmp_path / "cache", seconds=0.2, families=["vae", "wgan_gp"])
     assert [(r["family"], r["size"]) for r in rows] == [("vae", 32)]  # WGAN-GP cannot be fused; a CPU benches 32 px
@@ -254,7 +256,7 @@ def test_bench_measures_fused_packs_beside_one_trial_at_a_time(tmp_path):
 
 @pytest.mark.slow
 def test_bench_overhead_profiles_a_real_trial(tmp_path, shared_caches):
-    from harness.bench import OVERHEAD_PHASES, bench_overhead, overhead_lines
+    from harness.bench.speeds import OVERHEAD_PHASES, bench_overhead, overhead_lines
 
     share_caches(tmp_path / "runs", shared_caches)
     r = bench_overhead(torch.device("cpu"), Storage.from_env({"RUNS_DIR": str(tmp_path / "runs")}))
@@ -271,7 +273,7 @@ def test_bench_overhead_profiles_a_real_trial(tmp_path, shared_caches):
 @pytest.mark.slow
 @pytest.mark.skipif(not speed.has_c_compiler(), reason="torch.compile on a CPU needs a C compiler (cc); none found")
 def test_bench_compile_finds_the_break_even(tmp_path, monkeypatch):
-    from harness.bench import bench_compile, compile_line
+    from harness.bench.speeds import bench_compile, compile_line
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     r = bench_compile(torch.device("cpu"), tmp_path / "cache", seconds=0.3)

@@ -12,11 +12,13 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness import registry, training
+from harness.family import registry
+
+from harness.training import loop as training
 from harness.cli import main
-from harness.data import load_dataset
-from harness.registry import register_family
-from harness.training import evaluate, load_model
+from harness.data.datasets import load_dataset
+from harness.family.registry import register_family
+from harness.training.loop import evaluate, load_model
 from models import vae
 
 from conftest import REPO, mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, split_runs, write_study
@@ -129,7 +131,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("harness.trial.train", train_then_interrupt)
+    monkeypatch.setattr("harness.search.trial.train", train_then_interrupt)
     assert main(["study", "smoke"]) == 130
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
@@ -138,7 +140,7 @@ def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypat
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
 
-    monkeypatch.setattr("harness.trial.train", real_train)
+    monkeypatch.setattr("harness.search.trial.train", real_train)
     assert main(["study", "smoke"]) == 0
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]

@@ -1,8 +1,8 @@
 import pytest
 
-from harness.errors import UserError
-from harness.space import ChoiceParam, FixedParam, FloatParam
-from harness.studyfile import load_study, study_names
+from harness.core.errors import UserError
+from harness.family.space import ChoiceParam, FixedParam, FloatParam
+from harness.study.studyfile import load_study, study_names
 
 from conftest import write_study
 

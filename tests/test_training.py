@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from harness.data import load_dataset
-from harness.data import ImageSplits
-from harness.registry import get_family
-from harness.training import Diverged, TrainConfig, TrainHooks, evaluate, train
+from harness.data.datasets import load_dataset
+from harness.data.datasets import ImageSplits
+from harness.family.registry import get_family
+from harness.training.loop import Diverged, TrainConfig, TrainHooks, evaluate, train
 
 PARAMS = {"kl_weight": 1e-3, "latent_dim": 8, "lr": 1e-3, "weight_decay": 1e-5, "dropout": 0.1, "batch_size": 32}
 
@@ -52,7 +52,7 @@ def test_the_budget_is_the_generators_steps_whatever_the_discriminators_ratio(da
 
 
 def test_batches_run_on_across_epochs_and_never_repeat_within_one(data):
-    from harness.training import BatchStream
+    from harness.training.loop import BatchStream
     small = numbered(10).place(torch.device("cpu"))
     stream = BatchStream(small, 3, torch.Generator().manual_seed(0))
     first_epoch = torch.cat([next(stream) for _ in range(3)]).flatten().tolist()
@@ -104,7 +104,7 @@ def test_a_finite_loss_past_the_bound_stops_the_trial_and_one_below_does_not(dat
 
 
 def test_a_step_that_never_moves_the_budget_optimizer_is_an_error_not_a_hang(data, monkeypatch):
-    from harness import training
+    from harness.training import loop as training
     monkeypatch.setattr(training, "STALL_BATCHES", 30)
     idle = dataclasses.replace(get_family("vae"), name="idle", train_step=lambda model, x, optimizers, params, fast: {})
     with pytest.raises(RuntimeError, match="30 batches without a step of its budget optimizer 'vae'"):

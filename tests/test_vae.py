@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness import synthfaces
-from harness.speed import PLAIN
-from harness.training import load_model, save_model
+from harness.data import synthfaces
+from harness.family.fast_path import PLAIN
+from harness.training.loop import load_model, save_model
 from models import vae
 
 PARAMS = {"latent_dim": 16, "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-5, "kl_weight": 1e-3}

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from harness.report import StudyRecord
-from harness.report.claims import _spearman
+from harness.report.verdicts import _spearman
 from harness.report.findings import holm, seeds
 
 

@@ -1,12 +1,12 @@
-"""The full scale's counted workload (harness/workload.py) against answers known by hand."""
+"""The full scale's counted workload (harness/bench/workload.py) against answers known by hand."""
 
 import pytest
 import torch
 from torch import nn
 
-from harness import workload
-from harness.registry import get_family
-from harness.studyfile import load_study
+from harness.bench import workload
+from harness.family.registry import get_family
+from harness.study.studyfile import load_study
 
 
 def test_the_counter_gives_the_textbook_count_of_a_layer_and_of_inception():
@@ -48,7 +48,7 @@ def test_a_study_is_its_trials_steps_and_scores():
 
 
 def test_the_bench_turns_counts_into_time_at_the_measured_rate(tmp_path):
-    from harness.bench import bench_workload, workload_lines
+    from harness.bench.speeds import bench_workload, workload_lines
 
     wgan = get_family("wgan_gp")  # 5 critic batches and a generator batch per step
     per_batch = workload.batch_flops(wgan, wgan.defaults | {"batch_size": 128}, 1, 64)

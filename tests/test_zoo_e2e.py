@@ -10,9 +10,9 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness import registry
+from harness.family import registry
 from harness.cli import main
-from harness.registry import register_family
+from harness.family.registry import register_family
 from models import vae
 
 from conftest import REPO, mlflow_runs, split_runs, write_study
@@ -130,8 +130,8 @@ class OneFace(torch.nn.Module):
 def test_a_forced_collapse_is_tagged_and_never_reported_best(runs_dir, tmp_path, monkeypatch, capsys):
     """Precision rewards a collapse: one real face, repeated, lies inside the real manifold every time.
     Judged by precision, Optuna alone calls the collapsed trial best; genbench must not."""
-    from harness.adversarial import AdversarialPair
-    from harness.reference import score_data
+    from harness.family.adversarial import AdversarialPair
+    from harness.scoring.real_images import score_data
     from models import gan
 
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.progress import Phase
+from harness.core.progress import Phase
 from harness.report.page import write_index, write_study_report
 from harness.report.plots import pareto_mask
 from harness.report.records import StudyRecord, load_studies, select_studies
 from harness.report.tables import best_per_family, confidence, cross_study
-from harness.storage import Storage
+from harness.core.storage import Storage
 
 __all__ = ["StudyRecord", "best_per_family", "build", "confidence", "load_studies", "pareto_mask", "write_study_report"]
 

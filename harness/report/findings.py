@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness import keys
-from harness.keys import Attr, Tag
+from harness.core import keys
+from harness.core.keys import Attr, Tag
 from harness.report.tables import confidence
 
 VAL_KL, VAL_RECON = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")

@@ -12,11 +12,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from harness import keys
-from harness.errors import warn
-from harness.keys import Tag
+from harness.core import keys
+from harness.core.errors import warn
+from harness.core.keys import Tag
 from harness.report import plots
-from harness.report.claims import Verdict, judge, recorded_claims
+from harness.report.verdicts import Verdict, judge, recorded_claims
 from harness.report.findings import findings
 from harness.report.records import StudyRecord, latent_notes
 from harness.report.strips import Strip, trial_strips

@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 
-from harness import keys
-from harness.canvas import new_figure, save_figure
-from harness.keys import Tag
+from harness.core import keys
+from harness.core.canvas import new_figure, save_figure
+from harness.core.keys import Tag
 from harness.report.records import StudyRecord
 from harness.report.tables import best_per_family, confidence, scale_order
 

@@ -14,11 +14,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from harness import keys
-from harness.errors import UserError, warn
-from harness.keys import Attr, Tag
-from harness.storage import Storage
-from harness.tracking import runs_frame
+from harness.core import keys
+from harness.core.errors import UserError, warn
+from harness.core.keys import Attr, Tag
+from harness.core.storage import Storage
+from harness.tracking.client import runs_frame
 
 
 @dataclass
@@ -73,8 +73,8 @@ class StudyRecord:
 
 
 STATE_WORDS = {"COMPLETE": "complete", "RUNNING": "running", "WAITING": "waiting", "PRUNED": "pruned", "FAIL": "failed"}
-IDENTITY_ATTR = "genbench_identity"  # the study file's identity on the Optuna study (harness/search.py writes it)
-ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # in a run's latent/: why it has no arithmetic picture (harness/latent.py)
+IDENTITY_ATTR = "genbench_identity"  # the study file's identity on the Optuna study (harness/search/runner.py writes it)
+ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # in a run's latent/: why it has no arithmetic picture (harness/training/latent.py)
 
 
 def select_studies(storage: Storage, names: list[str] | None = None) -> list[str]:

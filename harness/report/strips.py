@@ -1,6 +1,6 @@
 """Samples for every trial, side by side: one strip per trial cut from the grids its run logged.
 
-Every run draws its sample grid from the same fixed z (harness/generate.py GRID_SEED) and reconstructs
+Every run draws its sample grid from the same fixed z (harness/family/generate.py GRID_SEED) and reconstructs
 the same validation images, so the first row of each trial's samples.png and reconstructions.png is
 the same z / the same faces across the study. Stacked in the order of the swept parameter (the KL
 weights of vae_kl_sweep, k of gan_k_sweep), they show what the sweep changed. Strips are cut at the
@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from harness.canvas import GRID_PADDING, GRID_PER_ROW
-from harness.errors import warn
+from harness.core.canvas import GRID_PADDING, GRID_PER_ROW
+from harness.core.errors import warn
 
 if TYPE_CHECKING:
     from harness.report.records import StudyRecord

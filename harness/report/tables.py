@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from harness import keys
-from harness.keys import Tag
+from harness.core import keys
+from harness.core.keys import Tag
 from harness.report.records import StudyRecord
 
 def confidence(values: pd.Series) -> tuple[float, float, int]:

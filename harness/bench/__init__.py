@@ -1,0 +1,1 @@
+"""`make bench` and `make workload`: measured speeds (speeds) and counted arithmetic (workload)."""

@@ -1,0 +1,222 @@
+"""`make ui`: MLflow's server for RUNS_DIR, stopped with every process it starts, and the links that
+open a study in MLflow's classic runs view and in a comparison of its trials on the objective.
+
+What the UI of MLflow 3.17 reads, from its bundle (mlflow/server/js/build/static/js), and nothing
+patched:
+- GenAI or classic view: the `workflowType` URL parameter (`machine_learning`), else the choice last
+  made in the browser's sidebar (GenAI at first). The experiment's `mlflow.experimentKind` tag, which
+  the tracker sets, is not read for this while the sidebar's switch is enabled, as it is in 3.17.
+- The runs table's sort and filter are URL parameters (orderByKey, orderByAsc, searchFilter, ...);
+  its columns, grouping and charts are not. Those come from a shared view: an experiment tag
+  `mlflow.sharedViewState.<key>` holding the view as JSON, opened with `?viewStateShareKey=<key>`
+  (what the UI's own "share" writes).
+- Child runs nest under their parent only while the table is sorted by start time and not filtered,
+  and they start collapsed: no URL parameter expands them, and a shared view drops `runsExpanded`.
+  So the runs link groups the runs by parent run (tag mlflow.parentRunId; groups start expanded)
+  and sorts each group by the objective.
+- The compare-runs page (#/compare-runs?runs=[...]&experiments=[...]) reads no parameter that picks a
+  metric: its plots start on the first metric the runs share (train_loss). So the compare link opens
+  the runs page's chart view (compareRunsMode=CHART) on the complete trials, with charts of the
+  objective that the shared view defines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from harness.core.errors import UserError
+from harness.core.keys import Tag, resolve_objective
+from harness.family.space import FixedParam
+from harness.study.studyfile import StudySpec
+from harness.tracking.client import EXPERIMENT_KIND, ML_EXPERIMENT, runs_frame
+
+SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag the UI opens with ?viewStateShareKey=key
+RUNS_VIEW, COMPARE_VIEW = "genbench-runs", "genbench-compare"
+CLASSIC = "workflowType=machine_learning"
+SCATTERS = 4  # at most this many parameter-against-objective charts
+STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL for the server's processes
+
+
+@dataclass(frozen=True)
+class StudyLinks:
+    runs: str  # the runs table, grouped by parent run, sorted by the objective
+    compare: str | None  # the complete trials' charts on the objective; None before the first one
+    objective: str  # as logged (fd -> fd_domain)
+    complete: int  # complete trials
+
+
+def column(kind: str, key: str) -> str:
+    """A runs-table column as the UI names it: metrics.`val_fd_domain`."""
+    return f"{kind}.`{key}`"
+
+
+def study_links(client: MlflowClient, spec: StudySpec, base: str) -> StudyLinks:
+    """Write the study's two shared views into its experiment and return the links that open them.
+    An experiment made before the tracker set its kind gets it too."""
+    experiment = client.get_experiment_by_name(spec.study_name)
+    if experiment is None:
+        raise UserError(f"no MLflow experiment {spec.study_name}; run the study first")
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, ML_EXPERIMENT[EXPERIMENT_KIND])
+    runs = runs_frame(client, spec.study_name)
+    objectives = objective_keys(runs, spec)
+    swept = swept_params(spec)
+    order = {"orderByKey": column("metrics", objectives[0]), "orderByAsc": spec.objectives[0].direction == "minimize"}
+    columns = ([column("metrics", o) for o in objectives] + [column("params", p) for p in swept]
+               + [column("tags", Tag.STATE), column("tags", Tag.FLAGS)])
+    base_view = {**order, "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}
+    runs_view = {**base_view, "searchFilter": "", "groupsExpanded": {},
+                 "groupBy": {"aggregateFunction": "min" if order["orderByAsc"] else "max",
+                             "groupByKeys": [{"mode": "tag", "groupByData": Tag.PARENT}]}}
+    client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW + RUNS_VIEW, json.dumps(runs_view))
+    page = f"{base}/#/experiments/{experiment.experiment_id}/runs?{CLASSIC}"
+    complete = count_complete(runs)
+    if not complete:
+        return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}", None, objectives[0], 0)
+    section = "genbench-objective"
+    compare_view = {**base_view, "groupBy": None,
+                    "searchFilter": f"tags.{Tag.STATE} = 'COMPLETE' and tags.{Tag.TRIAL} LIKE '%'",
+                    "compareRunCharts": objective_charts(objectives, spec, section, complete),
+                    "compareRunSections": [{"uuid": section, "name": f"objective {objectives[0]}", "display": True,
+                                            "isReordered": False, "deleted": False, "isGenerated": False}]}
+    client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW + COMPARE_VIEW, json.dumps(compare_view))
+    return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}",
+                      f"{page}&compareRunsMode=CHART&viewStateShareKey={COMPARE_VIEW}", objectives[0], complete)
+
+
+def objective_keys(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
+    """The objectives as the runs logged them (their `objective` tag), else the study's names resolved
+    with the extractor the runs logged (runs written before the tag)."""
+    tagged = runs.get(f"tags.{Tag.OBJECTIVE}", pd.Series(dtype=object)).dropna()
+    if len(tagged):
+        return str(tagged.iloc[0]).split(",")
+    extractors = runs.get("params.score.extractor", pd.Series(dtype=object)).dropna()
+    return [resolve_objective(o.metric, str(extractors.iloc[0])) if len(extractors) else o.metric
+            for o in spec.objectives]
+
+
+def swept_params(spec: StudySpec) -> list[str]:
+    """The parameters the study searches (not fixed), in the space's order; `family` when it has several."""
+    names = ["family"] if len(spec.families) > 1 else []
+    for space in spec.spaces.values():
+        names += [n for n, p in space.items() if not isinstance(p, FixedParam) and n not in names]
+    return names
+
+
+def count_complete(runs: pd.DataFrame) -> int:
+    """Complete trials (seed re-runs of `confirm` carry no trial number)."""
+    if runs.empty or f"tags.{Tag.TRIAL}" not in runs:
+        return 0
+    return int(((runs[f"tags.{Tag.STATE}"] == "COMPLETE") & runs[f"tags.{Tag.TRIAL}"].notna()).sum())
+
+
+def objective_charts(objectives: list[str], spec: StudySpec, section: str, runs: int) -> list[dict[str, Any]]:
+    """A bar chart of each objective over the trials, a parallel-coordinates chart of the parameters
+    every family searches and the objectives, and each searched parameter against the objective, in
+    the UI's chart-card format (mlflow's RunsChartsCardConfig)."""
+    card = {"runsCountToCompare": max(runs, 10), "metricSectionId": section, "deleted": False, "isGenerated": False}
+    charts: list[dict[str, Any]] = [{**card, "uuid": f"genbench-bar-{i}", "type": "BAR", "metricKey": key,
+                                     "displayName": key} for i, key in enumerate(objectives)]
+    shared = [p for p in swept_params(spec) if p != "family"
+              and all(p in space and not isinstance(space[p], FixedParam) for space in spec.spaces.values())]
+    if shared:
+        charts.append({**card, "uuid": "genbench-parallel", "type": "PARALLEL", "selectedParams": shared,
+                       "selectedMetrics": objectives, "showAllRuns": False})
+    for i, param in enumerate([p for p in swept_params(spec) if p != "family"][:SCATTERS]):
+        charts.append({**card, "uuid": f"genbench-scatter-{i}", "type": "SCATTER",
+                       "xaxis": {"key": param, "type": "PARAM"}, "yaxis": {"key": objectives[0], "type": "METRIC"}})
+    return charts
+
+
+# ---- the server ---------------------------------------------------------------------------------------
+
+def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> int:
+    """Run `mlflow server` until it exits or this process gets Ctrl-C, SIGTERM or SIGHUP; then stop
+    every process it started and return 128 + the signal (130 for Ctrl-C), or the server's status.
+
+    MLflow's server starts uvicorn and a job runner that starts several huey consumers; stopped early
+    it leaves consumers running. So the server runs in a session of its own (Ctrl-C on the terminal
+    reaches only this process) and stopping signals that whole session: SIGTERM, a few seconds, then
+    SIGKILL. The store URIs go through the environment: argv shows in ps to every user."""
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise UserError("the mlflow command is not installed; run `make setup`")
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend, "MLFLOW_ARTIFACTS_DESTINATION": artifacts}
+    received: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closing
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in wanted}
+    server = None
+    try:
+        server = subprocess.Popen([mlflow, "server", "--serve-artifacts", "--host", host, "--port", str(port),
+                                   "--workers", str(workers)], env=env, start_new_session=True)
+        while not received and server.poll() is None:
+            time.sleep(0.2)  # a signal only records itself, so none can land halfway through Popen
+    finally:
+        for s in wanted:  # a second Ctrl-C while stopping is ignored, so the stop always finishes
+            signal.signal(s, signal.SIG_IGN)
+        if server is not None:
+            stopped = stop_session(server)
+            print(f"stopped the MLflow server: {stopped} process(es) ended", file=sys.stderr, flush=True)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + received[0] if received else server.returncode
+
+
+def session_processes(sid: int) -> list[int]:
+    """The live processes (zombies left out) of a session, from /proc; where there is no /proc, the
+    session's first process group (the server's: start_new_session) while any of it is alive."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(sid, 0)
+        except ProcessLookupError:
+            return []
+        return [sid]
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):  # it ended meanwhile
+            continue
+        if int(session) == sid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def stop_session(leader: subprocess.Popen, grace: float = STOP_GRACE_S) -> int:
+    """End every process of the session `leader` began (its process group and any process that left
+    the group): SIGTERM, up to `grace` seconds, then SIGKILL; reap the leader. Returns how many
+    processes were alive when it began."""
+    sid = leader.pid
+    count = len(session_processes(sid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in {-sid, *session_processes(sid)}:  # -sid: the whole group, newcomers included
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            leader.poll()  # reap it, so it does not count as alive
+            if not session_processes(sid):
+                break
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    leader.wait()
+    return count
