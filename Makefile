@@ -37,7 +37,7 @@ N ?=
 RUNS_DIR ?= mlruns
 export RUNS_DIR STORAGE TRACKING_URI
 
-.PHONY: help setup study test quick faults ui list data-check validate-scores score bench workload bench-workers report confirm server
+.PHONY: help setup lint study test quick faults ui list data-check validate-scores score bench workload bench-workers report confirm server
 
 help: ## list the targets and their variables
 	@echo "genbench targets (variables: STUDY SCALE TRIALS STEPS DEVICE DATASET DATA KEY EXPORT OPTIONS EXTRACTORS EXTRACTOR IMAGES N RUNS_DIR STORAGE TRACKING_URI PORT):"
@@ -52,6 +52,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -qq -e '.[test]'
 	$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
 	@touch $@
+
+lint: setup ## ruff (configured in pyproject.toml): style, unused names, import order, blind excepts; CI runs it
+	$(VENV)/bin/ruff check harness models tests
 
 study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [SCALE=cpu|full TRIALS=n STEPS=n DEVICE=cpu DATASET=ck DATA=file.mat WORKERS=n PACK=n]
 	$(PY) -m harness study $(STUDY) --scale $(SCALE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STEPS),--steps $(STEPS)) --device $(DEVICE) \

@@ -42,9 +42,28 @@ def _positive_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 1,2,4), got {text!r}") from None
 
 
+def study_arguments(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser("study", help="run (or continue) a study")
+    study.add_argument("study", help="a name under studies/ (e.g. vae_kl_sweep) or a path to a .toml file")
+    study.add_argument("--trials", type=_positive_int, help="override the study's budget of finished trials")
+    study.add_argument("--steps", type=_positive_int, help="override the step budget per trial")
+    study.add_argument("--scale", choices=SCALES, default="cpu",
+                       help="cpu: minutes on a laptop; full: the reports' scale, the file's [full] table (for a GPU)")
+    study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
+    study.add_argument("--dataset", help="run on this dataset instead of the study's (e.g. ck, celeba, mnist)")
+    study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
+    study.add_argument("--workers", type=_positive_int, default=1,
+                       help="worker processes on this machine (one per GPU when there are GPUs)")
+    study.add_argument("--pack", type=_positive_int,
+                       help="train up to this many trials of one family at once as one fused model (default: 1 on a "
+                            "CPU, 8 on a GPU); trials that differ in more than learning rates, betas, loss weights "
+                            "or the D:G ratio, and WGAN-GP trials, still train one at a time")
+    study.set_defaults(run=cmd_study)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
-    from harness.search.runner import run_study
     from harness.core.storage import Storage
+    from harness.search.runner import run_study
     from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
@@ -57,9 +76,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def worker_arguments(commands: argparse._SubParsersAction) -> None:
+    worker = commands.add_parser("worker")  # started by `study --workers N`, not by hand
+    worker.add_argument("study")
+    for flag in ("--parent-run", "--device", "--dataset", "--data"):
+        worker.add_argument(flag)
+    worker.add_argument("--scale", default="cpu")
+    for flag in ("--share", "--index", "--trials", "--steps"):
+        worker.add_argument(flag, type=int)
+    worker.add_argument("--pack", type=int, default=1)
+    worker.set_defaults(run=cmd_worker)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    from harness.search.runner import run_worker
     from harness.core.storage import Storage
+    from harness.search.runner import run_worker
     from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(trials=args.trials, steps=args.steps)
@@ -75,9 +106,23 @@ def _option_value(text: str) -> Any:
         return text
 
 
+def data_check_arguments(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="count, shape, range, splits, preview grid; optional export")
+    check.add_argument("source", help="a file or folder (the kind is inferred), or a dataset name such as synthfaces")
+    check.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    check.add_argument("--key", help="the array inside a .mat/.npz file")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a dataset option, e.g. size=32 or order=C (repeatable)")
+    check.add_argument("--export", type=Path, help="write the images as loaded to this .npz (key 'images')")
+    check.add_argument("--preview", type=Path, help="where to write the preview grid (default RUNS_DIR/data-check/)")
+    check.set_defaults(run=cmd_data_check)
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from harness.data.check import check
     from harness.core.storage import Storage
+    from harness.data.check import check
 
     options = _options(args.option)
     if args.key:
@@ -99,10 +144,26 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def validate_scores_arguments(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser("validate-scores", help="the validation panel of extractors on a dataset: "
+                                   "does each rank broken and damaged images below real ones? table + plot")
+    validate.add_argument("source", help="a dataset name (synthfaces) or a file or folder")
+    validate.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    validate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="a dataset option, e.g. size=64 (repeatable)")
+    validate.add_argument("--extractors", default="domain",
+                          help="comma-separated (domain, inception); with inception, the Spearman rank correlation "
+                               "of each other extractor with Inception FID over the panel's sets")
+    validate.add_argument("--n", type=_positive_int, help="images per set (default: a study's, 2,000 on a CPU, "
+                          "10,000 on a GPU, or what the data has)")
+    validate.add_argument("--device", default="auto")
+    validate.set_defaults(run=cmd_validate_scores)
+
+
 def cmd_validate_scores(args: argparse.Namespace) -> int:
-    from harness.training.devices import resolve_device
     from harness.core.storage import Storage
     from harness.scoring.commands import validate
+    from harness.training.devices import resolve_device
 
     storage = Storage.from_env()
     storage.prepare()
@@ -113,12 +174,25 @@ def cmd_validate_scores(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def score_arguments(commands: argparse._SubParsersAction) -> None:
+    score = commands.add_parser("score", help="score your own images against a dataset with a study's protocol; "
+                                "the last line is JSON")
+    score.add_argument("source", help="the dataset: a name (synthfaces) or a file or folder")
+    score.add_argument("--images", required=True, help="a .npz (key 'images', uint8 N x C x H x W or as data check "
+                       "reads arrays) or a folder of PNG/JPEG files")
+    score.add_argument("--dataset", help="the kind of data when it cannot be inferred")
+    score.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a dataset option")
+    score.add_argument("--extractor", default="auto", help="auto, domain or inception")
+    score.add_argument("--device", default="auto")
+    score.set_defaults(run=cmd_score)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from harness.training.devices import resolve_device
     from harness.core.storage import Storage
     from harness.scoring.commands import score_files
+    from harness.training.devices import resolve_device
 
     storage = Storage.from_env()
     storage.prepare()
@@ -128,10 +202,24 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_arguments(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    bench.add_argument("--workers", type=_positive_ints,
+                       help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
+    bench.add_argument("--packs", type=_positive_ints,
+                       help="with --workers: also in one process with fused packs of these sizes, e.g. 4,8")
+    bench.add_argument("--workload", action="store_true",
+                       help="instead: each shipped study's full-scale FLOPs and its training time at this device's rates")
+    bench.set_defaults(run=cmd_bench)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench.speeds import bench_workers, run, run_workload
-    from harness.training.devices import resolve_device
+    from harness.bench.speeds import run, run_workload
+    from harness.bench.workers import bench_workers
     from harness.core.storage import Storage
+    from harness.training.devices import resolve_device
 
     storage = Storage.from_env()
     storage.prepare()
@@ -152,13 +240,26 @@ def _indexes_or_label(text: str | None) -> list[int] | str | None:
     return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else text
 
 
+def latent_arguments(commands: argparse._SubParsersAction) -> None:
+    latent = commands.add_parser("latent", help="latent-space pictures of a finished run: interpolation, "
+                                 "low-variance sampling, vector arithmetic, traversals")
+    latent.add_argument("run_id", help="the MLflow run of a COMPLETE trial")
+    latent.add_argument("--variance", type=float, default=0.05, help="low-variance sampling around mu ~ U(-1, 1)")
+    latent.add_argument("--from", dest="source", help="a label value (neutral) or test-split indexes (3,7,9)")
+    latent.add_argument("--to", dest="target", help="a label value (happy) or test-split indexes")
+    latent.add_argument("--apply", help="test-split indexes of the faces to move by the vector")
+    latent.add_argument("--out", type=Path, help="folder for the PNGs (default RUNS_DIR/latent/RUN_ID)")
+    latent.add_argument("--device", default="auto")
+    latent.set_defaults(run=cmd_latent)
+
+
 def cmd_latent(args: argparse.Namespace) -> int:
     import tempfile
 
+    from harness.core.storage import Storage
     from harness.training import latent
     from harness.training.devices import resolve_device
     from harness.training.pictures import save_png
-    from harness.core.storage import Storage
 
     storage = Storage.from_env()
     storage.prepare()
@@ -181,9 +282,27 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+def confirm_arguments(commands: argparse._SubParsersAction) -> None:
+    confirm = commands.add_parser("confirm", help="re-train a study's best configurations with fresh seeds")
+    confirm.add_argument("study", help="the study (as for `study`)")
+    confirm.add_argument("--seeds", type=_positive_int, default=5, help="fresh seeds per configuration (default 5)")
+    confirm.add_argument("--top", type=_positive_int, default=1, help="best configurations per family (default 1)")
+    confirm.add_argument("--steps", type=_positive_int, help="the study's step budget, if it was run with STEPS=")
+    confirm.add_argument("--scale", choices=SCALES, default="cpu", help="the scale the study was run at")
+    confirm.add_argument("--families", help="comma-separated families to confirm (default: every family of the study)")
+    confirm.add_argument("--device", default="auto")
+    confirm.add_argument("--inception", choices=("auto", "on", "off"), default="auto",
+                         help="Inception FID beside the study's score on every run (auto: when its weights are installed)")
+    confirm.add_argument("--inception-samples", type=_non_negative_int, default=0,
+                         help="Inception's images per run (default 0: the study's n on a GPU, 500 on a CPU)")
+    confirm.add_argument("--dataset", help="as given to `study`, for a study run on other data")
+    confirm.add_argument("--data", help="as given to `study`")
+    confirm.set_defaults(run=cmd_confirm)
+
+
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from harness.search.confirm import run_confirm
     from harness.core.storage import Storage
+    from harness.search.confirm import run_confirm
     from harness.study.studyfile import load_study
 
     spec = load_study(args.study, args.scale).with_overrides(steps=args.steps).with_dataset(args.dataset, args.data)
@@ -194,9 +313,16 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def report_arguments(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser("report", help="tables, plots and an HTML page per study, from RUNS_DIR")
+    report.add_argument("studies", nargs="*", help="study names (e.g. vae_kl_sweep); all studies when none")
+    report.add_argument("--out", type=Path, default=Path("reports"), help="where to write (default ./reports)")
+    report.set_defaults(run=cmd_report)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import build
     from harness.core.storage import Storage
+    from harness.report import build
 
     storage = Storage.from_env()
     storage.check_reachable()
@@ -221,6 +347,18 @@ def backend_store(path: str | None) -> str | None:
     return os.environ.get("BACKEND_STORE") or None
 
 
+def server_arguments(commands: argparse._SubParsersAction) -> None:
+    server = commands.add_parser("server", help="an MLflow tracking server that workers on other machines log to")
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback; 0.0.0.0 for all)")
+    server.add_argument("--port", type=_positive_int, default=5000)
+    server.add_argument("--backend-store-file", help="a file whose first line is the store for runs and metrics "
+                        "(postgresql://user:password@host/db); or set BACKEND_STORE in the environment. Never a "
+                        "URI on the command line: argv shows in ps. Default sqlite:///RUNS_DIR/mlflow.db")
+    server.add_argument("--artifacts-destination", help="where the server keeps artifacts (default RUNS_DIR/artifacts)")
+    server.add_argument("--workers", type=_positive_int, default=2, help="server processes")
+    server.set_defaults(run=cmd_server)
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from harness.core.errors import redact
     from harness.core.storage import Storage
@@ -234,6 +372,15 @@ def cmd_server(args: argparse.Namespace) -> int:
     from harness.tracking.ui import serve
 
     return serve(backend, artifacts, args.host, args.port, args.workers)  # Ctrl-C stops every process it started
+
+
+def ui_arguments(commands: argparse._SubParsersAction) -> None:
+    ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("study", nargs="?", help="print the links to this study's runs and to its trials compared")
+    ui.add_argument("--scale", choices=SCALES, default="cpu", help="the study's scale (its experiment's name)")
+    ui.set_defaults(run=cmd_ui)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -259,6 +406,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
               f"{links.compare}" if links.compare else f"study {spec.study_name}: no complete trial to compare yet",
               flush=True)
     return serve(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)
+
+
+def list_arguments(commands: argparse._SubParsersAction) -> None:
+    listing = commands.add_parser("list", help="families, datasets and studies (each study file is validated)")
+    listing.set_defaults(run=cmd_list)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -304,138 +456,20 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# `python -m harness --help` lists them in this order.
+COMMANDS = (study_arguments, worker_arguments, data_check_arguments, validate_scores_arguments, score_arguments,
+            bench_arguments, latent_arguments, confirm_arguments, report_arguments, server_arguments, ui_arguments,
+            list_arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in MLFLOW_QUIET.items():  # before MLflow is imported: it decides about telemetry then
         os.environ.setdefault(key, value)
     parser = OneLineParser(prog="python -m harness", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    study = commands.add_parser("study", help="run (or continue) a study")
-    study.add_argument("study", help="a name under studies/ (e.g. vae_kl_sweep) or a path to a .toml file")
-    study.add_argument("--trials", type=_positive_int, help="override the study's budget of finished trials")
-    study.add_argument("--steps", type=_positive_int, help="override the step budget per trial")
-    study.add_argument("--scale", choices=SCALES, default="cpu",
-                       help="cpu: minutes on a laptop; full: the reports' scale, the file's [full] table (for a GPU)")
-    study.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
-    study.add_argument("--dataset", help="run on this dataset instead of the study's (e.g. ck, celeba, mnist)")
-    study.add_argument("--data", help="path to the data (a .mat/.npz file or a folder); the kind is inferred if --dataset is not given")
-    study.add_argument("--workers", type=_positive_int, default=1,
-                       help="worker processes on this machine (one per GPU when there are GPUs)")
-    study.add_argument("--pack", type=_positive_int,
-                       help="train up to this many trials of one family at once as one fused model (default: 1 on a "
-                            "CPU, 8 on a GPU); trials that differ in more than learning rates, betas, loss weights "
-                            "or the D:G ratio, and WGAN-GP trials, still train one at a time")
-    study.set_defaults(run=cmd_study)
-
-    worker = commands.add_parser("worker")  # started by `study --workers N`, not by hand
-    worker.add_argument("study")
-    for flag in ("--parent-run", "--device", "--dataset", "--data"):
-        worker.add_argument(flag)
-    worker.add_argument("--scale", default="cpu")
-    for flag in ("--share", "--index", "--trials", "--steps"):
-        worker.add_argument(flag, type=int)
-    worker.add_argument("--pack", type=int, default=1)
-    worker.set_defaults(run=cmd_worker)
-
-    data = commands.add_parser("data", help="inspect datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    check = data_commands.add_parser("check", help="count, shape, range, splits, preview grid; optional export")
-    check.add_argument("source", help="a file or folder (the kind is inferred), or a dataset name such as synthfaces")
-    check.add_argument("--dataset", help="the kind of data when it cannot be inferred")
-    check.add_argument("--key", help="the array inside a .mat/.npz file")
-    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="a dataset option, e.g. size=32 or order=C (repeatable)")
-    check.add_argument("--export", type=Path, help="write the images as loaded to this .npz (key 'images')")
-    check.add_argument("--preview", type=Path, help="where to write the preview grid (default RUNS_DIR/data-check/)")
-    check.set_defaults(run=cmd_data_check)
-
-    validate = commands.add_parser("validate-scores", help="the validation panel of extractors on a dataset: "
-                                   "does each rank broken and damaged images below real ones? table + plot")
-    validate.add_argument("source", help="a dataset name (synthfaces) or a file or folder")
-    validate.add_argument("--dataset", help="the kind of data when it cannot be inferred")
-    validate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                          help="a dataset option, e.g. size=64 (repeatable)")
-    validate.add_argument("--extractors", default="domain",
-                          help="comma-separated (domain, inception); with inception, the Spearman rank correlation "
-                               "of each other extractor with Inception FID over the panel's sets")
-    validate.add_argument("--n", type=_positive_int, help="images per set (default: a study's, 2,000 on a CPU, "
-                          "10,000 on a GPU, or what the data has)")
-    validate.add_argument("--device", default="auto")
-    validate.set_defaults(run=cmd_validate_scores)
-
-    score = commands.add_parser("score", help="score your own images against a dataset with a study's protocol; "
-                                "the last line is JSON")
-    score.add_argument("source", help="the dataset: a name (synthfaces) or a file or folder")
-    score.add_argument("--images", required=True, help="a .npz (key 'images', uint8 N x C x H x W or as data check "
-                       "reads arrays) or a folder of PNG/JPEG files")
-    score.add_argument("--dataset", help="the kind of data when it cannot be inferred")
-    score.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a dataset option")
-    score.add_argument("--extractor", default="auto", help="auto, domain or inception")
-    score.add_argument("--device", default="auto")
-    score.set_defaults(run=cmd_score)
-
-    bench = commands.add_parser("bench", help="measure speeds; table + RUNS_DIR/bench/bench.json")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    bench.add_argument("--workers", type=_positive_ints,
-                       help="instead: trials/hour of one study at these worker counts, e.g. 1,2,4")
-    bench.add_argument("--packs", type=_positive_ints,
-                       help="with --workers: also in one process with fused packs of these sizes, e.g. 4,8")
-    bench.add_argument("--workload", action="store_true",
-                       help="instead: each shipped study's full-scale FLOPs and its training time at this device's rates")
-    bench.set_defaults(run=cmd_bench)
-
-    latent = commands.add_parser("latent", help="latent-space pictures of a finished run: interpolation, "
-                                 "low-variance sampling, vector arithmetic, traversals")
-    latent.add_argument("run_id", help="the MLflow run of a COMPLETE trial")
-    latent.add_argument("--variance", type=float, default=0.05, help="low-variance sampling around mu ~ U(-1, 1)")
-    latent.add_argument("--from", dest="source", help="a label value (neutral) or test-split indexes (3,7,9)")
-    latent.add_argument("--to", dest="target", help="a label value (happy) or test-split indexes")
-    latent.add_argument("--apply", help="test-split indexes of the faces to move by the vector")
-    latent.add_argument("--out", type=Path, help="folder for the PNGs (default RUNS_DIR/latent/RUN_ID)")
-    latent.add_argument("--device", default="auto")
-    latent.set_defaults(run=cmd_latent)
-
-    confirm = commands.add_parser("confirm", help="re-train a study's best configurations with fresh seeds")
-    confirm.add_argument("study", help="the study (as for `study`)")
-    confirm.add_argument("--seeds", type=_positive_int, default=5, help="fresh seeds per configuration (default 5)")
-    confirm.add_argument("--top", type=_positive_int, default=1, help="best configurations per family (default 1)")
-    confirm.add_argument("--steps", type=_positive_int, help="the study's step budget, if it was run with STEPS=")
-    confirm.add_argument("--scale", choices=SCALES, default="cpu", help="the scale the study was run at")
-    confirm.add_argument("--families", help="comma-separated families to confirm (default: every family of the study)")
-    confirm.add_argument("--device", default="auto")
-    confirm.add_argument("--inception", choices=("auto", "on", "off"), default="auto",
-                         help="Inception FID beside the study's score on every run (auto: when its weights are installed)")
-    confirm.add_argument("--inception-samples", type=_non_negative_int, default=0,
-                         help="Inception's images per run (default 0: the study's n on a GPU, 500 on a CPU)")
-    confirm.add_argument("--dataset", help="as given to `study`, for a study run on other data")
-    confirm.add_argument("--data", help="as given to `study`")
-    confirm.set_defaults(run=cmd_confirm)
-
-    report = commands.add_parser("report", help="tables, plots and an HTML page per study, from RUNS_DIR")
-    report.add_argument("studies", nargs="*", help="study names (e.g. vae_kl_sweep); all studies when none")
-    report.add_argument("--out", type=Path, default=Path("reports"), help="where to write (default ./reports)")
-    report.set_defaults(run=cmd_report)
-
-    server = commands.add_parser("server", help="an MLflow tracking server that workers on other machines log to")
-    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback; 0.0.0.0 for all)")
-    server.add_argument("--port", type=_positive_int, default=5000)
-    server.add_argument("--backend-store-file", help="a file whose first line is the store for runs and metrics "
-                        "(postgresql://user:password@host/db); or set BACKEND_STORE in the environment. Never a "
-                        "URI on the command line: argv shows in ps. Default sqlite:///RUNS_DIR/mlflow.db")
-    server.add_argument("--artifacts-destination", help="where the server keeps artifacts (default RUNS_DIR/artifacts)")
-    server.add_argument("--workers", type=_positive_int, default=2, help="server processes")
-    server.set_defaults(run=cmd_server)
-
-    ui = commands.add_parser("ui", help="serve the MLflow UI for RUNS_DIR")
-    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    ui.add_argument("--port", type=_positive_int, default=5000)
-    ui.add_argument("study", nargs="?", help="print the links to this study's runs and to its trials compared")
-    ui.add_argument("--scale", choices=SCALES, default="cpu", help="the study's scale (its experiment's name)")
-    ui.set_defaults(run=cmd_ui)
-
-    listing = commands.add_parser("list", help="families, datasets and studies (each study file is validated)")
-    listing.set_defaults(run=cmd_list)
+    for add_arguments in COMMANDS:  # each command's flags are declared beside its handler
+        add_arguments(commands)
 
     args = parser.parse_args(argv)
     try:

@@ -13,8 +13,18 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from harness.family.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
-                                 bce_d_loss, bce_eval_step, bce_g_loss, init_normal, make_adam_pair)
+from harness.family.adversarial import (
+    BCE_FUSED,
+    BCE_METRICS,
+    AdversarialPair,
+    adversarial_space,
+    adversarial_step,
+    bce_d_loss,
+    bce_eval_step,
+    bce_g_loss,
+    init_normal,
+    make_adam_pair,
+)
 from harness.family.fast_path import FastPath
 from harness.family.space import IntParam
 

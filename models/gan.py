@@ -12,10 +12,19 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from harness.family.adversarial import (BCE_FUSED, BCE_METRICS, AdversarialPair, adversarial_space, adversarial_step,
-                                 bce_d_loss, bce_eval_step, bce_g_loss, make_adam_pair)
-from harness.family.fused import Fused
+from harness.family.adversarial import (
+    BCE_FUSED,
+    BCE_METRICS,
+    AdversarialPair,
+    adversarial_space,
+    adversarial_step,
+    bce_d_loss,
+    bce_eval_step,
+    bce_g_loss,
+    make_adam_pair,
+)
 from harness.family.fast_path import FastPath
+from harness.family.fused import Fused
 from harness.family.space import FloatParam
 from models.vae import ConvBNReLU, Decoder, VAEConfig
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.family.fused import Fused, Stack, per_member, zero_grads
-from harness.scoring.pixel_mmd import gaussian_kl
-from harness.family.space import FloatParam, IntParam
 from harness.family.fast_path import FastPath, at_least_fp32
+from harness.family.fused import Fused, Stack, per_member, zero_grads
+from harness.family.space import FloatParam, IntParam
+from harness.scoring.pixel_mmd import gaussian_kl
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from harness.family.adversarial import AdversarialPair, adversarial_space, adversarial_step, init_normal, make_adam_pair
+from harness.family.fast_path import FastPath
 from harness.family.generate import GRID_SEED, fixed_z
 from harness.family.space import FloatParam, IntParam
-from harness.family.fast_path import FastPath
 from models.dcgan import Discriminator, Generator
 
 

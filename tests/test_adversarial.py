@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from harness.family.adversarial import Alternation
-from harness.scoring.pixel_mmd import median_bandwidth, pixel_mmd
 from harness.family.registry import get_family
+from harness.scoring.pixel_mmd import median_bandwidth, pixel_mmd
 
 
 def run(schedule: Alternation, losses: list[float]) -> str:

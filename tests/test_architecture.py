@@ -108,7 +108,8 @@ def test_the_report_imports_neither_the_training_stack_nor_the_models():
 @pytest.mark.slow
 def test_importing_does_no_work():
     """No module changes the environment, configures logging or registers the built-in families on import."""
-    statement = ("import harness.search.runner, harness.report, harness.search.confirm, harness.cli, harness.bench.speeds, harness.family.registry; "
+    statement = ("import harness.search.runner, harness.report, harness.search.confirm, harness.cli, harness.bench.speeds, "
+                 "harness.bench.workers, harness.family.registry; "
                  "assert not harness.family.registry._BUILTINS, 'the built-in families were registered at import'")
     found = imported_by(statement, "import torch, torchvision, mlflow, optuna, pandas, seaborn, matplotlib")
     assert not found["environ_changed"] and not found["logging_changed"]

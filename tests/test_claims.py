@@ -4,13 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.study.claims import Claim, parse_claims
+from conftest import write_study
 from harness.core.errors import UserError
 from harness.report import StudyRecord
 from harness.report.verdicts import HELD, INCONCLUSIVE, NOT_HELD, judge
+from harness.study.claims import Claim, parse_claims
 from harness.study.studyfile import load_study, study_names
-
-from conftest import write_study
 
 BASE = """
 name = "{name}"

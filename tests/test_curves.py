@@ -12,16 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.training import pictures as figures
-
 from harness.core import keys
-from harness.data.datasets import load_dataset
 from harness.core.keys import Tag
-from harness.tracking.publish import MlflowSink, Publisher
+from harness.core.storage import Storage
+from harness.data.datasets import load_dataset
 from harness.family.registry import get_family
 from harness.report import StudyRecord, plots
-from harness.core.storage import Storage
 from harness.tracking.client import Tracker
+from harness.tracking.publish import MlflowSink, Publisher
+from harness.training import pictures as figures
 from harness.training.loop import TrainConfig, TrainHooks, train
 
 STEPS = 200

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from test_loaders import column_major, make_celeba, make_mnist, write_mat73
 
+from conftest import SHARED_DATA, mlflow_runs, split_runs
 from harness.bench.speeds import bench_sampler
 from harness.cli import main
 from harness.data.datasets import dataset_names, load_dataset
 from harness.family.registry import get_family
 from harness.training.loop import TrainConfig, evaluate, train
-
-from conftest import SHARED_DATA, mlflow_runs, split_runs
-from test_loaders import column_major, make_celeba, make_mnist, write_mat73
 
 pytestmark = pytest.mark.slow
 RNG = np.random.default_rng(5)

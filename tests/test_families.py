@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from harness.data.datasets import to_model_range
+from harness.family.fast_path import PLAIN
 from harness.family.registry import family_names, get_family
 from harness.family.space import suggest
-from harness.family.fast_path import PLAIN
 
 SMALL = {"width": 8, "latent_dim": 16, "batch_size": 4}  # fast on a CPU; every family that has the knob
 

@@ -3,10 +3,10 @@
 import optuna
 import pytest
 
-from harness.scoring import flags
 from harness.core.errors import UserError
-from harness.search.confirm import best_trials
+from harness.scoring import flags
 from harness.scoring.flags import COLLAPSED, DID_NOT_LEARN, baseline, best_ranked, excludes, judge
+from harness.search.confirm import best_trials
 from harness.study.studyfile import load_study
 
 PANEL = {("floor", 0): 0.7, ("uniform_noise", 0): 468.0, ("mean_image", 0): 349.0, ("checkerboard", 0): 683.0,

@@ -23,13 +23,13 @@ from typing import Any, Iterator, Mapping
 import pytest
 import torch
 
-from harness.training import packs
 from harness.data.datasets import load_dataset
-from harness.family.fused import Stack, template_of
-from harness.training.packs import pack_fast, pack_key, train_pack, why_not_packable
-from harness.family.registry import get_family
 from harness.family.fast_path import FastPath
+from harness.family.fused import Stack, template_of
+from harness.family.registry import get_family
+from harness.training import packs
 from harness.training.loop import Diverged, TrainConfig, TrainHooks, TrainResult, load_model, save_model, train
+from harness.training.packs import pack_fast, pack_key, train_pack, why_not_packable
 
 PARAMETER_TOLERANCE = 1e-6  # fp64: see the module docstring
 NO_SCORES = TrainHooks(scorers=[])
@@ -240,8 +240,9 @@ def test_a_study_with_pack_trains_its_grid_as_one_pack_and_records_each_trial_al
     without a pack ends (fp32, 16 steps: rounding only, so 1e-2 relative; measured 1.5e-3 and 1.2e-5)."""
     import optuna
     from mlflow import MlflowClient
-    from harness.cli import main
+
     from conftest import mlflow_runs, split_runs
+    from harness.cli import main
 
     assert main(["study", "smoke", "--device", "cpu", "--pack", "2"]) == 0
     assert "fused packs of up to 2" in capsys.readouterr().out
@@ -293,9 +294,10 @@ def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, mo
     """Ctrl-C while a pack trains, and again while its runs close: every member's run ends KILLED,
     every member's trial FAIL, and the study exits 130, as for a lone trial."""
     import optuna
+
     from conftest import mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, write_study
-    from harness.family import registry
     from harness.cli import main
+    from harness.family import registry
     from harness.family.fused import Fused
     from harness.family.registry import register_family
     from models import vae

@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from harness.core.errors import UserError
-from harness.scoring.inception import (FID_HELPER_PACKAGE, SOURCE_PREFIX, block_map, fid_helper_weights, fidelity_layout,
-                               load_fid_helper_inception, map_state_dict)
+from harness.scoring.inception import (
+    FID_HELPER_PACKAGE,
+    SOURCE_PREFIX,
+    block_map,
+    fid_helper_weights,
+    fidelity_layout,
+    load_fid_helper_inception,
+    map_state_dict,
+)
 
 # Measured on a CPU: at 299 x 299 (no resize) the mapped network and the TorchScript model differ by at
 # most ~1e-6 on features of magnitude up to ~6 (they run the same convolutions). A wrong mapping (a block

@@ -13,12 +13,19 @@ import scipy.io
 import torch
 from PIL import Image
 
-from harness.data.datasets import (ImageSplits, from_model_range, get_dataset, infer_dataset, load_dataset, load_images,
-                          resolve_options, to_model_range)
-from harness.core.errors import UserError
-from harness.data.formats import TEST, TRAIN
-
 from conftest import SHARED_DATA
+from harness.core.errors import UserError
+from harness.data.datasets import (
+    ImageSplits,
+    from_model_range,
+    get_dataset,
+    infer_dataset,
+    load_dataset,
+    load_images,
+    resolve_options,
+    to_model_range,
+)
+from harness.data.formats import TEST, TRAIN
 
 N, H = 6, 16
 IMAGES = np.random.default_rng(0).integers(0, 256, (N, H, H), dtype=np.uint8)  # asymmetric: any flip shows
@@ -156,7 +163,7 @@ def test_a_square_by_square_mat_array_is_read_the_way_that_gives_pictures(tmp_pa
     assert loaded.source["layout"] == layout
     assert np.array_equal(stack(loaded), faces)  # pixel exact and upright
     err = capsys.readouterr().err
-    line = next(l for l in err.splitlines() if "read as layout" in l)
+    line = next(text for text in err.splitlines() if "read as layout" in text)
     other = "FN" if layout == "NF" else "NF"
     assert re.search(rf"read as layout {layout}: neighbouring pixels correlate 0\.[89]\d as {layout}, -?0\.[0-3]\d as {other}", line)
 

@@ -9,8 +9,8 @@ import torch
 from scipy import stats
 
 from conftest import SHARED_DATA, mlflow_runs, split_runs, write_study
-from harness.scoring import extractors
 from harness.cli import main
+from harness.scoring import extractors
 from harness.scoring.evaluation import SampleQuality, ScoreSettings, fd_inf_sizes, frechet_distance_infinity
 from harness.scoring.extractors import Extractor, ExtractorContext, resolve_extractor
 from harness.scoring.panel import BROKEN, LEVELS, SET_COUNT, UNSEEN, judge, panel_sets, run_panel, spearman
@@ -157,7 +157,8 @@ panel = "{panel}"
 
 
 def test_a_score_objective_on_an_extractor_that_fails_the_panel_is_refused(runs_dir, tmp_path, meanpixel, capsys):
-    path = write_study(tmp_path / "studies", "useless", STUDY.format(name="useless", objective="fd", extractor="meanpixel", panel="require"))
+    path = write_study(tmp_path / "studies", "useless",
+                       STUDY.format(name="useless", objective="fd", extractor="meanpixel", panel="require"))
     assert main(["study", str(path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the meanpixel extractor fails the validation panel" in err
@@ -192,10 +193,10 @@ def test_validate_scores_writes_a_table_and_a_plot(runs_dir, meanpixel, capsys):
 def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir, tmp_path, capsys):
     from importlib.metadata import version
 
-    from harness.scoring.evaluation import FINAL_SEED
     from harness.core.storage import Storage
     from harness.family.generate import fixed_samples
     from harness.family.registry import get_family
+    from harness.scoring.evaluation import FINAL_SEED
     from harness.scoring.scores import to_uint8
     from harness.training.loop import load_model
 

@@ -15,20 +15,17 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness.scoring import extractors
-
-from harness.family import registry
+from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
 from harness.cli import main
 from harness.core.errors import UserError
-from harness.training.latent import download_model
-from harness.tracking.publish import CHECKPOINT, read_checkpoint
-from harness.family.registry import register_family
 from harness.core.storage import Storage
+from harness.family import registry
+from harness.family.registry import register_family
+from harness.scoring import extractors
+from harness.tracking.publish import CHECKPOINT, read_checkpoint
+from harness.training.latent import download_model
 from harness.training.loop import save_model
 from models import gan
-
-from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
-
 
 RANDOM_VAE = """
 [sampler]

@@ -5,11 +5,10 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from harness.search.planning import plan_trials, surplus, waiting_params
-from harness.family.registry import get_family
-from harness.study.studyfile import load_study
-
 from conftest import REPO, write_study
+from harness.family.registry import get_family
+from harness.search.planning import plan_trials, surplus, waiting_params
+from harness.study.studyfile import load_study
 
 
 def random_study(tmp_path, trials=2):

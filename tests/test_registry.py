@@ -1,7 +1,7 @@
 import pytest
 
-from harness.family import registry
 from harness.core.errors import UserError
+from harness.family import registry
 from harness.family.registry import RegistryError, get_family, register_family
 from harness.family.space import FloatParam, IntParam
 from models import vae

@@ -5,8 +5,8 @@ import io
 import math
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
 from harness.cli import main
 from harness.report import StudyRecord, confidence, pareto_mask
 from harness.report.findings import vae_kl_sweep
-
-from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser test leaves for people to look at
 STUDY = """

@@ -16,23 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.scoring import extractors
-
-from harness.training import latent
-
-from harness.core import progress
-
-from harness.scoring import real_images as reference
-
-from harness.data import synthfaces
+from conftest import mlflow_runs, share_caches, split_runs, write_study
 from harness.cli import main
+from harness.core import progress
 from harness.core.keys import Tag
 from harness.core.progress import Phase
-from harness.report import records
 from harness.core.storage import Storage
+from harness.data import synthfaces
+from harness.report import records
+from harness.scoring import extractors
+from harness.scoring import real_images as reference
 from harness.tracking.client import Tracker
-
-from conftest import mlflow_runs, share_caches, split_runs, write_study
+from harness.training import latent
 
 FINISHED = "finished_demo"
 TROUBLED = "troubled_demo"

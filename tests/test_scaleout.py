@@ -22,14 +22,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from harness.family import fast_path as speed
+from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
 from harness.cli import main
-from harness.data.datasets import load_dataset
-from harness.family.registry import get_family
 from harness.core.storage import SCHEMA_RACE_ATTEMPTS, Storage, open_rdb_storage
+from harness.data.datasets import load_dataset
+from harness.family import fast_path as speed
+from harness.family.registry import get_family
 from harness.training.loop import TrainConfig, train
-
-from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving, write_study, share_caches
 
 pytestmark = pytest.mark.slow
 

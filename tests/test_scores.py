@@ -14,19 +14,27 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from harness.scoring import extractors
-
 from harness.core import keys
 from harness.core.cache import sha256_file
-from harness.data.datasets import load_dataset
 from harness.core.errors import UserError
+from harness.data.datasets import load_dataset
+from harness.family.registry import get_family
+from harness.scoring import extractors
 from harness.scoring.evaluation import SampleQuality, ScoreSettings, needed_accuracy, reconstruction_scores
 from harness.scoring.extractors import ExtractorContext, inception_weights, resolve_extractor
-from harness.scoring.real_images import score_data
-from harness.family.registry import get_family
 from harness.scoring.panel import panel_sets
-from harness.scoring.scores import (FeatureStats, density_coverage, diversity, frechet_distance, inception_score, kernel_distance,
-                            knn_scores, precision_recall, to_uint8)
+from harness.scoring.real_images import score_data
+from harness.scoring.scores import (
+    FeatureStats,
+    density_coverage,
+    diversity,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    knn_scores,
+    precision_recall,
+    to_uint8,
+)
 
 # ---- agreement on identical features ---------------------------------------------------------------
 

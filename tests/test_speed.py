@@ -24,17 +24,16 @@ import os
 import pytest
 import torch
 
-from harness.training import phases
-
-from harness.family import fast_path as speed
+from conftest import REPO, mlflow_runs, share_caches, split_runs, write_study
 from harness.cli import main
-from harness.data.datasets import load_dataset, to_model_range
 from harness.core.errors import UserError
+from harness.core.storage import Storage
+from harness.data.datasets import load_dataset, to_model_range
+from harness.family import fast_path as speed
 from harness.family.registry import get_family
 from harness.study.studyfile import load_study
-from harness.core.storage import Storage
+from harness.training import phases
 from harness.training.loop import StepCounter, TrainConfig, TrainHooks, train, train_round
-from conftest import REPO, mlflow_runs, split_runs, write_study, share_caches
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
              "wgan_gp": ["d_loss", "g_loss"]}

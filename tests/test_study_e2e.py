@@ -12,16 +12,14 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness.family import registry
-
-from harness.training import loop as training
+from conftest import REPO, mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, split_runs, write_study
 from harness.cli import main
 from harness.data.datasets import load_dataset
+from harness.family import registry
 from harness.family.registry import register_family
+from harness.training import loop as training
 from harness.training.loop import evaluate, load_model
 from models import vae
-
-from conftest import REPO, mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, split_runs, write_study
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = {"reconstructions.png", "samples.png", "loss_curves.png", "model.pt", "model.json", "samples", "scores.json"}
@@ -68,12 +66,14 @@ def test_smoke_study_records_trials_runs_and_artifacts(smoke_runs):
                 "is_domain", "test_fd_domain", "test_bce", "test_elbo", "test_psnr", "test_ssim"} <= set(metrics)
         assert not [k for k in metrics if "fid" in k or k in ("kid", "is")]
         assert params["score.extractor"] == "domain" and params["score.n"] == "2000" and "fd_inf_domain" in metrics
-        assert parent.data.params["score.panel"].startswith("domain ") and "validation panel at n = 2000" in parent.data.params["score.panel"]
+        panel = parent.data.params["score.panel"]
+        assert panel.startswith("domain ") and "validation panel at n = 2000" in panel
         assert float(params["score.floor_fd"]) < metrics["fd_domain"] and params["code.commit"] != ""
         assert len(client.get_metric_history(run.info.run_id, "val_fd_domain")) == 2
         extra = {"latent"} if run.info.run_id == parent.data.tags["best_run_id"] else set()  # the best trial's pictures
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS | extra
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_0000008.png", "samples/step_0000016.png"]
+        samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+        assert samples == ["samples/step_0000008.png", "samples/step_0000016.png"]
 
         folder = Path(client.download_artifacts(run.info.run_id, ""))
         torch.load(folder / "model.pt", weights_only=True)
@@ -291,4 +291,5 @@ def test_a_second_ctrl_c_while_runs_close_leaves_nothing_running(runs_dir, tmp_p
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs} == {"KILLED"}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
-    assert [t.state for t in optuna_trials(runs_dir, "twice-v2")] == [TrialState.FAIL, TrialState.WAITING]  # the next grid point waits for a rerun
+    # the next grid point waits for a rerun
+    assert [t.state for t in optuna_trials(runs_dir, "twice-v2")] == [TrialState.FAIL, TrialState.WAITING]

@@ -1,10 +1,9 @@
 import pytest
 
+from conftest import write_study
 from harness.core.errors import UserError
 from harness.family.space import ChoiceParam, FixedParam, FloatParam
 from harness.study.studyfile import load_study, study_names
-
-from conftest import write_study
 
 BASE = """
 name = "mystudy"
@@ -89,10 +88,13 @@ def test_grid_fixes_unnamed_params_at_their_defaults(tmp_path):
     ("version = 1", "version = 0", "version: must be >= 1"),
     ("trials = 4", "trials = 0", "trials: must be >= 1"),
     ("trials = 4", 'trials = "many"', "trials: expected an integer"),
-    ('objective = "val_recon_mse"', 'objective = "val_fid"', r"objective: 'val_fid' is not a score or metric of vae \(did you mean 'val_fd'\?\); valid: fd, fd_inf, kd, precision, recall, coverage, is, val_fd, val_recon_mse"),
+    ('objective = "val_recon_mse"', 'objective = "val_fid"',
+     r"objective: 'val_fid' is not a score or metric of vae \(did you mean 'val_fd'\?\); "
+     r"valid: fd, fd_inf, kd, precision, recall, coverage, is, val_fd, val_recon_mse"),
     ('objective = "val_recon_mse"', 'objective = "fid"', r"fid is fd when the extractor is inception"),
     ('name = "median"', 'name = "median"\n[scores]\nextractor = "clip"', r"scores.extractor: 'clip'; valid: auto, domain, inception"),
-    ('name = "median"', 'name = "median"\n[scores]\nround_sample = 10', r"scores: unknown key 'round_sample' \(did you mean 'round_samples'\?\)"),
+    ('name = "median"', 'name = "median"\n[scores]\nround_sample = 10',
+     r"scores: unknown key 'round_sample' \(did you mean 'round_samples'\?\)"),
     ('name = "median"', 'name = "median"\n[scores]\nfinal_samples = 1', r"scores.final_samples: 1; give 0"),
     ('objective = "val_recon_mse"', 'objective = ["val_recon_mse", "val_recon_mse"]', "names a metric twice"),
     ("n = 200", "n = 200\nsize = 48", "dataset.size: synthfaces are drawn at 32 or 64 pixels, not 48"),

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from harness.core.errors import UserError
 from harness.data import synthfaces
 from harness.data.datasets import load_dataset, resolve_options, split_indices
-from harness.core.errors import UserError
 
 
 @pytest.mark.parametrize("size", [32, 64])

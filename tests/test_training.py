@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from harness.data.datasets import load_dataset
-from harness.data.datasets import ImageSplits
+from harness.data.datasets import ImageSplits, load_dataset
 from harness.family.registry import get_family
 from harness.training.loop import Diverged, TrainConfig, TrainHooks, evaluate, train
 

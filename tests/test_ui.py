@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving
 from harness.core.storage import Storage
 from harness.study.studyfile import load_study
 from harness.tracking.client import EXPERIMENT_KIND, Tracker
 from harness.tracking.ui import COMPARE_VIEW, RUNS_VIEW, SHARED_VIEW, study_links
-
-from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from harness.report import StudyRecord
-from harness.report.verdicts import _spearman
 from harness.report.findings import holm, seeds
+from harness.report.verdicts import _spearman
 
 
 def brute_force(x: list[float], y: list[float]) -> tuple[float, float]:

@@ -48,7 +48,7 @@ def test_a_study_is_its_trials_steps_and_scores():
 
 
 def test_the_bench_turns_counts_into_time_at_the_measured_rate(tmp_path):
-    from harness.bench.speeds import bench_workload, workload_lines
+    from harness.bench.workload import bench_workload, workload_lines
 
     wgan = get_family("wgan_gp")  # 5 critic batches and a generator batch per step
     per_batch = workload.batch_flops(wgan, wgan.defaults | {"batch_size": 128}, 1, 64)

@@ -10,12 +10,11 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness.family import registry
+from conftest import REPO, mlflow_runs, split_runs, write_study
 from harness.cli import main
+from harness.family import registry
 from harness.family.registry import register_family
 from models import vae
-
-from conftest import REPO, mlflow_runs, split_runs, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +64,8 @@ def test_the_last_good_sample_grid_is_kept(runs_dir, tmp_path, monkeypatch):
                     train_step=late_blow_up, eval_step=vae.eval_step, budget_optimizer="vae")
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "late"')
     text = text.replace('families = ["vae"]', 'families = ["late"]').replace("[space.vae]", "[space.late]")
-    text = text.replace("rounds = 2", "rounds = 4").replace("kl_weight = [1e-3, 1e-2]", "kl_weight = [1e-3]").replace("trials = 2", "trials = 1")
+    text = text.replace("rounds = 2", "rounds = 4").replace("kl_weight = [1e-3, 1e-2]", "kl_weight = [1e-3]")
+    text = text.replace("trials = 2", "trials = 1")
     assert main(["study", str(write_study(tmp_path, "late", text))]) == 1  # its only trial failed
     (run,) = split_runs(mlflow_runs(runs_dir, "late-v2"))[1]  # 16 steps in rounds of 4; inf from step 9 on
     assert run.data.tags["last_good_step"] == "8" and "train_loss became inf" in run.data.tags["failure_reason"]

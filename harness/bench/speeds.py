@@ -52,17 +52,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness.training import phases
-
-from harness.family import fast_path as speed
-from harness.data.datasets import ImageSplits, load_dataset, to_model_range
-from harness.family.registry import Family, family_names, get_family
+from harness.bench.workload import bench_workload, workload_lines
 from harness.core.storage import Storage
-from harness.study.studyfile import load_study, study_names
+from harness.data.datasets import ImageSplits, load_dataset, to_model_range
+from harness.family import fast_path as speed
 from harness.family.fused import template_of
-from harness.training.packs import fused_batch, new_member, pack_fast
+from harness.family.registry import Family, family_names, get_family
+from harness.study.studyfile import load_study
+from harness.training import phases
 from harness.training.loop import StepCounter, TrainConfig, TrainHooks, train_round
-from harness.bench.workload import batch_flops, inception_flops_per_image, order_of, study_workload
+from harness.training.packs import fused_batch, new_member, pack_fast
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
 
@@ -339,10 +338,9 @@ def bench_compile(device: torch.device, cache_dir: Path, seconds: float) -> dict
 def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
     """One real, profiled vae_kl_sweep trial of 3 rounds of an epoch's steps each, and the plain loop's
     epochs on the same model and data."""
+    from harness.family.space import suggest
     from harness.search.runner import run_study
     from harness.search.session import open_session
-    from harness.family.space import suggest
-    from harness.study.studyfile import load_study
 
     epochs = 3
     spec = load_study("vae_kl_sweep").with_overrides(trials=1)
@@ -386,46 +384,6 @@ def bench_overhead(device: torch.device, storage: Storage) -> dict[str, Any]:
             "plain_epoch_seconds": sum(plain) / epochs}
 
 
-def bench_workload(training: list[dict[str, Any]], cache_dir: Path,
-                   studies: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Each shipped study's full-scale workload, and its training time at the 64 px rates in `training`."""
-    flops_per_second: dict[str, float] = {}
-    data = load_dataset("synthfaces", {"n": 64, "size": 64}, cache_dir)
-    for r in training:
-        if r["size"] == 64 and "error" not in r:
-            family = get_family(r["family"])
-            params = family.defaults | {"batch_size": r["batch_size"]}
-            per_image = batch_flops(family, params, data.channels, 64) / r["batch_size"]  # as images/s counts them
-            flops_per_second[r["family"]] = per_image * r["fast_images_per_s"]
-    inception = inception_flops_per_image()
-    rows = []
-    for name in studies or study_names():
-        spec = load_study(name, "full")
-        size = int(spec.dataset_options.get("size", 64))
-        w = study_workload(spec, data.channels, size, inception)
-        training_seconds = (sum(v / flops_per_second[f] for f, v in w.training_by_family.items())
-                            if set(w.training_by_family) <= set(flops_per_second) else None)
-        rows.append({"benchmark": "workload", "study": w.study, "trials": w.trials, "image_size": size,
-                     "total_flops": w.total, "training_flops": w.training, "scoring_flops": w.scoring,
-                     "session_flops": w.session,
-                     "images_scored": w.images_scored, "inception_flops_per_image": inception,
-                     "step_flops": dict(w.per_family_step), "training_seconds_here": training_seconds,
-                     "family_flops_per_second_here": {f: flops_per_second.get(f) for f in spec.families}})
-    return rows
-
-
-def workload_lines(rows: list[dict[str, Any]], device_name: str) -> list[str]:
-    lines = [f"the full scale (SCALE=full) of each shipped study, counted (matmuls and convolutions, forward and "
-             f"backward; Inception-v3 {rows[0]['inception_flops_per_image'] / 1e9:.1f} GFLOP per scored image), "
-             f"and its training time on {device_name} at the rates measured above at 64 px",
-             f"{'study':<32} {'trials':>6} {'PFLOP':>8} {'train':>8} {'scores':>7} {'session':>7} {'training here':>14}"]
-    for r in rows:
-        here = order_of(r["training_seconds_here"] / 3600) if r["training_seconds_here"] else "n/a"
-        lines.append(f"{r['study']:<32} {r['trials']:>6} {r['total_flops'] / 1e15:>8.1f} {r['training_flops'] / 1e15:>8.1f} "
-                     f"{r['scoring_flops'] / 1e15:>7.1f} {r['session_flops'] / 1e15:>7.1f} {here:>14}")
-    return lines
-
-
 def run_workload(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     """`make workload`: the 64 px training rates, then the workload table (RUNS_DIR/bench/workload.json)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -453,7 +411,8 @@ def run(device: torch.device, storage: Storage, seconds: float = 2.0) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "device_name": name,
-              "training": training, "packs": packs, "workload": workload, "compile": compiled, "overhead": overhead, "rows": rows, "evaluation": evaluation}
+              "training": training, "packs": packs, "workload": workload, "compile": compiled, "overhead": overhead,
+              "rows": rows, "evaluation": evaluation}
     (out_dir / "bench.json").write_text(json.dumps(record, indent=2))
     return "\n".join(training_table(training, name) + pack_lines(packs, name) + workload_lines(workload, name)
                      + [compile_line(compiled)] + overhead_lines(overhead)
@@ -507,64 +466,3 @@ def evaluation_line(evaluation: dict[str, Any]) -> str:
     return (f"final sample-quality scores ({evaluation['extractor']} extractor, {evaluation['generated']} generated "
             f"vs {evaluation['reference']}): {evaluation['seconds_without_cache']:.2f} s computing the reference "
             f"statistics, {evaluation['seconds_with_cache']:.2f} s with them cached")
-
-
-WORKER_STUDY = """
-name = "{name}"
-version = 2
-description = "make bench-workers: the same 8 trials at each worker count"
-families = ["vae"]
-trials = 8
-steps = {steps}
-rounds = 3
-seed = 0
-objective = "val_recon_mse"
-checkpoint_every = 0
-[dataset]
-name = "synthfaces"
-n = 2000
-[sampler]
-name = "grid"
-[space.vae]
-kl_weight = [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
-"""
-
-
-def bench_workers(counts: list[int], out_dir: Path, device: str, steps: int = 36, packs: list[int] | None = None) -> str:
-    """Trials/hour of one 8-trial study for each worker count (one trial at a time each), then in one
-    process with each fused pack size of `packs`: wall time end to end (start-up, the trials, the
-    report at the end), in one RUNS_DIR whose caches a warm-up study fills first."""
-    import subprocess
-    import sys
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "RUNS_DIR": str(Path(tmp) / "runs"), "STORAGE": "", "TRACKING_URI": ""}
-
-        def study(name: str, workers: int, trials: int | None = None, pack: int = 1) -> float:
-            path = Path(tmp) / f"{name}.toml"
-            path.write_text(WORKER_STUDY.format(name=name, steps=steps))
-            command = [sys.executable, "-m", "harness", "study", str(path), "--workers", str(workers), "--device", device,
-                       "--pack", str(pack)]
-            command += ["--trials", str(trials)] if trials else []
-            start = time.perf_counter()
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return time.perf_counter() - start
-
-        study("warmup", 1, trials=1)  # the data, the domain extractor and its reference statistics, cached
-        for count in counts:
-            seconds = study(f"workers{count}", count)
-            rows.append({"workers": count, "pack": 1, "trials": 8, "steps": steps, "seconds": seconds,
-                         "trials_per_hour": 8 * 3600 / seconds})
-        for size in packs or []:
-            seconds = study(f"pack{size}", 1, pack=size)
-            rows.append({"workers": 1, "pack": size, "trials": 8, "steps": steps, "seconds": seconds,
-                         "trials_per_hour": 8 * 3600 / seconds})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"machine": platform.node(), "cpus": os.cpu_count(), "device": device,
-              "gpus": torch.cuda.device_count(), "rows": rows}
-    (out_dir / "workers.json").write_text(json.dumps(record, indent=2))
-    lines = [f"one study of 8 trials x {steps} steps (conv VAE, 1,600 training images, batch 128), {os.cpu_count()} CPUs, "
-             f"{torch.cuda.device_count()} GPU(s):", f"{'workers':>8} {'pack':>5} {'seconds':>9} {'trials/hour':>12}"]
-    lines += [f"{r['workers']:>8} {r['pack']:>5} {r['seconds']:>9.1f} {r['trials_per_hour']:>12.0f}" for r in rows]
-    return "\n".join(lines + [f"written to {out_dir / 'workers.json'}"])

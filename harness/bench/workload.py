@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import optuna
 import torch
@@ -32,12 +33,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torchvision.models import inception_v3
 
+from harness.data.datasets import load_dataset
 from harness.family import fast_path as speed
-from harness.scoring.panel import SET_COUNT
-from harness.scoring.real_images import GPU_N
 from harness.family.registry import Family, get_family
 from harness.family.space import reference_point, suggest
-from harness.study.studyfile import StudySpec
+from harness.scoring.panel import SET_COUNT
+from harness.scoring.real_images import GPU_N
+from harness.study.studyfile import StudySpec, load_study, study_names
 from harness.training.loop import StepCounter
 
 INCEPTION_SIZE = 299  # the FID network's input side: every scored image is resized to it
@@ -156,3 +158,42 @@ def study_workload(spec: StudySpec, channels: int, size: int, inception: int | N
 def order_of(hours: float) -> str:
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} days"
 
+
+def bench_workload(training: list[dict[str, Any]], cache_dir: Path,
+                   studies: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each shipped study's full-scale workload, and its training time at the 64 px rates in `training`."""
+    flops_per_second: dict[str, float] = {}
+    data = load_dataset("synthfaces", {"n": 64, "size": 64}, cache_dir)
+    for r in training:
+        if r["size"] == 64 and "error" not in r:
+            family = get_family(r["family"])
+            params = family.defaults | {"batch_size": r["batch_size"]}
+            per_image = batch_flops(family, params, data.channels, 64) / r["batch_size"]  # as images/s counts them
+            flops_per_second[r["family"]] = per_image * r["fast_images_per_s"]
+    inception = inception_flops_per_image()
+    rows = []
+    for name in studies or study_names():
+        spec = load_study(name, "full")
+        size = int(spec.dataset_options.get("size", 64))
+        w = study_workload(spec, data.channels, size, inception)
+        training_seconds = (sum(v / flops_per_second[f] for f, v in w.training_by_family.items())
+                            if set(w.training_by_family) <= set(flops_per_second) else None)
+        rows.append({"benchmark": "workload", "study": w.study, "trials": w.trials, "image_size": size,
+                     "total_flops": w.total, "training_flops": w.training, "scoring_flops": w.scoring,
+                     "session_flops": w.session,
+                     "images_scored": w.images_scored, "inception_flops_per_image": inception,
+                     "step_flops": dict(w.per_family_step), "training_seconds_here": training_seconds,
+                     "family_flops_per_second_here": {f: flops_per_second.get(f) for f in spec.families}})
+    return rows
+
+
+def workload_lines(rows: list[dict[str, Any]], device_name: str) -> list[str]:
+    lines = [f"the full scale (SCALE=full) of each shipped study, counted (matmuls and convolutions, forward and "
+             f"backward; Inception-v3 {rows[0]['inception_flops_per_image'] / 1e9:.1f} GFLOP per scored image), "
+             f"and its training time on {device_name} at the rates measured above at 64 px",
+             f"{'study':<32} {'trials':>6} {'PFLOP':>8} {'train':>8} {'scores':>7} {'session':>7} {'training here':>14}"]
+    for r in rows:
+        here = order_of(r["training_seconds_here"] / 3600) if r["training_seconds_here"] else "n/a"
+        lines.append(f"{r['study']:<32} {r['trials']:>6} {r['total_flops'] / 1e15:>8.1f} {r['training_flops'] / 1e15:>8.1f} "
+                     f"{r['scoring_flops'] / 1e15:>7.1f} {r['session_flops'] / 1e15:>7.1f} {here:>14}")
+    return lines

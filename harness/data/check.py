@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from harness.data.datasets import assign_splits, dataset_names, get_dataset, infer_dataset, load_images, resolve_options
 from harness.core.errors import UserError
-from harness.training.pictures import image_grid, save_png
+from harness.data.datasets import assign_splits, dataset_names, get_dataset, infer_dataset, load_images, resolve_options
 from harness.data.formats import TEST, TRAIN, VAL
+from harness.training.pictures import image_grid, save_png
 
 
 def resolve_source(source: str, dataset: str | None, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -20,11 +20,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness.data import formats as loaders
-
-from harness.data import synthfaces
 from harness.core.cache import key_of, load_or_build
 from harness.core.errors import UserError
+from harness.data import formats as loaders
+from harness.data import synthfaces
 from harness.data.formats import TEST, TRAIN, VAL, LoadedImages
 
 CACHE_VERSION = 3  # bump when a loader's output changes, so old caches are not reused

@@ -17,10 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from harness.family.fast_path import PLAIN, FastPath, at_least_fp32
 from harness.family.fused import Fused, Stack, zero_grads
 from harness.family.generate import GRID_SEED, fixed_z
 from harness.family.space import ChoiceParam, FloatParam, IntParam, Param
-from harness.family.fast_path import PLAIN, FastPath, at_least_fp32
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.progress import Phase
+from harness.core.storage import Storage
 from harness.report.page import write_index, write_study_report
 from harness.report.plots import pareto_mask
 from harness.report.records import StudyRecord, load_studies, select_studies
 from harness.report.tables import best_per_family, confidence, cross_study
-from harness.core.storage import Storage
 
 __all__ = ["StudyRecord", "best_per_family", "build", "confidence", "load_studies", "pareto_mask", "write_study_report"]
 

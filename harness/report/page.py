@@ -16,11 +16,11 @@ from harness.core import keys
 from harness.core.errors import warn
 from harness.core.keys import Tag
 from harness.report import plots
-from harness.report.verdicts import Verdict, judge, recorded_claims
 from harness.report.findings import findings
 from harness.report.records import StudyRecord, latent_notes
 from harness.report.strips import Strip, trial_strips
 from harness.report.tables import all_trials, best_per_family, markdown, protocol_line
+from harness.report.verdicts import Verdict, judge, recorded_claims
 
 GRIDS = {"samples": "samples.png", "reconstructions": "reconstructions.png"}  # plot -> the run's artifact
 

@@ -15,6 +15,7 @@ from harness.core import keys
 from harness.core.keys import Tag
 from harness.report.records import StudyRecord
 
+
 def confidence(values: pd.Series) -> tuple[float, float, int]:
     """(mean, half-width of the 95% confidence interval (Student t), n)."""
     values = values.dropna().astype(float)

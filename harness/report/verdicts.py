@@ -26,10 +26,10 @@ from mlflow.exceptions import MlflowException
 from scipy import stats
 
 from harness.core import keys
-from harness.study.claims import Bounds, Claim, parse_claims
 from harness.core.errors import UserError, warn
 from harness.core.keys import Tag
 from harness.report.tables import confidence
+from harness.study.claims import Bounds, Claim, parse_claims
 
 if TYPE_CHECKING:
     from harness.report.records import StudyRecord

@@ -11,16 +11,16 @@ import torch
 
 from harness.core import keys
 from harness.core.canvas import new_figure, save_figure
-from harness.data.datasets import get_dataset, resolve_options
-from harness.data.check import resolve_source
 from harness.core.errors import UserError
+from harness.core.storage import Storage
+from harness.data.check import resolve_source
+from harness.data.datasets import get_dataset, resolve_options
+from harness.data.formats import load_folder, load_npz
+from harness.report.tables import markdown as markdown_table
 from harness.scoring.evaluation import SampleQuality, ScoreSettings
 from harness.scoring.extractors import ExtractorContext, describe_quality, resolve_extractor
-from harness.data.formats import load_folder, load_npz
 from harness.scoring.panel import BROKEN, LEVELS, UNSEEN, PanelResult, run_panel, spearman
 from harness.scoring.real_images import TARGET_N, ScoreData, score_data
-from harness.report.tables import markdown as markdown_table
-from harness.core.storage import Storage
 
 
 def _scoring(source: str, dataset: str | None, options: Mapping[str, Any], wanted: int,

@@ -27,16 +27,24 @@ from torch import Tensor, nn
 
 from harness.core import keys
 from harness.core.cache import key_of, load_or_build, sha256_tensor
-from harness.data.datasets import ImageSplits, did_you_mean, to_model_range
-from harness.scoring.real_images import GPU_N, TARGET_N, ScoreData
 from harness.core.errors import UserError, warn
-from harness.scoring.extractors import Extractor, extractor_names
-from harness.family.generate import GRID_SEED, fixed_samples
-from harness.scoring.pixel_mmd import gaussian_kl
 from harness.core.progress import Phase
+from harness.data.datasets import ImageSplits, did_you_mean, to_model_range
+from harness.family.generate import GRID_SEED, fixed_samples
 from harness.family.registry import Family
-from harness.scoring.scores import (KID_SEED, FeatureStats, diversity, frechet_distance, inception_score, kernel_distance,
-                            knn_scores, to_uint8)
+from harness.scoring.extractors import Extractor, extractor_names
+from harness.scoring.pixel_mmd import gaussian_kl
+from harness.scoring.real_images import GPU_N, TARGET_N, ScoreData
+from harness.scoring.scores import (
+    KID_SEED,
+    FeatureStats,
+    diversity,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    knn_scores,
+    to_uint8,
+)
 
 ROUND_SEED, FINAL_SEED = 1, 2  # the fixed z of the per-round and the final samples
 BATCH = 250  # images per forward pass when sampling and extracting

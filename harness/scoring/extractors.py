@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.core.cache import key_of, load_or_build, sha256_file
-from harness.scoring.detail import NO_DETAIL, SMALLEST, DetailFeatures, without_level
 from harness.core.errors import UserError, warn
-from harness.scoring.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
 from harness.core.progress import Phase
+from harness.scoring.detail import NO_DETAIL, SMALLEST, DetailFeatures, without_level
+from harness.scoring.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
 from harness.scoring.real_images import ScoreData
 from harness.scoring.scores import FeatureStats, frechet_distance
 

@@ -20,9 +20,9 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from harness.core.cache import sha256_tensor
-from harness.data.datasets import SPLIT_OPTIONS, TrainShape, get_dataset, load_images, make_splits, resolve_options
 from harness.core.errors import warn
 from harness.core.progress import Phase
+from harness.data.datasets import SPLIT_OPTIONS, TrainShape, get_dataset, load_images, make_splits, resolve_options
 
 TARGET_N = 2000  # reference images wanted on each side where the data has them (at least, on a CPU)
 GPU_N = 10_000  # final_samples = 0 with a GPU: the size FID is usually reported at

@@ -20,18 +20,17 @@ from pathlib import Path
 import optuna
 
 from harness.core.errors import UserError, defer_interrupts, warn
-from harness.scoring.flags import ranked_trials
 from harness.core.keys import Attr, Tag
+from harness.core.storage import Storage
+from harness.family.space import suggest
+from harness.scoring.flags import ranked_trials
 from harness.search.outcome import FailureKind, State
-from harness.tracking.publish import Publisher
 from harness.search.runner import EXTRACTOR_ATTR, IDENTITY_ATTR, StudyResult, check_identity
 from harness.search.session import inception_cross_check, open_session
-from harness.family.space import suggest
-from harness.core.storage import Storage
+from harness.search.trial import TrialJob, TrialRunner
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import Tracker, runs_frame
-from harness.search.trial import TrialJob, TrialRunner
-
+from harness.tracking.publish import Publisher
 
 MIN_SEEDS = 3  # fewer gives no usable Student-t interval (t(0.975, 1) = 12.7)
 

@@ -31,24 +31,24 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from harness.search import planning
-from harness.training.devices import resolve_device
 from harness.core.errors import UserError, defer_interrupts, redact, warn
-from harness.scoring.flags import best_ranked
 from harness.core.keys import Attr, Tag
-from harness.search.outcome import Failure, FailureKind, State, TrialOutcome
-from harness.training.packs import PackKey, default_pack, pack_fast, pack_key
-from harness.training.phases import OFF, Profiler
 from harness.core.progress import SURPLUS, Progress, Tally, best_text
-from harness.tracking.publish import Publisher, close_stale_runs, resumed_step
-from harness.family.registry import get_family
-from harness.search.session import Session, open_session
-from harness.family.space import suggest
 from harness.core.storage import Storage
-from harness.study.studyfile import StudySpec
-from harness.tracking.client import Tracker
+from harness.family.registry import get_family
+from harness.family.space import suggest
+from harness.scoring.flags import best_ranked
+from harness.search import planning
+from harness.search.outcome import Failure, FailureKind, State, TrialOutcome
+from harness.search.session import Session, open_session
 from harness.search.trial import TrialJob, TrialRunner
 from harness.search.workers import spawn_workers, worker_identity, worker_is_gone
+from harness.study.studyfile import StudySpec
+from harness.tracking.client import Tracker
+from harness.tracking.publish import Publisher, close_stale_runs, resumed_step
+from harness.training.devices import resolve_device
+from harness.training.packs import PackKey, default_pack, pack_fast, pack_key
+from harness.training.phases import OFF, Profiler
 
 IDENTITY_ATTR = "genbench_identity"
 EXTRACTOR_ATTR = "genbench_extractor"
@@ -446,8 +446,8 @@ def _finish_parent(study: optuna.Study, session: Session, publisher: Publisher, 
 def _report_into_runs(session: Session, tracker: Tracker, parent_id: str) -> None:
     """The report's files into the parent run and the latent pictures into each family's best run.
     A failure here is a warning: the trials are recorded already, and `make report` draws them again."""
-    from harness.training import latent
     from harness.report import best_per_family, load_studies, write_study_report
+    from harness.training import latent
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,21 +8,20 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.scoring import flags
-
 from harness.core import keys
-from harness.data.datasets import ImageSplits, get_dataset, load_dataset
-from harness.training.devices import resolve_device
 from harness.core.errors import UserError, warn
+from harness.core.storage import Storage
+from harness.data.datasets import ImageSplits, get_dataset, load_dataset
+from harness.family.fast_path import FastPath
+from harness.family.registry import get_family
+from harness.scoring import flags
 from harness.scoring.evaluation import SampleQuality
 from harness.scoring.extractors import ExtractorContext, inception_weights, resolve_extractor
 from harness.scoring.panel import PanelResult, run_panel
-from harness.training.phases import OFF, Profiler
 from harness.scoring.real_images import GPU_N, TARGET_N, score_data, warn_if_trained_on
-from harness.family.registry import get_family
-from harness.family.fast_path import FastPath
-from harness.core.storage import Storage
 from harness.study.studyfile import StudySpec
+from harness.training.devices import resolve_device
+from harness.training.phases import OFF, Profiler
 
 
 @dataclass

@@ -12,7 +12,6 @@ exception its traceback, a Ctrl-C says so (the caller stops the study after reco
 from __future__ import annotations
 
 import json
-
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,29 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from harness.training import pictures as figures
-
 from harness.core import keys
-from harness.data.datasets import from_model_range, to_model_range
-from harness.scoring.evaluation import reconstruction_scores
 from harness.core.errors import defer_interrupts
+from harness.data.datasets import from_model_range, to_model_range
+from harness.family.fast_path import FastPath
+from harness.family.registry import Family, get_family
+from harness.scoring.evaluation import reconstruction_scores
 from harness.scoring.flags import excludes, judge
 from harness.search.outcome import Failure, FailureKind, State, TrialOutcome
-from harness.family.registry import Family, get_family
-from harness.training.packs import train_pack
 from harness.search.session import Session
-from harness.family.fast_path import FastPath
-from harness.training.loop import (Checkpoint, Diverged, SampleScorer, TrainConfig, TrainHooks, TrainResult, evaluate,
-                              grid_samples, save_model, train)
+from harness.training import pictures as figures
+from harness.training.loop import (
+    Checkpoint,
+    Diverged,
+    SampleScorer,
+    TrainConfig,
+    TrainHooks,
+    TrainResult,
+    evaluate,
+    grid_samples,
+    save_model,
+    train,
+)
+from harness.training.packs import train_pack
 
 N_GRID_IMAGES = 32  # validation images in every reconstruction grid; samples use as many z
 StopAfter = Callable[[int, dict[str, float]], bool]  # (round from 1, metrics) -> stop now (pruned)

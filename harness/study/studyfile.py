@@ -19,15 +19,15 @@ from typing import Any, Mapping
 
 import optuna
 
-from harness.study.claims import Claim, check_params, parse_claims
-from harness.data.datasets import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.core.errors import UserError
-from harness.scoring.evaluation import ScoreSettings, score_settings
 from harness.core.keys import PRUNABLE_SCORE_OBJECTIVES, SCALES, SCORE_OBJECTIVES
-from harness.family.registry import NAME, get_family
-from harness.study.samplers import make_pruner, make_sampler
-from harness.family.space import ChoiceParam, FixedParam, Param, describe
+from harness.data.datasets import did_you_mean, get_dataset, infer_dataset, resolve_options
 from harness.family.fast_path import Speed, speed_settings
+from harness.family.registry import NAME, get_family
+from harness.family.space import ChoiceParam, FixedParam, Param, describe
+from harness.scoring.evaluation import ScoreSettings, score_settings
+from harness.study.claims import Claim, check_params, parse_claims
+from harness.study.samplers import make_pruner, make_sampler
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 

@@ -22,19 +22,18 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from harness.training import pictures as figures
-
 from harness.core import keys
 from harness.core.cache import UNREADABLE
 from harness.core.errors import redact, warn
 from harness.core.keys import Attr, Tag
+from harness.family.fast_path import FastPath
+from harness.family.registry import get_family
 from harness.scoring.pixel_mmd import PIXEL_MMD_PROTOCOL
 from harness.search.outcome import FailureKind, State, TrialOutcome
-from harness.tracking.provenance import provenance_params
-from harness.family.registry import get_family
 from harness.search.session import Session
-from harness.family.fast_path import FastPath
 from harness.tracking.client import Tracker
+from harness.tracking.provenance import provenance_params
+from harness.training import pictures as figures
 from harness.training.loop import Checkpoint
 
 CHECKPOINT = "checkpoint/last.pt"  # a run's latest checkpoint artifact, replaced every checkpoint_every rounds

@@ -27,14 +27,14 @@ from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
 
 from harness.core.cache import UNREADABLE
-from harness.data.datasets import ImageSplits, from_model_range, load_dataset, to_model_range
 from harness.core.errors import UserError, redact
-from harness.training.pictures import image_grid, save_png
-from harness.family.generate import GRID_SEED, fixed_z
-from harness.scoring.pixel_mmd import gaussian_kl
-from harness.family.registry import Family, get_family
 from harness.core.storage import Storage
+from harness.data.datasets import ImageSplits, from_model_range, load_dataset, to_model_range
+from harness.family.generate import GRID_SEED, fixed_z
+from harness.family.registry import Family, get_family
+from harness.scoring.pixel_mmd import gaussian_kl
 from harness.training.loop import load_model
+from harness.training.pictures import image_grid, save_png
 
 STEPS = 8
 ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # beside the pictures: why there is no arithmetic one (the report reads it)

@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 
 from harness.core import keys
 from harness.data.datasets import ImageSplits, to_model_range
+from harness.family.fast_path import PLAIN, FastPath
 from harness.family.generate import GRID_SEED, fixed_samples
+from harness.family.registry import Family, get_family
 from harness.scoring.pixel_mmd import median_bandwidth, pixel_mmd
 from harness.training.phases import OFF, Profiler
-from harness.family.registry import Family, get_family
-from harness.family.fast_path import PLAIN, FastPath
 
 RoundCallback = Callable[[int, dict[str, float], nn.Module], bool]  # (round from 1, metrics, model) -> stop now (pruned)
 RoundScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each round

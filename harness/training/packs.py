@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data.datasets import ImageSplits, to_model_range
+from harness.family.fast_path import FastPath
 from harness.family.fused import Stack, template_of
 from harness.family.registry import Family
-from harness.family.fast_path import FastPath
 from harness.training.loop import CHECK_EVERY, Diverged, LossTally, TrainConfig, TrainHooks, TrainResult, TrialRun
 
 PackKey = tuple[Any, ...]
