@@ -25,6 +25,7 @@ from harness.family.adversarial import (
     init_normal,
     make_adam_pair,
 )
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath
 from harness.family.space import IntParam
 
@@ -94,5 +95,12 @@ def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: Fas
     return make_adam_pair(model, params, fast)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath,
+               progress: float) -> dict[str, Tensor]:
     return adversarial_step(model, x, optimizers, params, fast, bce_d_loss, bce_g_loss)
+
+
+FAMILY = Family(
+    name="dcgan", kind="adversarial", help="DCGAN (Radford et al.): strided convs, BN, ReLU/LeakyReLU, tanh, N(0, 0.02), beta1 0.5",
+    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
+    build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

@@ -23,6 +23,7 @@ from harness.family.adversarial import (
     bce_g_loss,
     make_adam_pair,
 )
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath
 from harness.family.fused import Fused
 from harness.family.space import FloatParam
@@ -64,5 +65,12 @@ def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: Fas
     return make_adam_pair(model, params, fast)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath,
+               progress: float) -> dict[str, Tensor]:
     return adversarial_step(model, x, optimizers, params, fast, bce_d_loss, bce_g_loss)
+
+
+FAMILY = Family(
+    name="gan", kind="adversarial", help="the reports' first GAN: VAE decoder as G, VAE encoder + logit as D, BCE with D loss x factor",
+    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="g", fused=FUSED,
+    build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

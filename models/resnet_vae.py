@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
+from harness.family.contract import Family
 from harness.family.fused import Fused
 from harness.family.space import ChoiceParam, IntParam
 from models import vae
@@ -115,3 +116,9 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> vae.VAE:
 make_optimizers, train_step, eval_step = vae.make_optimizers, vae.train_step, vae.eval_step
 # The conv VAE's fused step and scalars (it has no dropout); width and latent size are the pack's.
 FUSED = Fused(vae.FUSED.scalars - {"dropout"}, vae.FUSED.step)
+
+
+FAMILY = Family(
+    name="resnet_vae", kind="autoencoder", help="ResNet18-style encoder and mirrored decoder, MSE + w*KL (report 004)",
+    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
+    build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath, at_least_fp32
 from harness.family.fused import Fused, Stack, per_member, zero_grads
 from harness.family.space import FloatParam, IntParam
@@ -152,13 +153,13 @@ def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:
     return VAE(Encoder(cfg), Decoder(cfg), cfg.latent_dim)
 
 
-def kl_weight_now(params: Mapping[str, Any]) -> float:
-    """The warm-up: the KL weight now (the training loop puts `progress`, the fraction of the budget
-    done, in params; without it, as in evaluation, the full weight)."""
+def kl_weight_now(params: Mapping[str, Any], progress: float = 1.0) -> float:
+    """The warm-up: the KL weight after `progress`, the fraction of the step budget done (the full
+    weight once the warm-up's fraction is done, and in evaluation)."""
     warmup = float(params.get("kl_warmup", 0.0))
     if warmup <= 0:
         return params["kl_weight"]
-    return params["kl_weight"] * min(1.0, params.get("progress", warmup) / warmup)
+    return params["kl_weight"] * min(1.0, progress / warmup)
 
 
 def make_optimizers(model: VAE, params: Mapping[str, Any], fast: FastPath) -> dict[str, torch.optim.Optimizer]:
@@ -166,12 +167,12 @@ def make_optimizers(model: VAE, params: Mapping[str, Any], fast: FastPath) -> di
 
 
 def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optimizer],
-               params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+               params: Mapping[str, Any], fast: FastPath, progress: float) -> dict[str, Tensor]:
     with fast.forward():  # bf16 autocast when the fast path says so; the losses in fp32
         recon, mu, logvar = model(x)
         recon_mse = F.mse_loss(at_least_fp32(recon), x)
         kl = kl_divergence(at_least_fp32(mu), at_least_fp32(logvar))
-    weight = kl_weight_now(params)
+    weight = kl_weight_now(params, progress)
     loss = recon_mse + weight * kl
     opt = optimizers["vae"]
     opt.zero_grad(set_to_none=True)
@@ -182,9 +183,10 @@ def train_step(model: VAE, x: Tensor, optimizers: Mapping[str, torch.optim.Optim
 
 
 def fused_train_step(stack: Stack, x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
-                     optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
-    """train_step of every member of a pack at once: x (P, B, C, S, S), noise (P, B, Z)."""
-    weights = stack.scalar([kl_weight_now(p) for p in params])  # (P,)
+                     optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath,
+                     progress: list[float]) -> list[dict[str, Tensor]]:
+    """train_step of every member of a pack at once: x (P, B, C, S, S), noise (P, B, Z), progress (P,)."""
+    weights = stack.scalar([kl_weight_now(p, done) for p, done in zip(params, progress)])  # (P,)
     with fast.forward():
         recon, mu, logvar = stack("", x, noise)  # (P, B, C, S, S), (P, B, Z), (P, B, Z)
         recon_mse = (at_least_fp32(recon) - x).pow(2).flatten(1).mean(dim=1)  # (P,)
@@ -212,3 +214,9 @@ def eval_step(model: VAE, x: Tensor, params: Mapping[str, Any]) -> dict[str, Ten
     recon_mse = F.mse_loss(model.decoder(mu), x)
     kl = kl_divergence(mu, logvar)
     return {"loss": recon_mse + params["kl_weight"] * kl, "recon_mse": recon_mse, "kl": kl}
+
+
+FAMILY = Family(
+    name="vae", kind="autoencoder", help="conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL",
+    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
+    build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

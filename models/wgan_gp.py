@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from harness.family.adversarial import AdversarialPair, adversarial_space, adversarial_step, init_normal, make_adam_pair
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath
 from harness.family.generate import GRID_SEED, fixed_z
 from harness.family.space import FloatParam, IntParam
@@ -69,7 +70,8 @@ def make_optimizers(model: AdversarialPair, params: Mapping[str, Any], fast: Fas
     return make_adam_pair(model, params, fast, beta2=0.9)
 
 
-def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath) -> dict[str, Tensor]:
+def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[str, Any], fast: FastPath,
+               progress: float) -> dict[str, Tensor]:
     return adversarial_step(model, x, optimizers, params, fast, critic_loss, generator_loss)
 
 
@@ -80,3 +82,9 @@ def eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> d
     real_score, fake_score = model.discriminator(x).mean(), model.discriminator(fake).mean()
     return {"d_loss": fake_score - real_score, "g_loss": -fake_score, "d_real": real_score, "d_fake": fake_score,
             "wasserstein": real_score - fake_score}
+
+
+FAMILY = Family(
+    name="wgan_gp", kind="adversarial", help="WGAN-GP: BatchNorm-free critic, Wasserstein loss + gradient penalty, n_critic",
+    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
+    build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

@@ -36,7 +36,7 @@ def test_build_train_and_sample(name, size, channels):
     optimizers = family.make_optimizers(model, params, PLAIN)
     before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     x = to_model_range(torch.randint(0, 256, (4, channels, size, size), dtype=torch.uint8), family.output_range)
-    outputs = [family.train_step(model, x, optimizers, params, PLAIN) for _ in range(2)]  # adversarial: a D then a G step
+    outputs = [family.train_step(model, x, optimizers, params, PLAIN, 0.0) for _ in range(2)]  # adversarial: a D then a G step
     assert all(torch.isfinite(v).all() for out in outputs for v in out.values())
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
     expected = {"generator", "discriminator"} if family.kind == "adversarial" else {"encoder", "decoder"}
@@ -107,7 +107,7 @@ def test_wgan_gp_critic_has_no_batchnorm_and_the_papers_adam():
     optimizers = family.make_optimizers(model, params_for("wgan_gp"), PLAIN)
     assert optimizers["d"].param_groups[0]["betas"] == (0.0, 0.9) and optimizers["d"].param_groups[0]["lr"] == 1e-4
     assert family.space["d_steps"].default == 5 and family.space["gp_weight"].default == 10.0
-    out = family.train_step(model, torch.rand(4, 1, 32, 32) * 2 - 1, optimizers, params_for("wgan_gp"), PLAIN)
+    out = family.train_step(model, torch.rand(4, 1, 32, 32) * 2 - 1, optimizers, params_for("wgan_gp"), PLAIN, 0.0)
     assert "gp" in out and out["gp"] >= 0
 
 
@@ -130,8 +130,8 @@ def test_resnet_vae_uses_resnet18_blocks():
 def test_kl_warm_up_is_a_fraction_of_the_budget_grows_linearly_and_is_logged():
     from models.vae import kl_weight_now
     params = {"kl_weight": 0.01, "kl_warmup": 0.4}
-    assert [kl_weight_now({**params, "progress": p}) for p in (0.1, 0.2, 0.4, 0.9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
-    assert kl_weight_now({"kl_weight": 0.01, "kl_warmup": 0.0, "progress": 0.0}) == 0.01
+    assert [kl_weight_now(params, p) for p in (0.1, 0.2, 0.4, 0.9)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+    assert kl_weight_now({"kl_weight": 0.01, "kl_warmup": 0.0}, 0.0) == 0.01
     assert kl_weight_now(params) == 0.01  # evaluation: no progress, the full weight
     from harness.data.datasets import load_dataset
     from harness.training.loop import TrainConfig, train

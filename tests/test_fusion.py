@@ -17,6 +17,7 @@ losses agree to 1e-3.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -311,9 +312,8 @@ def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, mo
             raise KeyboardInterrupt  # the first Ctrl-C, during the pack's training
         return vae.fused_train_step(*args)
 
-    register_family("packed", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
-                    make_optimizers=vae.make_optimizers, train_step=vae.train_step, eval_step=vae.eval_step,
-                    budget_optimizer="vae", fused=Fused(vae.FUSED.scalars, interrupted_step, vae.FUSED.switches))
+    register_family(dataclasses.replace(vae.FAMILY, name="packed",
+                                        fused=Fused(vae.FUSED.scalars, interrupted_step, vae.FUSED.switches)))
     second_ctrl_c_while_runs_close(monkeypatch)
     study = write_study(tmp_path, "twice", smoke_study_of("packed", "twice"))
     assert main(["study", str(study), "--device", "cpu", "--pack", "2"]) == 130

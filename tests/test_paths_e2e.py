@@ -3,6 +3,7 @@ objectives, the extractor identity guard, and a checkpoint or model file that ca
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -77,9 +78,7 @@ def test_a_family_registered_from_outside_gets_its_tables_and_plots(runs_dir, tm
     """An adversarial family the harness has never heard of: its runs say what it is, and the report
     draws its losses and samples (and no reconstructions) from that alone."""
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
-    register_family("outsider_gan", kind="adversarial", space=gan.SPACE, metrics=gan.METRICS, build=gan.build,
-                    make_optimizers=gan.make_optimizers, train_step=gan.train_step, eval_step=gan.eval_step,
-                    reference=gan.REFERENCE)
+    register_family(dataclasses.replace(gan.FAMILY, name="outsider_gan"))
     path = write_study(tmp_path, "outsider", study_text("outsider", "outsider_gan", '"fd"', """
 [sampler]
 name = "grid"

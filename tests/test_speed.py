@@ -33,7 +33,7 @@ from harness.family import fast_path as speed
 from harness.family.registry import get_family
 from harness.study.studyfile import load_study
 from harness.training import phases
-from harness.training.loop import StepCounter, TrainConfig, TrainHooks, train, train_round
+from harness.training.loop import Learner, StepCounter, TrainConfig, TrainHooks, train, train_round
 
 LOSS_KEYS = {"vae": ["loss"], "resnet_vae": ["loss"], "gan": ["d_loss", "g_loss"], "dcgan": ["d_loss", "g_loss"],
              "wgan_gp": ["d_loss", "g_loss"]}
@@ -50,7 +50,7 @@ def data():
 def step_losses(family_name: str, fast: speed.FastPath, data, steps: int, batch_size: int = 16) -> list[dict[str, float]]:
     """The losses of the first `steps` training steps on fixed batches, from seed 0."""
     family = get_family(family_name)
-    params = {**family.defaults, "batch_size": batch_size, "progress": 0.0}
+    params = {**family.defaults, "batch_size": batch_size}
     torch.manual_seed(0)
     with fast.applied():
         model = fast.prepare(family.build(params, data.channels, data.image_size))
@@ -58,7 +58,7 @@ def step_losses(family_name: str, fast: speed.FastPath, data, steps: int, batch_
         losses = []
         for i in range(steps):
             x = fast.layout(to_model_range(data.train[i * batch_size:(i + 1) * batch_size], family.output_range))
-            out = family.train_step(model, x, optimizers, params, fast)
+            out = family.train_step(model, x, optimizers, params, fast, 0.0)
             losses.append({k: v.item() for k, v in out.items() if k in LOSS_KEYS[family_name]})
     return losses
 
@@ -204,7 +204,7 @@ def test_profiling_splits_a_round_into_phases(data):
         optimizers["vae"].step()  # inside profiling but outside a phase (say, an extractor's training): not counted
         counter = StepCounter(optimizers, "vae")
         steps = len(data.train) // 32 - 2
-        metrics = train_round(vae, model, optimizers, batches, counter, steps, steps, params, phases=profile)
+        metrics = train_round(Learner(vae, model, optimizers, counter, params), batches, steps, steps, phases=profile)
     assert counter.done == steps and metrics["train_loss"] > 0
     assert profile.calls["optimizer"] == steps and profile.calls["forward/backward"] == steps
     assert profile.calls["data"] == steps  # the round ends at its target: no batch drawn past it
@@ -300,9 +300,9 @@ def test_compiled_model_gives_the_eager_losses(data):
 
 
 def test_speed_keys_are_documented():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "harness" / "README.md").read_text()  # its section "Speed: the fast path and `make bench`"
     for key in speed.CHOICES:
-        assert f"`{key}`" in readme, f"README.md does not document [speed] {key}"
+        assert f"`{key}`" in readme, f"harness/README.md does not document [speed] {key}"
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
 """The smoke study end to end in a temporary RUNS_DIR: Optuna trials, MLflow runs, artifacts, re-runs."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -179,12 +180,10 @@ def test_a_changed_definition_is_refused_and_nothing_is_lost(smoke_runs, monkeyp
 def test_failing_trials_are_recorded_and_the_study_goes_on(runs_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
-    def exploding_step(model, x, optimizers, params, fast):
+    def exploding_step(model, x, optimizers, params, fast, progress):
         raise RuntimeError("boom")
 
-    register_family("exploding", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
-                    make_optimizers=vae.make_optimizers, train_step=exploding_step, eval_step=vae.eval_step,
-                    budget_optimizer="vae")
+    register_family(dataclasses.replace(vae.FAMILY, name="exploding", train_step=exploding_step))
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "explode"')
     text = text.replace('families = ["vae"]', 'families = ["exploding"]').replace("[space.vae]", "[space.exploding]")
     assert main(["study", str(write_study(tmp_path, "explode", text))]) == 1
@@ -275,15 +274,13 @@ def test_a_second_ctrl_c_while_runs_close_leaves_nothing_running(runs_dir, tmp_p
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
     steps = []
 
-    def interrupted_step(model, x, optimizers, params, fast):
+    def interrupted_step(model, x, optimizers, params, fast, progress):
         steps.append(1)
         if len(steps) == 3:
             raise KeyboardInterrupt  # the first Ctrl-C, during training
-        return vae.train_step(model, x, optimizers, params, fast)
+        return vae.train_step(model, x, optimizers, params, fast, progress)
 
-    register_family("interrupted", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build,
-                    make_optimizers=vae.make_optimizers, train_step=interrupted_step, eval_step=vae.eval_step,
-                    budget_optimizer="vae")
+    register_family(dataclasses.replace(vae.FAMILY, name="interrupted", train_step=interrupted_step))
     second_ctrl_c_while_runs_close(monkeypatch)
     assert main(["study", str(write_study(tmp_path, "twice", smoke_study_of("interrupted", "twice")))]) == 130
     assert "still closing the interrupted runs" in capsys.readouterr().err

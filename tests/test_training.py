@@ -74,8 +74,8 @@ def test_on_round_can_stop_training(data):
 def test_a_non_finite_loss_stops_the_trial(data):
     vae = get_family("vae")
 
-    def nan_step(model, x, optimizers, params, fast):
-        return {**vae.train_step(model, x, optimizers, params, fast), "loss": torch.tensor(math.nan)}
+    def nan_step(model, x, optimizers, params, fast, progress):
+        return {**vae.train_step(model, x, optimizers, params, fast, progress), "loss": torch.tensor(math.nan)}
 
     broken = dataclasses.replace(vae, name="broken", train_step=nan_step)
     with pytest.raises(Diverged, match="step 7: train_loss became nan") as caught:
@@ -88,9 +88,9 @@ def test_a_finite_loss_past_the_bound_stops_the_trial_and_one_below_does_not(dat
     vae = get_family("vae")
 
     def blowing_up(value, from_progress):
-        def step(model, x, optimizers, params, fast):
-            out = vae.train_step(model, x, optimizers, params, fast)
-            return {**out, "loss": torch.tensor(value)} if params["progress"] >= from_progress else out
+        def step(model, x, optimizers, params, fast, progress):
+            out = vae.train_step(model, x, optimizers, params, fast, progress)
+            return {**out, "loss": torch.tensor(value)} if progress >= from_progress else out
         return dataclasses.replace(vae, name="blowing_up", train_step=step)
 
     with pytest.raises(Diverged, match=r"step 20: train_loss reached 2e\+14, past the divergence bound 1e\+06") as caught:
@@ -105,7 +105,7 @@ def test_a_finite_loss_past_the_bound_stops_the_trial_and_one_below_does_not(dat
 def test_a_step_that_never_moves_the_budget_optimizer_is_an_error_not_a_hang(data, monkeypatch):
     from harness.training import loop as training
     monkeypatch.setattr(training, "STALL_BATCHES", 30)
-    idle = dataclasses.replace(get_family("vae"), name="idle", train_step=lambda model, x, optimizers, params, fast: {})
+    idle = dataclasses.replace(get_family("vae"), name="idle", train_step=lambda model, x, optimizers, params, fast, progress: {})
     with pytest.raises(RuntimeError, match="30 batches without a step of its budget optimizer 'vae'"):
         train(idle, PARAMS, data, TrainConfig(steps=5, seed=0))
 

@@ -1,5 +1,6 @@
 """The model zoo in studies: blow-ups end one trial, not the study; every family in one comparison."""
 
+import dataclasses
 import math
 import re
 
@@ -56,12 +57,11 @@ batch_size = 64
 def test_the_last_good_sample_grid_is_kept(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
-    def late_blow_up(model, x, optimizers, params, fast):
-        out = vae.train_step(model, x, optimizers, params, fast)
-        return out if params["progress"] < 0.5 else {**out, "loss": torch.tensor(math.inf)}
+    def late_blow_up(model, x, optimizers, params, fast, progress):
+        out = vae.train_step(model, x, optimizers, params, fast, progress)
+        return out if progress < 0.5 else {**out, "loss": torch.tensor(math.inf)}
 
-    register_family("late", kind="autoencoder", space=vae.SPACE, metrics=vae.METRICS, build=vae.build, make_optimizers=vae.make_optimizers,
-                    train_step=late_blow_up, eval_step=vae.eval_step, budget_optimizer="vae")
+    register_family(dataclasses.replace(vae.FAMILY, name="late", train_step=late_blow_up))
     text = (REPO / "studies" / "smoke.toml").read_text().replace('name = "smoke"', 'name = "late"')
     text = text.replace('families = ["vae"]', 'families = ["late"]').replace("[space.vae]", "[space.late]")
     text = text.replace("rounds = 2", "rounds = 4").replace("kl_weight = [1e-3, 1e-2]", "kl_weight = [1e-3]")
@@ -142,9 +142,7 @@ def test_a_forced_collapse_is_tagged_and_never_reported_best(runs_dir, tmp_path,
         discriminator = gan.Discriminator(vae.VAEConfig(image_size, channels, latent, 0.0))
         return AdversarialPair(OneFace(face.clone()), discriminator, latent, params)
 
-    register_family("one_face", kind="adversarial", space=gan.SPACE, metrics=gan.METRICS, build=build,
-                    make_optimizers=gan.make_optimizers, train_step=gan.train_step, eval_step=gan.eval_step,
-                    reference=gan.REFERENCE)
+    register_family(dataclasses.replace(gan.FAMILY, name="one_face", build=build))
     path = write_study(tmp_path, "collapse", """
 name = "collapse"
 version = 1

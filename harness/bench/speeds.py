@@ -56,11 +56,12 @@ from harness.bench.workload import bench_workload, workload_lines
 from harness.core.storage import Storage
 from harness.data.datasets import ImageSplits, load_dataset, to_model_range
 from harness.family import fast_path as speed
+from harness.family.contract import Family
 from harness.family.fused import template_of
-from harness.family.registry import Family, family_names, get_family
+from harness.family.registry import family_names, get_family
 from harness.study.studyfile import load_study
 from harness.training import phases
-from harness.training.loop import StepCounter, TrainConfig, TrainHooks, train_round
+from harness.training.loop import Learner, StepCounter, TrainConfig, TrainHooks, train_round
 from harness.training.packs import fused_batch, new_member, pack_fast
 
 OVERHEAD_PHASES = ("tracking", "optuna", "progress bar", "checkpoint")  # what a plain loop does not do
@@ -160,8 +161,8 @@ def fast_path_runner(family: Family, params: Mapping[str, Any], data: ImageSplit
     def run_steps(n: int) -> float:
         start = time.perf_counter()
         with fast.applied():  # train_round reads its sums from the device at the end: synchronised
-            train_round(family, model, optimizers, itertools.islice(batches, n), counter, sys.maxsize, sys.maxsize,
-                        dict(params), fast)
+            train_round(Learner(family, model, optimizers, counter, params), itertools.islice(batches, n),
+                        sys.maxsize, sys.maxsize, fast)
         return time.perf_counter() - start
 
     return run_steps
@@ -178,7 +179,7 @@ def plain_steps(family: Family, model: nn.Module, optimizers: Mapping[str, torch
     """The reports' loop: each batch copied to the device, one step, every loss read (`.item()`) at once."""
     totals: dict[str, float] = {}
     for x in batches:
-        for key, value in family.train_step(model, x.to(device), optimizers, params, speed.PLAIN).items():
+        for key, value in family.train_step(model, x.to(device), optimizers, params, speed.PLAIN, 0.0).items():
             totals[key] = totals.get(key, 0.0) + value.item()
     return totals
 

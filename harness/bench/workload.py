@@ -35,7 +35,8 @@ from torchvision.models import inception_v3
 
 from harness.data.datasets import load_dataset
 from harness.family import fast_path as speed
-from harness.family.registry import Family, get_family
+from harness.family.contract import Family
+from harness.family.registry import get_family
 from harness.family.space import reference_point, suggest
 from harness.scoring.panel import SET_COUNT
 from harness.scoring.real_images import GPU_N
@@ -75,7 +76,7 @@ def count_step(family: Family, params: Mapping[str, Any], channels: int, size: i
     calls = 0
     with FlopCount() as flops:
         while counter.done == 0:  # a GAN's discriminator turns first, then the generator's step
-            family.train_step(model, x, optimizers, params, speed.PLAIN)
+            family.train_step(model, x, optimizers, params, speed.PLAIN, 0.0)
             calls += 1
     return flops.total, calls
 

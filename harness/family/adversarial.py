@@ -171,9 +171,10 @@ BCE_METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}  
 
 
 def fused_bce_step(stack: Stack, x: Tensor, noise: Tensor, params: list[Mapping[str, Any]],
-                   optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath) -> list[dict[str, Tensor]]:
+                   optimizers: list[Mapping[str, torch.optim.Optimizer]], fast: FastPath,
+                   progress: list[float]) -> list[dict[str, Tensor]]:
     """adversarial_step with the BCE losses for every member of a pack at once: x (P, B, C, S, S),
-    noise (P, B, Z). Each member takes the step its own schedule says (its D:G ratio is a per-member
+    noise (P, B, Z) (no schedule reads `progress`). Each member takes the step its own schedule says (its D:G ratio is a per-member
     mask). Alone, a D step runs D on the real batch and on the fakes, a G step on the fakes only; so
     D's pass over the real batch runs when some member takes a D step, and the members taking a G
     step get their D BatchNorm statistics back afterwards. One pass of D over the fakes then serves

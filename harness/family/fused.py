@@ -14,10 +14,10 @@ A family declares `FUSED = Fused(scalars=..., step=..., switches=...)` (or `FUSE
            other parameter (latent size, width, batch size) must be equal in a pack
   switches those scalars whose zero builds other modules (a dropout rate of 0 builds no Dropout):
            members agree on which of them are zero
-  step     step(stack, x, noise, params, optimizers, fast) -> one output dict per member (the
-           members' models are stack.models):
-           one update of every member on its own batch x[p] (P, B, C, H, W) and noise[p] (P, B, Z),
-           the noise its train_step draws from the global generator when trained alone
+  step     step(stack, x, noise, params, optimizers, fast, progress) -> one output dict per member
+           (the members' models are stack.models): one update of every member on its own batch
+           x[p] (P, B, C, H, W) and noise[p] (P, B, Z), the noise its train_step draws from the
+           global generator when trained alone; progress[p] is what its train_step would get
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from harness.core.cache import key_of, load_or_build, sha256_tensor
 from harness.core.errors import UserError, warn
 from harness.core.progress import Phase
 from harness.data.datasets import ImageSplits, did_you_mean, to_model_range
+from harness.family.contract import Family
 from harness.family.generate import GRID_SEED, fixed_samples
-from harness.family.registry import Family
 from harness.scoring.extractors import Extractor, extractor_names
 from harness.scoring.pixel_mmd import gaussian_kl
 from harness.scoring.real_images import GPU_N, TARGET_N, ScoreData

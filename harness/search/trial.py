@@ -22,8 +22,9 @@ import torch
 from harness.core import keys
 from harness.core.errors import defer_interrupts
 from harness.data.datasets import from_model_range, to_model_range
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath
-from harness.family.registry import Family, get_family
+from harness.family.registry import get_family
 from harness.scoring.evaluation import reconstruction_scores
 from harness.scoring.flags import excludes, judge
 from harness.search.outcome import Failure, FailureKind, State, TrialOutcome

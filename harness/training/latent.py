@@ -30,8 +30,9 @@ from harness.core.cache import UNREADABLE
 from harness.core.errors import UserError, redact
 from harness.core.storage import Storage
 from harness.data.datasets import ImageSplits, from_model_range, load_dataset, to_model_range
+from harness.family.contract import Family
 from harness.family.generate import GRID_SEED, fixed_z
-from harness.family.registry import Family, get_family
+from harness.family.registry import get_family
 from harness.scoring.pixel_mmd import gaussian_kl
 from harness.training.loop import load_model
 from harness.training.pictures import image_grid, save_png

@@ -38,15 +38,16 @@ from tqdm.auto import tqdm
 
 from harness.core import keys
 from harness.data.datasets import ImageSplits, to_model_range
+from harness.family.contract import Family
 from harness.family.fast_path import PLAIN, FastPath
 from harness.family.generate import GRID_SEED, fixed_samples
-from harness.family.registry import Family, get_family
+from harness.family.registry import get_family
 from harness.scoring.pixel_mmd import median_bandwidth, pixel_mmd
 from harness.training.phases import OFF, Profiler
 
 RoundCallback = Callable[[int, dict[str, float], nn.Module], bool]  # (round from 1, metrics, model) -> stop now (pruned)
 RoundScorer = Callable[[Family, nn.Module], dict[str, float]]  # sample scores after each round
-Checkpoint = dict[str, Any]  # see `_state`: model, optimizers, rng, round, steps, stream, history, curve, best
+Checkpoint = dict[str, Any]  # see TrialRun.checkpoint: model, optimizers, rng, round, steps, stream, history, curve, best
 CurvePoint = dict[str, float]  # {keys.STEPS: judged step, per_step/train_<loss>: mean since the previous point}
 CHECK_EVERY = 25  # steps between reads of the "all losses finite" flag
 STALL_BATCHES = 1_000_000  # batches without a step of the budget optimizer: a family's bug (the threshold
@@ -257,7 +258,6 @@ class TrialRun:
             self.wall = self.result.history[-1][keys.WALL_SECONDS] if self.result.history else 0.0
         self.counter = StepCounter(self.optimizers, family.budget_optimizer, counts)
         self.stream = BatchStream(data, int(params["batch_size"]), order, position)
-        self.step_params = dict(params)  # + progress: the fraction of the budget done, for schedules (KL warm-up)
         self.steps_before, self.images_before = 0, 0
 
     def begin_round(self) -> None:
@@ -304,10 +304,23 @@ class TrialRun:
         if self.hooks.save_checkpoint is not None and config.checkpoint_every and round_ % config.checkpoint_every == 0 \
                 and round_ < config.rounds:
             with phases.phase("checkpoint"):
-                self.hooks.save_checkpoint(_state(self.model, self.optimizers, round_, counter, stream,
-                                                  self.result.history, self.result.curve, self.best, data.device,
-                                                  self.rng))
+                self.hooks.save_checkpoint(self.checkpoint(round_))
         return False
+
+    def checkpoint(self, round_: int) -> Checkpoint:
+        """A snapshot after `round_`: copies, since state_dict() hands out the live tensors the next
+        steps change in place. The random state is the global generators' or, for a member of a fused
+        pack, its own `rng`'s."""
+        return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
+                                        for k, v in self.model.state_dict().items()}),
+                "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in self.optimizers.items()},
+                "rng": _rng_state(self.data.device, self.rng),
+                "round": round_, "steps": dict(self.counter.counts), "stream": self.stream.position(),
+                "history": list(self.result.history), "curve": list(self.result.curve), "best": self.best}
+
+    @property
+    def learner(self) -> Learner:
+        return Learner(self.family, self.model, self.optimizers, self.counter, self.params)
 
 
 def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: TrainConfig,
@@ -324,8 +337,8 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
             t0 = time.perf_counter()
             run.begin_round()
             tally = run.new_tally()
-            metrics = train_round(family, run.model, run.optimizers, run.stream, run.counter, config.target(round_),
-                                  config.steps, run.step_params, fast, phases, run.result.history, tally)
+            metrics = train_round(run.learner, run.stream, config.target(round_), config.steps, fast, phases,
+                                  run.result.history, tally)
             with phases.phase("loss bookkeeping"):
                 curve = tally.curve()
             stop = run.end_round(round_, metrics, time.perf_counter() - t0, t0, curve)
@@ -397,21 +410,32 @@ class LossTally:
         return metrics
 
 
-def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                batches: Iterable[Tensor], counter: StepCounter, target: int, budget: int, params: dict[str, Any],
-                fast: FastPath = PLAIN, phases: Profiler = OFF,
-                history: Sequence[dict[str, float]] = (), tally: LossTally | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class Learner:
+    """What train_step changes and reads: a family's model, its optimizers, their step counts and
+    the hyperparameters."""
+
+    family: Family
+    model: nn.Module
+    optimizers: Mapping[str, torch.optim.Optimizer]
+    counter: StepCounter
+    params: Mapping[str, Any]
+
+
+def train_round(learner: Learner, batches: Iterable[Tensor], target: int, budget: int, fast: FastPath = PLAIN,
+                phases: Profiler = OFF, history: Sequence[dict[str, float]] = (),
+                tally: LossTally | None = None) -> dict[str, float]:
     """train_step on batches until the judged network has taken `target` steps: the image-weighted
-    mean of every output as train_<key> (read from the device once, at the end). `params` gets
-    `progress`, the fraction of `budget` done, before each step. Diverged carries `history`.
+    mean of every output as train_<key> (read from the device once, at the end). Each step is told
+    its progress, the fraction of `budget` done before it. Diverged carries `history`.
     `tally`: one that keeps curve points (TrialRun.new_tally), read by its caller; None: a plain one."""
+    family, model, optimizers, counter, params = learner.family, learner.model, learner.optimizers, learner.counter, learner.params
     tally = LossTally(next(model.parameters()).device) if tally is None else tally
     inputs = phases.timed((fast.layout(to_model_range(x, family.output_range)) for x in batches), "data")
     stalled_since, done_before = 0, counter.done
     for step, x in enumerate(inputs, start=1):
-        params["progress"] = counter.done / budget
         with phases.phase("forward/backward"):  # the optimizer step inside is its own phase
-            out = family.train_step(model, x, optimizers, params, fast)
+            out = family.train_step(model, x, optimizers, params, fast, counter.done / budget)
         with phases.phase("loss bookkeeping"):
             tally.add(out, x.shape[0], counter.done)
             if step % CHECK_EVERY == 0:
@@ -425,19 +449,6 @@ def train_round(family: Family, model: nn.Module, optimizers: Mapping[str, torch
             stalled_since, done_before = step, counter.done
     with phases.phase("loss bookkeeping"):
         return tally.means(model, counter, history)
-
-
-def _state(model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], round_: int, counter: StepCounter,
-           stream: BatchStream, history: list[dict[str, float]], curve: list[CurvePoint], best: float | None,
-           device: torch.device, rng: torch.Generator | None = None) -> Checkpoint:
-    """A snapshot: copies, since state_dict() hands out the live tensors the next steps change in place.
-    The random state is the global generators' or, for a member of a fused pack, its own `rng`'s."""
-    return {"model": copy.deepcopy({k: v.detach().cpu() if isinstance(v, Tensor) else v
-                                    for k, v in model.state_dict().items()}),
-            "optimizers": {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()},
-            "rng": _rng_state(device, rng),
-            "round": round_, "steps": dict(counter.counts), "stream": stream.position(),
-            "history": list(history), "curve": list(curve), "best": best}
 
 
 def _rng_state(device: torch.device, rng: torch.Generator | None) -> dict[str, Tensor | None]:

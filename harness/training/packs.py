@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data.datasets import ImageSplits, to_model_range
+from harness.family.contract import Family
 from harness.family.fast_path import FastPath
 from harness.family.fused import Stack, template_of
-from harness.family.registry import Family
 from harness.training.loop import CHECK_EVERY, Diverged, LossTally, TrainConfig, TrainHooks, TrainResult, TrialRun
 
 PackKey = tuple[Any, ...]
@@ -166,10 +166,9 @@ def fused_batch(family: Family, template: torch.nn.Module,
     x = torch.stack([to_model_range(next(run.stream), family.output_range) for run in runs])  # (P, B, C, S, S)
     noise = torch.stack([torch.randn(x.shape[1], run.model.latent_dim, generator=run.rng, device=device)
                          for run in runs])  # (P, B, Z)
-    for run in runs:
-        run.step_params["progress"] = run.counter.done / run.config.steps
+    progress = [run.counter.done / run.config.steps for run in runs]
     stack = Stack(template, [run.model for run in runs])
-    outputs = family.fused.step(stack, x, noise, [run.step_params for run in runs],
-                                [run.optimizers for run in runs], fast)
+    outputs = family.fused.step(stack, x, noise, [run.params for run in runs], [run.optimizers for run in runs], fast,
+                                progress)
     stack.write_back()
     return outputs, x.shape[1]
