@@ -68,7 +68,7 @@ n = 300
 round_samples = 100
 final_samples = 100
 flags = "tag"  # a few steps learn nothing: tagged, still ranked
-panel = "warn"  # at n = 100 the panel fails (README): the paths are tested here, not the ranking
+panel = "warn"  # at n = 100 the panel fails (harness/README.md, the validation panel): the paths are tested here, not the ranking
 {body}
 """
 

@@ -46,7 +46,7 @@ batch_size = 64
 round_samples = 200
 final_samples = 300
 flags = "tag"                 # 14 steps learn nothing: tagged, still ranked, so the report has a best
-panel = "warn"                # domain-v5 fails the panel below n = 1,000 on synthfaces 32 (README): the report is tested
+panel = "warn"                # domain-v5 fails the panel below n = 1,000 on synthfaces 32 (harness/README.md): the report is tested
 
 [[claims]]
 says = "a higher KL weight lowers the KL"

@@ -161,7 +161,7 @@ lr_g = 1e-8   # the face stays the scored face
 [scores]
 round_samples = 200
 final_samples = 200
-panel = "warn"  # domain-v5 fails the panel at n = 200 (README); the flags are tested here
+panel = "warn"  # domain-v5 fails the panel at n = 200 (harness/README.md, the validation panel); the flags are tested here
 """)
     assert main(["study", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "family=one_face" in x)

@@ -205,7 +205,7 @@ def _inception(context: ExtractorContext) -> Extractor:
 # dataset. An octave finer than 32 pixels a face (a 64-pixel image's finest) is detail a 32-pixel
 # face has none of, and costs 32 / side as much: the panel sizes its damage relative to the face too,
 # and with equal costs a 64-pixel face blurred by 1.5 pixels outscored 8 faces repeated.
-# How the ratio was chosen: README, "The validation panel".
+# How the ratio was chosen: harness/README.md, "Sample-quality scores", "How the panel and the score were tuned".
 # The learned branch is v4's: training it on faces moved by a pixel or two (decoded unmoved) and
 # blur-pooling its strides made it tolerate moves, but on synthfaces it then scored two small black
 # rectangles per face 3 to 10 times worse than 8 faces repeated.
