@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from harness.core import keys
 
 PACKAGES = ("harness", "models")
 # Packages that train: what reads results (the report, keys, storage) must reach none of them.
@@ -161,3 +162,40 @@ def test_the_names_these_tests_check_are_real_modules():
             "harness.family.registry", "harness.search.runner", "harness.search.trial",
             "harness.training.loop", "harness.training.latent"} <= set(graph)
     assert {path for path in STORAGE_OWNER + KEYS_OWNER if not (REPO / path).exists()} == set()
+
+
+def recorded_names() -> dict[str, str]:
+    """value -> its declaration, for every name keys.py declares that no ordinary word could be
+    (it holds a '.' or '_'): tags, attributes, score params, artifacts."""
+    names = {}
+    for declared in (keys.Tag, keys.Attr, keys.ScoreParam, keys.StudyAttr, keys.Artifact):
+        for attr, value in vars(declared).items():
+            if attr.isupper() and isinstance(value, str) and re.search(r"[._]", value):
+                names[value] = f"keys.{declared.__name__}.{attr}"
+    return names
+
+
+def literal_names(source: str, names: dict[str, str]) -> list[str]:
+    """The string literals of `source` that spell a recorded name (alone, or as a pandas column of
+    runs_frame: params.<name>, tags.<name>) instead of taking it from keys.py."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            bare = re.sub(r"^(params|tags|metrics|attrs|user_attrs)\.", "", node.value)
+            if bare in names or bare.startswith(keys.ScoreParam.PREFIX):
+                found.append(f"line {node.lineno}: {node.value!r} (use {names.get(bare, 'keys.ScoreParam')})")
+    return found
+
+
+def test_the_guard_finds_recorded_names_spelled_out():
+    names = recorded_names()
+    source = 'a = run["score.extractor"]\nb = "samples.png"\nc = t.get("params.score.n")\nd = "family"\ne = keys.Artifact.SAMPLES\n'
+    assert sorted(hit.split(":")[0] for hit in literal_names(source, names)) == ["line 1", "line 2", "line 3"]
+
+
+def test_every_recorded_name_comes_from_keys():
+    names = recorded_names()
+    assert {"score.extractor", "samples.png", "genbench_identity", "arithmetic_absent.txt", "failure_reason"} <= set(names)
+    offenders = {name: literal_names(text, names) for name, text in sources(KEYS_OWNER).items()}
+    offenders.update({str(p.relative_to(REPO)): literal_names(p.read_text(), names) for p in (REPO / "models").glob("*.py")})
+    assert {name: hits for name, hits in offenders.items() if hits} == {}

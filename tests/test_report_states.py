@@ -18,16 +18,14 @@ from PIL import Image
 
 from conftest import mlflow_runs, share_caches, split_runs, write_study
 from harness.cli import main
-from harness.core import progress
+from harness.core import keys, progress
 from harness.core.keys import Tag
 from harness.core.progress import Phase
 from harness.core.storage import Storage
 from harness.data import synthfaces
-from harness.report import records
 from harness.scoring import extractors
 from harness.scoring import real_images as reference
 from harness.tracking.client import Tracker
-from harness.training import latent
 
 FINISHED = "finished_demo"
 TROUBLED = "troubled_demo"
@@ -93,7 +91,7 @@ def states(tmp_path_factory, shared_caches):
 def leave_a_trial_running(storage: Storage) -> None:
     """What `make study` leaves while its first trial trains: a RUNNING Optuna trial and MLflow runs."""
     study = optuna.create_study(study_name=RUNNING, storage=storage.optuna(), direction="minimize")
-    study.set_user_attr(records.IDENTITY_ATTR, {"dataset": "npz", "objectives": ["val_recon_mse"]})
+    study.set_user_attr(keys.StudyAttr.IDENTITY, {"dataset": "npz", "objectives": ["val_recon_mse"]})
     trial = study.ask()
     tracker = Tracker(storage, RUNNING)
     parent = tracker.start_run("running_demo-20250101-000000", {"dataset": "npz", "objective": "val_recon_mse"},
@@ -207,12 +205,11 @@ def test_unlabelled_data_says_why_latent_arithmetic_is_absent(states, reports):
     best_run = parents[0].data.tags[Tag.BEST_RUN]
     storage = Storage.from_env({"RUNS_DIR": str(runs)})
     names = {a.path for a in storage.mlflow().list_artifacts(best_run, "latent")}
-    assert f"latent/{records.ARITHMETIC_ABSENT}" in names and "latent/interpolation.png" in names
+    assert f"latent/{keys.Artifact.ARITHMETIC_ABSENT}" in names and "latent/interpolation.png" in names
     assert not [n for n in names if "arithmetic_" in n and n.endswith(".png")]
     sentence = "latent arithmetic needs attribute labels to pick its groups (neutral, happy); dataset npz has none"
     assert sentence in (out / f"{FINISHED}-v1" / "tables.md").read_text()
     assert sentence in (out / f"{FINISHED}-v1" / "index.html").read_text()
-    assert latent.ARITHMETIC_ABSENT == records.ARITHMETIC_ABSENT  # the writer and the reader agree on the file
 
 
 @pytest.mark.slow

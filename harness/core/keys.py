@@ -260,3 +260,56 @@ class Attr:
     REFERENCE_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs
     WORKER = "worker"  # {host, pid, start, trial}: the process running the trial (harness/search/workers.py)
     PACK = "fused_pack"  # [trial numbers] trained together as one fused pack (harness/training/packs.py)
+
+
+class ScoreParam:
+    """MLflow params that say how a run's scores were measured, written by the scoring protocol
+    (harness/scoring/evaluation.py) and read by the report: compare two scores only where these agree."""
+
+    PREFIX = "score."
+    EXTRACTOR = "score.extractor"  # the feature network's name (inception | domain)
+    EXTRACTOR_CHOICE = "score.extractor_choice"
+    EXTRACTOR_SHA256 = "score.extractor_sha256"  # its weights' sha256
+    EXTRACTOR_WEIGHTS = "score.extractor_weights"
+    EXTRACTOR_IDENTITY = "score.extractor_identity"
+    EXTRACTOR_QUALITY = "score.extractor_quality"
+    INPUT = "score.input"  # how images reach the extractor
+    REFERENCE_DATA = "score.reference_data"  # what the real images are
+    REFERENCE_IDENTITY = "score.reference_identity"
+    N = "score.n"  # samples in the final scores
+    SAMPLE_SIZE = "score.sample_size"
+    N_ROUND = "score.n_round"  # samples in each round's score
+    FLOOR_FD = "score.floor_fd"  # the FD of real images against the reference (the noise floor)
+    FLOOR_FD_BY_SCALE = "score.floor_fd_by_scale"  # JSON {scale: floor} for an extractor with feature blocks
+    Z_SEEDS = "score.z_seeds"
+    DTYPE = "score.dtype"
+    KID = "score.kid"
+    FD_INF = "score.fd_inf"
+    PRECISION_RECALL_K = "score.precision_recall_k"
+    FD_INF_FIT = "score.fd_inf_fit"  # make score only: the FD-against-1/N fit
+    IMAGES = "score.images"  # make score only: the scored file
+    PANEL = "score.panel"  # the validation panel's verdict (pass | warn | ...)
+
+
+class StudyAttr:
+    """Optuna study user attributes."""
+
+    IDENTITY = "genbench_identity"  # the study file's identity: a rerun with another definition is refused
+    EXTRACTOR = "genbench_extractor"  # the extractor the study's scores use, fixed at its first trial
+
+
+OPTUNA_FIXED_PARAMS = "fixed_params"  # Optuna's own system attribute on an enqueued trial (Study.enqueue_trial)
+
+
+class Artifact:
+    """File names of what a trial run logs: the trial writes them, the report and the latent tools read them."""
+
+    SAMPLES = "samples.png"
+    RECONSTRUCTIONS = "reconstructions.png"
+    LOSS_CURVES = "loss_curves.png"
+    MODEL = "model.pt"
+    MODEL_CONFIG = "model.json"  # the family, its parameters and the image shape: what load_model rebuilds from
+    ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # in latent/: why a run has no arithmetic picture
+
+
+GRID_ARTIFACTS = {"samples": Artifact.SAMPLES, "reconstructions": Artifact.RECONSTRUCTIONS}  # picture -> its artifact

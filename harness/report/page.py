@@ -22,8 +22,6 @@ from harness.report.strips import Strip, trial_strips
 from harness.report.tables import all_trials, best_per_family, markdown, protocol_line
 from harness.report.verdicts import Verdict, judge, recorded_claims
 
-GRIDS = {"samples": "samples.png", "reconstructions": "reconstructions.png"}  # plot -> the run's artifact
-
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
@@ -46,7 +44,7 @@ def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: P
         declared = (plots_of.get(row["trial"]) or "samples").split(",")  # runs from before the tag: samples
         folder = out / "grids" / row["family"]
         folder.mkdir(parents=True, exist_ok=True)
-        for plot, name in GRIDS.items():
+        for plot, name in keys.GRID_ARTIFACTS.items():
             if plot not in declared:
                 continue
             try:
@@ -114,7 +112,7 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
         paragraphs = [*paragraphs, "The seed reports' claims this study tests: " + "; ".join(
             f"{v.claim.says}: {v.verdict}" for v in verdicts) + " (the numbers and intervals: the claims table below)."]
     measured = protocol_line(record)
-    protocol = "; ".join(f"{k.removeprefix('score.')}: {v}" for k, v in record.protocol.items())
+    protocol = "; ".join(f"{k.removeprefix(keys.ScoreParam.PREFIX)}: {v}" for k, v in record.protocol.items())
     measured_md = f"_Measured with: {measured}._\n\n"
     strip_lines = "".join(f"- {s.label}: " + ", ".join(f"![{name}]({p.relative_to(out)})" for name, p in s.pictures.items())
                           + "\n" for s in strips)

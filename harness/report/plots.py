@@ -228,13 +228,13 @@ def plot_scales(record: StudyRecord, out: Path, most: int = 30) -> Path | None:
     ordered by the study's objective, under the real-vs-real floor at each scale: which scale a model gets wrong ("blurry at 32 px,
     right at 8 px"). None where the extractor has no scales (Inception)."""
     done = record.complete
-    extractor = record.protocol.get("score.extractor", "")
+    extractor = record.protocol.get(keys.ScoreParam.EXTRACTOR, "")
     whole = keys.score_key("fd", extractor) if extractor else ""
     prefix = f"metrics.{whole}{keys.SCALE_SEP}"
     columns = [c for c in done if whole and c.startswith(prefix) and done[c].notna().any()]
     if not columns or done.empty:
         return None
-    floor = json.loads(record.protocol.get("score.floor_fd_by_scale", "{}") or "{}")
+    floor = json.loads(record.protocol.get(keys.ScoreParam.FLOOR_FD_BY_SCALE, "{}") or "{}")
     columns.sort(key=lambda c: scale_order(c.removeprefix(prefix), list(floor)))
     scales = [c.removeprefix(prefix) for c in columns]
     best = done.sort_values(record.objective, ascending=record.minimize).head(most)

@@ -73,8 +73,6 @@ class StudyRecord:
 
 
 STATE_WORDS = {"COMPLETE": "complete", "RUNNING": "running", "WAITING": "waiting", "PRUNED": "pruned", "FAIL": "failed"}
-IDENTITY_ATTR = "genbench_identity"  # the study file's identity on the Optuna study (harness/search/runner.py writes it)
-ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # in a run's latent/: why it has no arithmetic picture (harness/training/latent.py)
 
 
 def select_studies(storage: Storage, names: list[str] | None = None) -> list[str]:
@@ -109,7 +107,7 @@ def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> 
     """One study's record. A study may have no MLflow runs (created, then stopped before its first trial)
     or no trials at all, and its trials may be running, failed or pruned: each still gets a record."""
     study = optuna.load_study(study_name=name, storage=rdb)
-    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
+    identity = study.user_attrs.get(keys.StudyAttr.IDENTITY) or {}
     runs = runs_frame(client, name)
     if runs.empty:
         runs = pd.DataFrame({"run_id": pd.Series(dtype=object), "start_time": pd.Series(dtype="datetime64[ns, UTC]")})
@@ -131,7 +129,7 @@ def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> 
     # A running trial has no duration yet: None, so the column is not a timedelta one until converted.
     table["duration_s"] = pd.to_timedelta(table["duration"]).dt.total_seconds()
     if not [o for o in objectives if o]:  # runs logged before the objective tag: resolve the study's names
-        extractor = parent.get("score.extractor", "")
+        extractor = parent.get(keys.ScoreParam.EXTRACTOR, "")
         study_objectives = parent.get("objective", "").split(",") if parent else identity.get("objectives", [])
         objectives = [keys.resolve_objective(o, extractor) if extractor else o for o in study_objectives if o]
     if not objectives:  # neither a parent run nor the study's identity: name the objectives by position
@@ -156,7 +154,7 @@ def _load(name: str, rdb: optuna.storages.BaseStorage, client: MlflowClient) -> 
         # A grid's points are categorical to Optuna and carry no log flag: a positive range over 20x is log too.
         swept[p] = swept[p] or bool((values > 0).all() and values.max() / values.min() > 20)
     protocol = {k.removeprefix("params."): str(table[k].dropna().iloc[0]) for k in table
-                if k.startswith("params.score.") and table[k].notna().any()}
+                if k.startswith(f"params.{keys.ScoreParam.PREFIX}") and table[k].notna().any()}
     confirm = children[confirm_flag == "true"].copy()
     for key in objectives:
         confirm[key] = _column(confirm, f"metrics.{key}").astype(float)
@@ -174,10 +172,10 @@ def latent_notes(record: StudyRecord, client: MlflowClient) -> list[str]:
             continue
         try:
             names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(best["run_id"], "latent")}
-            if ARITHMETIC_ABSENT not in names or "arithmetic_chosen.png" in names:  # none, or picked by hand since
+            if keys.Artifact.ARITHMETIC_ABSENT not in names or "arithmetic_chosen.png" in names:  # none, or picked by hand since
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                why = Path(client.download_artifacts(best["run_id"], f"latent/{ARITHMETIC_ABSENT}", tmp)).read_text().strip()
+                why = Path(client.download_artifacts(best["run_id"], f"latent/{keys.Artifact.ARITHMETIC_ABSENT}", tmp)).read_text().strip()
         except MlflowException as e:  # a run whose artifacts cannot be read: the rest of the report stands
             warn(f"{record.name}: the latent pictures of trial {int(best['number'])} cannot be listed "
                  f"({e.message.splitlines()[0][:120]})")

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from harness.core import keys
 from harness.core.canvas import GRID_PADDING, GRID_PER_ROW
 from harness.core.errors import warn
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 STRIP_WIDTH = 600  # px a strip aims at: the native grid row times the largest whole factor that fits
 SHOWN_STATES = ("COMPLETE", "PRUNED")  # trials that wrote their final grids (a pruned one: its last round's)
-GRIDS = {"samples": ("samples.png", GRID_PER_ROW), "reconstructions": ("reconstructions.png", 2 * GRID_PER_ROW)}
+GRID_COLUMNS = {"samples": GRID_PER_ROW, "reconstructions": 2 * GRID_PER_ROW}  # a grid's images per row, as drawn
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def trial_strips(record: "StudyRecord", client: MlflowClient, out: Path) -> list
         pictures: dict[str, Path] = {}
         try:
             logged = {a.path for a in client.list_artifacts(run_id)}
-            for name, (artifact, per_row) in GRIDS.items():
+            for name, artifact in keys.GRID_ARTIFACTS.items():
+                per_row = GRID_COLUMNS[name]
                 if artifact not in logged:
                     continue
                 with tempfile.TemporaryDirectory() as tmp:  # the whole grid is not kept: the best trials' are

@@ -52,13 +52,13 @@ def score_keys(record: StudyRecord) -> list[str]:
     validation metrics (KL, pixel MMD) and reconstruction on the test split (ELBO, PSNR, SSIM). Left
     out: per-round estimates (the round score, on fewer samples), training losses, cost (its own
     columns) and spreads (_std)."""
-    extractor = record.protocol.get("score.extractor", "")
+    extractor = record.protocol.get(keys.ScoreParam.EXTRACTOR, "")
     round_score = keys.round_score_key(extractor) if extractor else ""
     logged = [c.removeprefix("metrics.") for c in record.table if c.startswith("metrics.") and record.table[c].notna().any()]
     kept = [k for k in logged if k not in record.objectives and k != round_score and not k.endswith("_std")
             and not k.startswith(NOT_SCORES) and k not in keys.COST and not k.startswith(f"{keys.STEPS}_")]
 
-    declared = list(json.loads(record.protocol.get("score.floor_fd_by_scale", "{}") or "{}"))
+    declared = list(json.loads(record.protocol.get(keys.ScoreParam.FLOOR_FD_BY_SCALE, "{}") or "{}"))
 
     def order(key: str) -> tuple[int, int, int]:
         scale = keys.scale_of(key)
@@ -72,11 +72,11 @@ def score_keys(record: StudyRecord) -> list[str]:
 
 def protocol_line(record: StudyRecord) -> str:
     """How every number of the study's tables was measured, stated once above them."""
-    p = record.protocol
+    p, score = record.protocol, keys.ScoreParam
     parts = [f"budget {record.parent.get('steps', '?')} optimizer steps per trial"]
-    if p.get("score.extractor"):
-        parts.append(f"scores in {p['score.extractor']} features (weights sha256 {p.get('score.extractor_sha256', '?')[:12]})")
-    for field, text in (("score.sample_size", "{}"), ("score.reference_data", "reference: {}"), ("score.input", "input: {}")):
+    if p.get(score.EXTRACTOR):
+        parts.append(f"scores in {p[score.EXTRACTOR]} features (weights sha256 {p.get(score.EXTRACTOR_SHA256, '?')[:12]})")
+    for field, text in ((score.SAMPLE_SIZE, "{}"), (score.REFERENCE_DATA, "reference: {}"), (score.INPUT, "input: {}")):
         if p.get(field):
             parts.append(text.format(p[field]))
     parts.append(f"dataset {record.dataset}")
@@ -133,7 +133,8 @@ def all_trials(record: StudyRecord) -> pd.DataFrame:
 
 
 def protocol_id(protocol: dict[str, str]) -> str:
-    fields = ("score.extractor", "score.extractor_sha256", "score.n", "score.reference_identity", "score.input")
+    score = keys.ScoreParam
+    fields = (score.EXTRACTOR, score.EXTRACTOR_SHA256, score.N, score.REFERENCE_IDENTITY, score.INPUT)
     return hashlib.sha256(json.dumps({k: protocol.get(k) for k in fields}).encode()).hexdigest()[:8]
 
 

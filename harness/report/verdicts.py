@@ -78,7 +78,7 @@ def judge(record: "StudyRecord", claims: tuple[Claim, ...]) -> list[Verdict]:
 
 def _key(record: "StudyRecord", metric: str) -> str:
     """The metric as logged: fd -> fd_domain or fid, per the study's extractor."""
-    extractor = record.protocol.get("score.extractor", "")
+    extractor = record.protocol.get(keys.ScoreParam.EXTRACTOR, "")
     return keys.resolve_objective(metric, extractor) if extractor else metric
 
 

@@ -141,4 +141,4 @@ def score_files(source: str, dataset: str | None, options: Mapping[str, Any], im
     quality = quality_for(data, extractor, len(images), device, storage)
     scored = quality.score_images(images)
     return {"objective": keys.resolve_objective("fd", quality.extractor.name), "scores": scored.scores,
-            "protocol": {**quality.protocol(), "score.fd_inf_fit": scored.fd_inf_fit, "score.images": str(images_path)}}
+            "protocol": {**quality.protocol(), keys.ScoreParam.FD_INF_FIT: scored.fd_inf_fit, keys.ScoreParam.IMAGES: str(images_path)}}

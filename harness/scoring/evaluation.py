@@ -112,25 +112,25 @@ class SampleQuality:
     def protocol(self) -> dict[str, Any]:
         """How every score is measured: logged with each run, so reports compare like with like."""
         n, s = self.final_samples, self.settings
-        return {"score.extractor": self.extractor.name, "score.extractor_choice": self.reason,
-                "score.extractor_sha256": self.extractor.weights_sha256,
-                "score.extractor_weights": self.extractor.source,
-                "score.extractor_identity": json.dumps(self.extractor.identity, sort_keys=True),
-                "score.extractor_quality": json.dumps(self.extractor.quality, sort_keys=True),
-                "score.input": self.extractor.input_description,
-                "score.reference_data": self.data.how,
-                "score.reference_identity": json.dumps(self.data.identity, sort_keys=True),
-                "score.n": n, "score.sample_size": self.data.size_note(n),
-                "score.n_round": self.round_samples,
-                "score.floor_fd": round(self.floor(), 6),
-                **({"score.floor_fd_by_scale": json.dumps(self.floor_by_scale())} if self.extractor.blocks else {}),
-                "score.z_seeds": json.dumps({"grid": GRID_SEED, "round": ROUND_SEED, "final": FINAL_SEED}),
-                "score.dtype": "float32 features, float64 statistics",
-                "score.kid": f"cubic polynomial kernel, {s.kid_subsets} subsets of "
+        return {keys.ScoreParam.EXTRACTOR: self.extractor.name, keys.ScoreParam.EXTRACTOR_CHOICE: self.reason,
+                keys.ScoreParam.EXTRACTOR_SHA256: self.extractor.weights_sha256,
+                keys.ScoreParam.EXTRACTOR_WEIGHTS: self.extractor.source,
+                keys.ScoreParam.EXTRACTOR_IDENTITY: json.dumps(self.extractor.identity, sort_keys=True),
+                keys.ScoreParam.EXTRACTOR_QUALITY: json.dumps(self.extractor.quality, sort_keys=True),
+                keys.ScoreParam.INPUT: self.extractor.input_description,
+                keys.ScoreParam.REFERENCE_DATA: self.data.how,
+                keys.ScoreParam.REFERENCE_IDENTITY: json.dumps(self.data.identity, sort_keys=True),
+                keys.ScoreParam.N: n, keys.ScoreParam.SAMPLE_SIZE: self.data.size_note(n),
+                keys.ScoreParam.N_ROUND: self.round_samples,
+                keys.ScoreParam.FLOOR_FD: round(self.floor(), 6),
+                **({keys.ScoreParam.FLOOR_FD_BY_SCALE: json.dumps(self.floor_by_scale())} if self.extractor.blocks else {}),
+                keys.ScoreParam.Z_SEEDS: json.dumps({"grid": GRID_SEED, "round": ROUND_SEED, "final": FINAL_SEED}),
+                keys.ScoreParam.DTYPE: "float32 features, float64 statistics",
+                keys.ScoreParam.KID: f"cubic polynomial kernel, {s.kid_subsets} subsets of "
                              f"{min(s.kid_subset_size, n)} (asked {s.kid_subset_size}), seed {KID_SEED}",
-                "score.fd_inf": f"linear fit of FD against 1/N over N = {', '.join(map(str, fd_inf_sizes(n)))} "
+                keys.ScoreParam.FD_INF: f"linear fit of FD against 1/N over N = {', '.join(map(str, fd_inf_sizes(n)))} "
                                 f"generated images (seed {FD_INF_SEED}), reference fixed (Chong & Forsyth 2020)",
-                "score.precision_recall_k": s.pr_k}  # the k of density and coverage too (the name is older)
+                keys.ScoreParam.PRECISION_RECALL_K: s.pr_k}  # the k of density and coverage too (the name is older)
 
     def features(self, images: Tensor, phase: Phase | None = None) -> tuple[Tensor, Tensor | None]:
         parts = []

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import optuna
 
+from harness.core import keys
 from harness.core.errors import UserError, defer_interrupts, warn
 from harness.core.keys import Attr, Tag
 from harness.core.storage import Storage
 from harness.family.space import suggest
 from harness.scoring.flags import ranked_trials
 from harness.search.outcome import FailureKind, State
-from harness.search.runner import EXTRACTOR_ATTR, IDENTITY_ATTR, StudyResult, check_identity
+from harness.search.runner import StudyResult, check_identity
 from harness.search.session import inception_cross_check, open_session
 from harness.search.trial import TrialJob, TrialRunner
 from harness.study.studyfile import StudySpec
@@ -73,7 +74,7 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
         study = optuna.load_study(study_name=spec.study_name, storage=storage.optuna())
     except KeyError:
         raise UserError(f"no study {spec.study_name} under {storage.runs_dir}; run it first: make study STUDY={spec.name}") from None
-    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
+    check_identity(study, keys.StudyAttr.IDENTITY, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
     trials = best_trials(study, spec, top, families)
     seed_list = [spec.seed + 1 + i for i in range(seeds)]
     done_runs = runs_frame(storage.mlflow(), spec.study_name,
@@ -85,11 +86,11 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
                               "make report shows them")
     session = open_session(spec, storage, device, f"confirm {spec.study_name}: {len(trials)} configuration(s) x "
                                                   f"{seeds} seeds, {len(todo)} run(s) to train")
-    check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
+    check_identity(study, keys.StudyAttr.EXTRACTOR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
                    storage.storage_url)
     session.cross_check = inception_cross_check(session, inception, inception_samples)
     checked = {} if session.cross_check is None else {
-        f"cross_check.{k.removeprefix('score.')}": v for k, v in session.cross_check.protocol().items()}
+        f"cross_check.{k.removeprefix(keys.ScoreParam.PREFIX)}": v for k, v in session.cross_check.protocol().items()}
     publisher = Publisher(session, Tracker(storage, spec.study_name))
     parent_id = publisher.start_parent(f"{spec.name}-confirm", "confirm", {"confirm.seeds": ",".join(map(str, seed_list)),
                                                                            "confirm.top": top, **checked})

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.core import keys
 from harness.core.keys import Attr
 from harness.family.registry import get_family
 from harness.family.space import reference_point
@@ -101,7 +102,8 @@ def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTria
 
 def waiting_params(study: optuna.Study) -> list[dict[str, Any]]:
     """The parameters of queued trials: enqueued ones hold them as fixed_params, the heartbeat's retries as params."""
-    return [t.system_attrs.get("fixed_params") or t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    return [t.system_attrs.get(keys.OPTUNA_FIXED_PARAMS) or t.params
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
 
 
 def matches(point: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
@@ -114,7 +116,7 @@ def surplus(spec: StudySpec, study: optuna.Study, number: int) -> str:
     running trials (trial numbers are handed out in order, so the later one sees the earlier)."""
     trials = study.get_trials(deepcopy=False)
     me = next(t for t in trials if t.number == number)
-    queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs or me.params
+    queued = keys.OPTUNA_FIXED_PARAMS in me.system_attrs or "failed_trial" in me.system_attrs or me.params
     if spec.grid is not None:
         return "" if queued else "surplus: every grid point is done or running elsewhere"
     taken = [t for t in trials if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number <= number)]
@@ -130,11 +132,11 @@ def duplicate_of(study: optuna.Study, number: int) -> int | None:
     point up: a rerun or the heartbeat's retry takes it."""
     trials = study.get_trials(deepcopy=False)
     me = next(t for t in trials if t.number == number)
-    point = me.system_attrs.get("fixed_params")
+    point = me.system_attrs.get(keys.OPTUNA_FIXED_PARAMS)
     if point is None:
         return None
     return next((t.number for t in trials if t.number < number and t.state != TrialState.FAIL
-                 and t.system_attrs.get("fixed_params") == point), None)
+                 and t.system_attrs.get(keys.OPTUNA_FIXED_PARAMS) == point), None)
 
 
 def retry_of(study: optuna.Study, number: int) -> FrozenTrial | None:

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from harness.core import keys
 from harness.core.errors import UserError, defer_interrupts, redact, warn
 from harness.core.keys import Attr, Tag
 from harness.core.progress import SURPLUS, Progress, Tally, best_text
@@ -50,9 +51,6 @@ from harness.training.devices import resolve_device
 from harness.training.packs import PackKey, default_pack, pack_fast, pack_key
 from harness.training.phases import OFF, Profiler
 
-IDENTITY_ATTR = "genbench_identity"
-EXTRACTOR_ATTR = "genbench_extractor"
-
 
 @dataclass
 class StudyResult:
@@ -69,7 +67,7 @@ def check_identity(study: optuna.Study, attr: str, mine: dict[str, Any], spec: S
         return
     if stored != mine:
         changed = ", ".join(f"{k} {_short(stored.get(k))} -> {_short(mine[k])}" for k in mine if stored.get(k) != mine[k])
-        what = "scored with another extractor" if attr == EXTRACTOR_ATTR else "run with another definition"
+        what = "scored with another extractor" if attr == keys.StudyAttr.EXTRACTOR else "run with another definition"
         raise UserError(f"study {spec.study_name} in {redact(storage_url)} was {what} "
                         f"({changed}); bump version in {spec.path.name} to start a new study, or use another RUNS_DIR")
 
@@ -92,7 +90,7 @@ def open_study(spec: StudySpec, storage: Storage, heartbeat: bool) -> OpenStudy:
     rdb = storage.optuna(heartbeat=heartbeat)
     study = optuna.create_study(study_name=spec.study_name, storage=rdb, sampler=spec.make_sampler(),
                                 pruner=spec.make_pruner(), directions=[o.direction for o in spec.objectives], load_if_exists=True)
-    check_identity(study, IDENTITY_ATTR, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
+    check_identity(study, keys.StudyAttr.IDENTITY, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
     return OpenStudy(study, rdb)
 
 
@@ -378,7 +376,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
                                                   f"{spec.steps} steps each" + (f", {workers} workers" if workers > 1 else "")
                                                   + (f", fused packs of up to {pack}" if pack > 1 else ""))
     session.phases = profiler
-    check_identity(study, EXTRACTOR_ATTR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
+    check_identity(study, keys.StudyAttr.EXTRACTOR, json.loads(json.dumps(session.quality.extractor.identity)), spec,
                    storage.storage_url)
     for queued in enqueue:
         study.enqueue_trial(queued.params, user_attrs=queued.user_attrs)

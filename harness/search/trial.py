@@ -136,7 +136,7 @@ class TrialRunner:
             outcome.history = e.history
             last_good = int(e.history[-1][keys.STEPS]) if e.history else 0
             if e.history:
-                path = scratch / "loss_curves.png"
+                path = scratch / keys.Artifact.LOSS_CURVES
                 figures.loss_curves(e.history, path, f"{s.spec.study_name} {job.label} ({job.family}), "
                                                      f"diverged after step {last_good}")
                 outcome.artifacts = [path]
@@ -172,14 +172,15 @@ class TrialRunner:
                 x = to_model_range(self.references, value_range)
                 figures.save_png(figures.reconstruction_grid(from_model_range(x, value_range),
                                                              from_model_range(model.reconstruct(x), value_range)),
-                                 scratch / "reconstructions.png")
-                written.append(scratch / "reconstructions.png")
+                                 scratch / keys.Artifact.RECONSTRUCTIONS)
+                written.append(scratch / keys.Artifact.RECONSTRUCTIONS)
             figures.save_png(figures.image_grid(grid_samples(family, model, N_GRID_IMAGES, s.data.device)),
-                             scratch / "samples.png")
-        figures.loss_curves(result.history, scratch / "loss_curves.png", f"{s.spec.study_name} {job.label} ({family.name})",
+                             scratch / keys.Artifact.SAMPLES)
+        figures.loss_curves(result.history, scratch / keys.Artifact.LOSS_CURVES, f"{s.spec.study_name} {job.label} ({family.name})",
                             result.curve)
         save_model(model, family.name, job.params, s.data.channels, s.data.image_size, scratch)
-        return written + [scratch / name for name in ("samples.png", "loss_curves.png", "model.pt", "model.json")]
+        logged = (keys.Artifact.SAMPLES, keys.Artifact.LOSS_CURVES, keys.Artifact.MODEL, keys.Artifact.MODEL_CONFIG)
+        return written + [scratch / name for name in logged]
 
     def _final_scores(self, family: Family, params: Mapping[str, Any], model: torch.nn.Module,
                       scratch: Path) -> dict[str, float]:

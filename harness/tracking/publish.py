@@ -79,7 +79,7 @@ class Publisher:
                     "pruner": spec.pruner, **{f"pruner.{k}": v for k, v in spec.pruner_options.items()},
                     "trials": spec.trials, "steps": spec.steps, "rounds": spec.rounds, "seed": spec.seed,
                     "objective": ",".join(o.metric for o in spec.objectives), "device": str(s.device),
-                    **s.quality.protocol(), "score.panel": s.panel, **provenance_params(), **(extra or {})},
+                    **s.quality.protocol(), keys.ScoreParam.PANEL: s.panel, **provenance_params(), **(extra or {})},
             tags={"study": spec.study_name, Tag.KIND: kind, "optuna_study": spec.study_name,
                   "optuna_storage": redact(s.storage.storage_url), Tag.STATE: "RUNNING",
                   Tag.OBJECTIVE: ",".join(s.objective_keys)})

@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 from mlflow import MlflowClient
 
+from harness.core import keys
 from harness.core.errors import UserError
 from harness.core.keys import Tag, resolve_objective
 from harness.family.space import FixedParam
@@ -102,7 +103,7 @@ def objective_keys(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
     tagged = runs.get(f"tags.{Tag.OBJECTIVE}", pd.Series(dtype=object)).dropna()
     if len(tagged):
         return str(tagged.iloc[0]).split(",")
-    extractors = runs.get("params.score.extractor", pd.Series(dtype=object)).dropna()
+    extractors = runs.get(f"params.{keys.ScoreParam.EXTRACTOR}", pd.Series(dtype=object)).dropna()
     return [resolve_objective(o.metric, str(extractors.iloc[0])) if len(extractors) else o.metric
             for o in spec.objectives]
 

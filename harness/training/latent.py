@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
 
+from harness.core import keys
 from harness.core.cache import UNREADABLE
 from harness.core.errors import UserError, redact
 from harness.core.storage import Storage
@@ -38,7 +39,6 @@ from harness.training.loop import load_model
 from harness.training.pictures import image_grid, save_png
 
 STEPS = 8
-ARITHMETIC_ABSENT = "arithmetic_absent.txt"  # beside the pictures: why there is no arithmetic one (the report reads it)
 
 
 def _decode(model: nn.Module, family: Family, z: Tensor) -> Tensor:
@@ -47,14 +47,14 @@ def _decode(model: nn.Module, family: Family, z: Tensor) -> Tensor:
 
 def download_model(client: MlflowClient, run_id: str, folder: Path) -> tuple[nn.Module, Family]:
     """A finished run's model (its model.pt and model.json artifacts), on the CPU in eval mode."""
-    for name in ("model.pt", "model.json"):
+    for name in (keys.Artifact.MODEL, keys.Artifact.MODEL_CONFIG):
         client.download_artifacts(run_id, name, str(folder))
     try:
         model = load_model(folder)
     except UNREADABLE as e:  # a file cut short by a full disk or a copy that stopped
         raise UserError(f"the model of run {run_id} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                         "pick another COMPLETE trial's run, or rerun this trial") from None
-    return model, get_family(json.loads((folder / "model.json").read_text())["family"])
+    return model, get_family(json.loads((folder / keys.Artifact.MODEL_CONFIG).read_text())["family"])
 
 
 def load_run(storage: Storage, run_id: str, device: torch.device, folder: Path) -> tuple[nn.Module, Family, ImageSplits]:
@@ -66,7 +66,7 @@ def load_run(storage: Storage, run_id: str, device: torch.device, folder: Path) 
     except MlflowException as e:
         raise UserError(f"no run {run_id} with artifacts in {redact(storage.tracking_uri)} ({e.message.splitlines()[0]}); "
                         "copy the run id from the MLflow UI") from None
-    if not {"model.pt", "model.json"} <= names or "data.source" not in run.data.params:
+    if not {keys.Artifact.MODEL, keys.Artifact.MODEL_CONFIG} <= names or "data.source" not in run.data.params:
         raise UserError(f"run {run_id} has no trained model (model.pt) and data description; pick a COMPLETE trial's run")
     source = json.loads(run.data.params["data.source"])
     data = load_dataset(source["dataset"], source["options"], storage.cache_dir).place(device)
@@ -166,7 +166,7 @@ def traversal(model: nn.Module, family: Family, data: ImageSplits, dims: int = 8
 def make_all(model: nn.Module, family: Family, data: ImageSplits, folder: Path, variance: float = 0.05,
              groups: tuple[str, str] = ("neutral", "happy")) -> list[Path]:
     """The family's latent pictures that this data allows, as PNGs in `folder`; where the family draws
-    arithmetic and the data cannot (no labels), ARITHMETIC_ABSENT says why, for the run and the report."""
+    arithmetic and the data cannot (no labels), keys.Artifact.ARITHMETIC_ABSENT says why, for the run and the report."""
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     pictures = {}
@@ -181,8 +181,8 @@ def make_all(model: nn.Module, family: Family, data: ImageSplits, folder: Path, 
         source, target, absent = arithmetic_groups(data, groups)
         if absent:  # said on the console and kept beside the pictures, where the report reads it
             print(absent, flush=True)
-            (folder / ARITHMETIC_ABSENT).write_text(absent + "\n")
-            written.append(folder / ARITHMETIC_ABSENT)
+            (folder / keys.Artifact.ARITHMETIC_ABSENT).write_text(absent + "\n")
+            written.append(folder / keys.Artifact.ARITHMETIC_ABSENT)
         else:
             apply, rest = source[:8], (source[8:] if len(source) > 8 else source)  # move faces not in the mean
             pictures[f"arithmetic_{groups[1]}_minus_{groups[0]}.png"] = lambda: arithmetic(

@@ -476,14 +476,14 @@ def save_model(model: nn.Module, family: str, params: Mapping[str, Any], channel
                folder: Path) -> None:
     """model.pt (a CPU state_dict) and model.json (what `load_model` needs to rebuild it)."""
     state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in model.state_dict().items()}
-    torch.save(state, folder / "model.pt")
+    torch.save(state, folder / keys.Artifact.MODEL)
     spec = {"family": family, "params": dict(params), "channels": channels, "image_size": image_size}
-    (folder / "model.json").write_text(json.dumps(spec, indent=2))
+    (folder / keys.Artifact.MODEL_CONFIG).write_text(json.dumps(spec, indent=2))
 
 
 def load_model(folder: Path) -> nn.Module:
     """Rebuild a trial's model from its artifacts; weights_only=True never runs pickled code."""
-    spec = json.loads((folder / "model.json").read_text())
+    spec = json.loads((folder / keys.Artifact.MODEL_CONFIG).read_text())
     model = get_family(spec["family"]).build(spec["params"], spec["channels"], spec["image_size"])
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(folder / keys.Artifact.MODEL, map_location="cpu", weights_only=True))
     return model.eval()
