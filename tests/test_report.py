@@ -1,5 +1,6 @@
 """`make report`, `make confirm`, the latent tools and the pages in a browser, on a small real study."""
 
+import ast
 import base64
 import io
 import math
@@ -21,7 +22,8 @@ from PIL import Image
 from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
 from harness.cli import main
 from harness.report import StudyRecord, confidence, pareto_mask
-from harness.report.findings import vae_kl_sweep
+from harness.report.findings import by_parameter, per_family
+from harness.study.claims import Claim
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots the browser test leaves for people to look at
 STUDY = """
@@ -201,14 +203,46 @@ def test_confidence_intervals_and_pareto_fronts():
     assert pareto_mask(x, y).tolist() == [True, True, True, False]
 
 
-def test_the_kl_sweep_paragraph_states_our_numbers():
-    table = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE"] * 2, "family": ["vae"] * 2,
-                          "params.kl_weight": [1e-3, 1e-2], "metrics.val_kl": [4.2, 0.43],
-                          "metrics.val_recon_mse": [0.01, 0.02], "val_recon_mse": [0.01, 0.02]})
-    record = StudyRecord("vae_kl_sweep-v1", None, table, pd.DataFrame(), ["val_recon_mse"], ["minimize"],
-                         {"kl_weight": True}, {}, "synthfaces")
-    text = vae_kl_sweep(record)
-    assert "from 4.2 to 0.43" in text and "from 0.01 to 0.02" in text and "fell at every step" in text
+def grid_record(table: pd.DataFrame, swept: dict[str, bool], objective: str = "val_recon_mse") -> StudyRecord:
+    table = table.assign(excluded="false", flags="none")
+    return StudyRecord("any_sweep-v1", None, table, pd.DataFrame(), [objective], ["minimize"], swept, {}, "synthfaces")
+
+
+def test_a_grid_is_read_value_by_value_with_the_metrics_its_claims_name():
+    table = pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "family": ["vae"] * 3,
+                          "params.kl_weight": [1e-3, 1e-2, 1e-4], "metrics.val_kl": [4.2, 0.43, 9.0],
+                          "metrics.val_recon_mse": [0.01, 0.02, 0.005], "val_recon_mse": [0.01, 0.02, 0.005],
+                          "metrics.val_other": [1.0, 2.0, 3.0]})
+    claim = Claim(says="a higher KL weight lowers the KL", source="a report", test="trend", param="kl_weight",
+                  metrics={"val_kl": "down"})
+    (paragraph,) = by_parameter(grid_record(table, {"kl_weight": True}), [claim])
+    assert paragraph.startswith("By kl_weight, 3 values: ")
+    assert "val_recon_mse 0.0001: 0.005, 0.001: 0.01, 0.01: 0.02 (rising at every step)" in paragraph
+    assert "val_kl 0.0001: 9, 0.001: 4.2, 0.01: 0.43 (falling at every step)" in paragraph
+    assert "val_other" not in paragraph  # neither the objective nor named by a claim
+    assert by_parameter(grid_record(table, {}), [claim]) == []  # nothing swept: no grid to read
+
+
+def test_two_grid_parameters_say_how_much_the_second_moves_the_objective():
+    table = pd.DataFrame({"number": range(4), "state": ["COMPLETE"] * 4, "family": ["gan"] * 4,
+                          "params.d_steps": [1, 1, 2, 2], "params.d_loss_factor": [0.5, 1.0, 0.5, 1.0],
+                          "fd_domain": [10.0, 11.0, 20.0, 30.0]})
+    paragraphs = by_parameter(grid_record(table, {"d_steps": False, "d_loss_factor": False}, "fd_domain"))
+    assert paragraphs[0].startswith("By d_steps, 2 values (at each, the trial best by the objective): fd_domain 1: 10, 2: 20")
+    assert paragraphs[-1] == "At equal d_steps, changing d_loss_factor between 0.5, 1 changed fd_domain by at most 50.0%."
+    several = table.assign(family=["gan", "gan", "dcgan", "dcgan"])
+    assert per_family(grid_record(several, {}, "fd_domain")).startswith("Best fd_domain per family, best first: gan 10, dcgan 20.")
+    assert per_family(grid_record(table, {}, "fd_domain")) == ""  # one family: nothing to put side by side
+
+
+def test_no_study_is_known_to_harness_code_by_name():
+    names = {p.stem for p in (REPO / "studies").glob("*.toml")}
+    assert {"vae_kl_sweep", "smoke"} <= names
+    literals = {(str(path.relative_to(REPO)), node.value) for path in (REPO / "harness").rglob("*.py")
+                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
+                and isinstance(node.value, str) and node.value in names}
+    allowed = {("harness/bench/speeds.py", "vae_kl_sweep")}  # make bench times one trial of the README's first study
+    assert literals - allowed == set()
 
 
 def visible_text(dom: str) -> str:

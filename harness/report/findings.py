@@ -1,23 +1,25 @@
-"""Paragraphs of findings, generated from a study's numbers: no hand-written claims.
+"""Paragraphs of findings, generated from a study's numbers and what its study file declares: no
+hand-written claims and no study known by name.
 
-Every study gets a summary (how many trials, the best one). The studies that repeat the seed
-reports' experiments get a paragraph that puts our measurement next to what the report said.
+Every study gets a summary (how many trials, the best one, the seed re-runs). Then what its
+declaration calls for: a grid is read value by value, with the metrics its [[claims]] name (the
+claims themselves, what the reports said, are judged in harness/report/verdicts.py); several
+families are put side by side; two objectives get their Pareto front.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.core import keys
 from harness.core.keys import Attr, Tag
 from harness.report.tables import confidence
-
-VAL_KL, VAL_RECON = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")
+from harness.report.verdicts import logged_key, metric_values
+from harness.study.claims import Claim
 
 if TYPE_CHECKING:
     from harness.report.records import StudyRecord
@@ -135,89 +137,76 @@ def seeds(record: "StudyRecord") -> str:
     return text + f" {how}: " + "; ".join(verdicts + untested) + "."
 
 
-def _at(done: pd.DataFrame, param: str, value: float) -> pd.Series | None:
-    column = f"params.{param}"
-    if column not in done:
-        return None
-    rows = done[(done[column].astype(float) - value).abs() <= 1e-12 * max(1.0, abs(value))]
-    return rows.iloc[0] if len(rows) else None
+GRID_VALUES = 8  # a swept parameter with at most this many values (a grid, a choice) is read value by value
 
 
-def vae_kl_sweep(record: "StudyRecord") -> str:
+def by_parameter(record: "StudyRecord", claims: Sequence[Claim] = ()) -> list[str]:
+    """For each swept parameter with few values: the objective at each value (the best complete trial
+    there) and each metric the study's claims name, with whether it rose or fell at every step; with
+    two such parameters, how much the second moves the objective at equal values of the first."""
     done = record.complete
-    low, high = _at(done, "kl_weight", 1e-3), _at(done, "kl_weight", 1e-2)
-    if low is None or high is None:
-        return "The sweep has no complete trials at KL weights 1e-3 and 1e-2 to compare with the reports."
-    text = (f"The reports found that raising the KL weight from 1e-3 to 1e-2 drops the KL from about 4 to about 0.5 "
-            f"and worsens reconstruction. Here it moved the validation KL from {_g(_metric(low, VAL_KL))} to "
-            f"{_g(_metric(high, VAL_KL))} and the validation reconstruction MSE from "
-            f"{_g(_metric(low, VAL_RECON))} to {_g(_metric(high, VAL_RECON))}")
-    if record.objective not in (VAL_RECON, VAL_KL):
-        text += f"; {record.objective} went from {_g(_metric(low, record.objective))} to {_g(_metric(high, record.objective))}"
-    ordered = done.sort_values("params.kl_weight")
-    kl = ordered[f"metrics.{VAL_KL}"].astype(float)
-    trend = "fell at every step up the grid" if kl.is_monotonic_decreasing else "did not fall at every step up the grid"
-    return text + f". Over the whole grid ({len(done)} points) the validation KL {trend}."
+    grid = [p for p in record.swept if f"params.{p}" in done and 1 < done[f"params.{p}"].nunique() <= GRID_VALUES]
+    if done.empty or not grid:
+        return []
+    named = [logged_key(record, m) for claim in claims for m in (claim.metric, *claim.metrics) if m]
+    shown = [m for m in dict.fromkeys([*record.objectives, *named]) if not metric_values(done, m).isna().all()]
+    paragraphs = [_along(record, done, param, shown) for param in grid]
+    if len(grid) == 2:
+        paragraphs.append(_interaction(record, done, *grid))
+    return [p for p in paragraphs if p]
 
 
-def gan_k_sweep(record: "StudyRecord") -> str:
-    done = record.complete
-    if "params.d_steps" not in done or done.empty:
+def _along(record: "StudyRecord", done: pd.DataFrame, param: str, shown: list[str]) -> str:
+    best = done.sort_values(record.objective, ascending=record.minimize).groupby(f"params.{param}", sort=True).head(1)
+    best = best.assign(_at=pd.to_numeric(best[f"params.{param}"], errors="coerce")).sort_values("_at")
+    several = len(best) < len(done)
+    parts = []
+    for metric in shown:
+        values = metric_values(best, metric)
+        pairs = ", ".join(f"{_g(at) if isinstance(at, float) else at}: {_g(v)}" for at, v in zip(best[f"params.{param}"], values))
+        parts.append(f"{metric} {pairs} ({_trend(values)})")
+    return (f"By {param}, {len(best)} values" + (" (at each, the trial best by the objective)" if several else "")
+            + ": " + "; ".join(parts) + ".")
+
+
+def _trend(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) < 2:
+        return "one value"
+    if values.is_monotonic_increasing and values.iloc[-1] > values.iloc[0]:
+        return "rising at every step"
+    if values.is_monotonic_decreasing and values.iloc[-1] < values.iloc[0]:
+        return "falling at every step"
+    return "not monotonic"
+
+
+def _interaction(record: "StudyRecord", done: pd.DataFrame, rows: str, columns: str) -> str:
+    pivot = done.pivot_table(index=f"params.{rows}", columns=f"params.{columns}", values=record.objective)
+    if pivot.shape[1] < 2 or pivot.isna().all().all():
         return ""
-    by_k = done.groupby("params.d_steps")[record.objective].mean()
-    text = ("Mean " + record.objective + " by D steps per G step (k): " +
-            ", ".join(f"k={int(k)}: {_g(v)}" for k, v in by_k.items()) + ".")
-    if "params.d_loss_factor" in done and done["params.d_loss_factor"].nunique() > 1:
-        pivot = done.pivot_table(index="params.d_steps", columns="params.d_loss_factor", values=record.objective)
-        change = (pivot.max(axis=1) - pivot.min(axis=1)) / pivot.min(axis=1).abs()
-        text += (f" At equal k, changing the D loss factor between {', '.join(_g(float(c)) for c in pivot.columns)} "
-                 f"changed {record.objective} by at most {100 * change.max():.1f}%.")
-    return text
+    change = (pivot.max(axis=1) - pivot.min(axis=1)) / pivot.min(axis=1).abs()
+    return (f"At equal {rows}, changing {columns} between {', '.join(_g(float(c)) for c in pivot.columns)} changed "
+            f"{record.objective} by at most {100 * change.max():.1f}%.")
 
 
-def dcgan_lr_sweep(record: "StudyRecord") -> str:
-    done = record.complete
-    if record.ranked.empty:
-        return ""
-    best = record.ranked.iloc[0]
-    text = (f"Best learning rates: G {_g(best.get('params.lr_g'))}, D {_g(best.get('params.lr_d'))}, beta1 "
-            f"{_g(best.get('params.beta1'))} ({record.objective} {_g(best[record.objective])}).")
-    if "params.beta1" in done and done["params.beta1"].nunique() > 1:
-        by_beta = done.groupby("params.beta1")[record.objective].agg(["min", "count"])
-        text += " Best " + record.objective + " by beta1: " + ", ".join(
-            f"{_g(float(b))}: {_g(r['min'])} ({int(r['count'])} complete)" for b, r in by_beta.iterrows()) + "."
-    pruned = int((record.table["state"] == "PRUNED").sum())
-    return text + f" {pruned} trial(s) were pruned by their per-round score."
-
-
-def resnet_vae_latent_sweep(record: "StudyRecord") -> str:
-    done = record.complete
-    if "params.latent_dim" not in done or done.empty:
-        return ""
-    ordered = done.sort_values("params.latent_dim")
-    parts = ", ".join(f"{int(r['params.latent_dim'])}: {_g(r[record.objective])}" for _, r in ordered.iterrows())
-    if record.ranked.empty:
-        return f"{record.objective} by latent size: {parts}; every trial is flagged, so none is called best."
-    best = record.ranked.iloc[0]
-    return (f"{record.objective} by latent size: {parts}. The best latent size was {int(best['params.latent_dim'])} "
-            "(the report compared 32 to 512).")
-
-
-def families_compare(record: "StudyRecord") -> str:
+def per_family(record: "StudyRecord") -> str:
+    """With several families: the best objective of each, and what one trial per configuration cannot say."""
     done = record.ranked
-    if done.empty:
+    if done.empty or done["family"].nunique() < 2:
         return ""
-    best = done.groupby("family")[record.objective].min() if record.minimize else done.groupby("family")[record.objective].max()
-    ranked = best.sort_values(ascending=record.minimize)
-    return ("Best " + record.objective + " per family, best first: " +
-            ", ".join(f"{f} {_g(v)}" for f, v in ranked.items()) +
-            (". One trial per configuration is not evidence of a difference; `make confirm` re-trains the best ones "
-             "with fresh seeds." if record.confirm.empty else "."))
+    grouped = done.groupby("family")[record.objective]
+    ranked = (grouped.min() if record.minimize else grouped.max()).sort_values(ascending=record.minimize)
+    return ("Best " + record.objective + " per family, best first: " + ", ".join(f"{f} {_g(v)}" for f, v in ranked.items())
+            + (". One trial per configuration is not evidence of a difference; `make confirm` re-trains the best ones "
+               "with fresh seeds." if record.confirm.empty else "."))
 
 
-def vae_pareto(record: "StudyRecord") -> str:
+def pareto(record: "StudyRecord") -> str:
+    """With two objectives: the Pareto front's size and its two ends."""
+    if len(record.objectives) < 2 or record.study is None:
+        return ""
     front = record.study.best_trials
-    if not front or len(record.objectives) < 2:
+    if not front:
         return ""
     a, b = record.objectives[:2]
     ends = sorted(front, key=lambda t: t.values[0])
@@ -226,13 +215,8 @@ def vae_pareto(record: "StudyRecord") -> str:
             f"{_g(ends[-1].values[0])} with {b} {_g(ends[-1].values[1])}.")
 
 
-BY_STUDY: dict[str, Callable[["StudyRecord"], str]] = {
-    "vae_kl_sweep": vae_kl_sweep, "gan_k_sweep": gan_k_sweep, "dcgan_lr_sweep": dcgan_lr_sweep,
-    "resnet_vae_latent_sweep": resnet_vae_latent_sweep, "families_compare": families_compare, "vae_pareto": vae_pareto,
-}
-
-
-def findings(record: "StudyRecord") -> list[str]:
-    base = record.name.split("-v")[0]
-    specific = BY_STUDY.get(base, lambda r: "")(record)
-    return [summary(record)] + ([specific] if specific else [])
+def findings(record: "StudyRecord", claims: Sequence[Claim] = ()) -> list[str]:
+    """The summary, then what the study file's declarations call for: its grid read value by value
+    (with the metrics its claims name), its families side by side, its two objectives' front."""
+    specific = [*by_parameter(record, claims), per_family(record), pareto(record)]
+    return [summary(record)] + [p for p in specific if p]

@@ -91,7 +91,8 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
     best, trials = best_per_family(record), all_trials(record)
     best.to_csv(out / "best_per_family.csv", index=False)
     trials.to_csv(out / "trials.csv", index=False)
-    paragraphs = findings(record) + latent_notes(record, client)
+    claimed = recorded_claims(record, client)
+    paragraphs = findings(record, claimed) + latent_notes(record, client)
     drawn = plots.plot_objective_vs_params(record, out)
     val_kl, val_recon = keys.split_key("val", "kl"), keys.split_key("val", "recon_mse")
     for x, y, name in ((val_kl, val_recon, "tradeoff_recon_kl.png"), (val_recon, record.objective, "tradeoff_objective_recon.png")):
@@ -105,7 +106,7 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
                           plots.plot_cost(record, out), plots.plot_confirm(record, out)) if p]
     grids = _grids(record, best, client, out)
     strips = trial_strips(record, client, out)
-    verdicts = judge(record, recorded_claims(record, client))
+    verdicts = judge(record, claimed)
     claims = claims_frame(verdicts)
     claims.to_csv(out / "claims.csv", index=False)
     if verdicts:

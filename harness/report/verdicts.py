@@ -76,13 +76,13 @@ def judge(record: "StudyRecord", claims: tuple[Claim, ...]) -> list[Verdict]:
     return [judges[claim.test](record, claim) for claim in claims]
 
 
-def _key(record: "StudyRecord", metric: str) -> str:
+def logged_key(record: "StudyRecord", metric: str) -> str:
     """The metric as logged: fd -> fd_domain or fid, per the study's extractor."""
     extractor = record.protocol.get(keys.ScoreParam.EXTRACTOR, "")
     return keys.resolve_objective(metric, extractor) if extractor else metric
 
 
-def _values(frame: pd.DataFrame, key: str) -> pd.Series:
+def metric_values(frame: pd.DataFrame, key: str) -> pd.Series:
     column = key if key in frame else f"metrics.{key}"
     if column not in frame:
         return pd.Series(np.nan, index=frame.index, dtype=float)
@@ -99,7 +99,7 @@ def _g(value: float) -> str:
 
 
 def _near(record: "StudyRecord", claim: Claim) -> Verdict:
-    key, done = _key(record, claim.metric), record.complete
+    key, done = logged_key(record, claim.metric), record.complete
     match = pd.Series(True, index=done.index)
     for param, value in claim.at.items():
         numbers = pd.to_numeric(_param(done, param), errors="coerce")
@@ -108,10 +108,10 @@ def _near(record: "StudyRecord", claim: Claim) -> Verdict:
     rows = done[match]
     if rows.empty:
         return Verdict(claim, INCONCLUSIVE, f"no complete trial at {where}")
-    values = list(_values(rows, key).dropna())
+    values = list(metric_values(rows, key).dropna())
     configs = record.confirm.get(f"tags.{Tag.CONFIG}", pd.Series(dtype=str))
     for number in rows["number"]:
-        values += list(_values(record.confirm[configs == f"trial-{int(number)}"], key).dropna())
+        values += list(metric_values(record.confirm[configs == f"trial-{int(number)}"], key).dropna())
     low, high = claim.range or (math.nan, math.nan)
     claimed = f"claimed {_g(low)} to {_g(high)}"
     if len(values) < 2:
@@ -189,8 +189,8 @@ def _trend(record: "StudyRecord", claim: Claim) -> Verdict:
     parts, verdicts = [], []
     x_all = pd.to_numeric(_param(done, claim.param), errors="coerce")
     for metric, sign in claim.metrics.items():
-        key = _key(record, metric)
-        y = _values(done, key)
+        key = logged_key(record, metric)
+        y = metric_values(done, key)
         ok = x_all.notna() & y.notna()
         x, y = x_all[ok], y[ok]
         if len(x) < 4 or x.nunique() < 3:
@@ -238,14 +238,14 @@ def _describe(bounds: Mapping[str, Bounds]) -> str:
 
 
 def _better_within(record: "StudyRecord", claim: Claim) -> Verdict:
-    key = _key(record, claim.metric)
+    key = logged_key(record, claim.metric)
     table = record.table[_within(record.table, claim.among)] if claim.among else record.table
     inside_all = _within(table, claim.within)
     failed = table["state"] == "FAIL"
     stability = (f"failed (diverged or errored) trials: {int((failed & inside_all).sum())} of {int(inside_all.sum())} "
                  f"inside, {int((failed & ~inside_all).sum())} of {int((~inside_all).sum())} outside")
     done = table[(table["state"] == "COMPLETE")]
-    values, inside = _values(done, key), _within(done, claim.within)
+    values, inside = metric_values(done, key), _within(done, claim.within)
     a, b = values[inside].dropna(), values[~inside].dropna()
     scope = f"{_describe(claim.within)}" + (f" (among {_describe(claim.among)})" if claim.among else "")
     if len(a) < 2 or len(b) < 2:
