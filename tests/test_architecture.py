@@ -199,3 +199,25 @@ def test_every_recorded_name_comes_from_keys():
     offenders = {name: literal_names(text, names) for name, text in sources(KEYS_OWNER).items()}
     offenders.update({str(p.relative_to(REPO)): literal_names(p.read_text(), names) for p in (REPO / "models").glob("*.py")})
     assert {name: hits for name, hits in offenders.items() if hits} == {}
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_PARAMETERS = 500, 60, 8
+
+
+def test_modules_and_functions_stay_small():
+    """A module a newcomer can read in one sitting, functions that fit on a screen, calls that fit on a line."""
+    too_big = []
+    for path in [*(REPO / "harness").rglob("*.py"), *(REPO / "models").glob("*.py")]:
+        text, where = path.read_text(), str(path.relative_to(REPO))
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_big.append(f"{where}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args
+            named = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+            count = len(named) + bool(args.vararg) + bool(args.kwarg) - (bool(named) and named[0].arg in ("self", "cls"))
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES or count > MAX_PARAMETERS:
+                too_big.append(f"{where}:{node.lineno} {node.name}: {lines} lines, {count} parameters")
+    assert too_big == []

@@ -1,6 +1,6 @@
 """Datasets by name: loaded once into a uint8 tensor cache, split, and placed on the training device.
 
-A dataset is a loader (harness/data/formats.py, or synthfaces) plus its options. File-based sets are
+A dataset is a loader (harness/data/formats.py, image_files.py, or synthfaces) plus its options. File-based sets are
 decoded and resized once into `RUNS_DIR/cache/` (keyed by the source's content hash and the
 options), so later studies start in seconds. Images stay uint8 (N, C, H, W) until a batch is
 drawn: a whole face set sits on the training device (50,000 64x64 grayscale images are 205 MB)
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from harness.core.cache import key_of, load_or_build
 from harness.core.errors import UserError
 from harness.data import formats as loaders
-from harness.data import synthfaces
+from harness.data import image_files, synthfaces
 from harness.data.formats import TEST, TRAIN, VAL, LoadedImages
 
 CACHE_VERSION = 3  # bump when a loader's output changes, so old caches are not reused
@@ -351,13 +351,13 @@ register_dataset(
     "npz", loaders.load_npz, {**_ARRAY_OPTIONS, "order": "C"},
     help="a NumPy .npz array (key 'images' by default, as `data check --export` writes)", check=_check_files, cached=True)
 register_dataset(
-    "celeba", loaders.load_celeba, {"path": "", "size": 64, "limit": 0},
+    "celeba", image_files.load_celeba, {"path": "", "size": 64, "limit": 0},
     help="CelebA aligned&cropped: img_align_celeba/*.jpg (or nested) + list_eval_partition.txt; "
          "Resize + CenterCrop to size (64; 112/128), RGB", check=_check_files, cached=True, sample_count="limit")
 register_dataset(
     "mnist", loaders.load_mnist, {"path": "", "size": 0},
     help="MNIST idx files (as torchvision keeps them in MNIST/raw/); never downloaded", check=_check_files, cached=True)
 register_dataset(
-    "folder", loaders.load_folder, {"path": "", "channels": 3, "size": 64, "limit": 0},
+    "folder", image_files.load_folder, {"path": "", "channels": 3, "size": 64, "limit": 0},
     help="any tree of PNG/JPEG files, resized and centre-cropped to size; channels 1 or 3", check=_check_files, cached=True,
     sample_count="limit")

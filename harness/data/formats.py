@@ -1,4 +1,5 @@
-"""Reading image sets as users have them: MATLAB .mat (v5 and v7.3), .npz, CelebA, MNIST idx, folders.
+"""Reading image sets as users have them: MATLAB .mat (v5 and v7.3), .npz and MNIST idx here; CelebA and
+folders of image files in harness/data/image_files.py.
 
 Every loader returns `LoadedImages`: one uint8 (N, C, H, W) tensor in the source's order, the
 official split where the source has one, labels where it has them, and a description of what was
@@ -15,13 +16,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import os
 import shutil
 import sys
 import tempfile
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from harness.core.cache import sha256_file
-from harness.core.errors import UserError, warn
+from harness.core.errors import UserError
 
 TRAIN, VAL, TEST = 0, 1, 2
 LAYOUTS = ("auto", "NHW", "HWN", "NF", "FN", "NCHW", "NHWC", "HWCN")  # F: a flattened H*W image
@@ -49,7 +48,7 @@ class LoadedImages:
     label_classes: dict[str, int] = field(default_factory=dict)  # categorical label -> number of classes
 
 
-def _existing(path: str, what: str, where: str) -> Path:
+def existing(path: str, what: str, where: str) -> Path:
     if not path:
         raise UserError(f"{where}.path: dataset needs the path to {what} (path = ... in the study, or DATA=...)")
     resolved = Path(path).expanduser()
@@ -256,13 +255,23 @@ def pick_array(arrays: dict[str, np.ndarray], key: str, path: Path, where: str) 
     return next(iter(candidates.items()))
 
 
-def _array_images(path: Path, arrays: dict[str, np.ndarray], fmt: str, key: str, layout: str, order: str,
-                  image_shape: Sequence[int], size: int, where: str) -> LoadedImages:
-    name, array = pick_array(arrays, key, path, where)
-    stack, used = array_to_images(array, layout, order, image_shape, f"{where} ({path.name}:{name})")
-    images = _finish(stack, size, f"{where} ({path.name}:{name})")
+@dataclass(frozen=True)
+class ArrayRead:
+    """How to read images out of a file of arrays: the dataset options of .mat and .npz sets."""
+
+    key: str  # the array's name ("": the one image-like array)
+    layout: str  # one of LAYOUTS
+    order: str  # F (MATLAB, column-major) or C (row-major): how a flattened image is unrolled
+    image_shape: Sequence[int]  # (H, W) of a flattened image that is not square; () when it is
+    size: int  # resized to size x size (0: as stored)
+
+
+def _array_images(path: Path, arrays: dict[str, np.ndarray], fmt: str, read: ArrayRead, where: str) -> LoadedImages:
+    name, array = pick_array(arrays, read.key, path, where)
+    stack, used = array_to_images(array, read.layout, read.order, read.image_shape, f"{where} ({path.name}:{name})")
+    images = _finish(stack, read.size, f"{where} ({path.name}:{name})")
     source = {"file": str(path), "format": fmt, "key": name, "layout": used,
-              "order": order if used in ("NF", "FN") else "-", "array_shape": list(array.shape)}
+              "order": read.order if used in ("NF", "FN") else "-", "array_shape": list(array.shape)}
     label = _class_labels(arrays, len(images))
     if label is None:
         return LoadedImages(images, source=source)
@@ -291,20 +300,20 @@ def _class_labels(arrays: dict[str, np.ndarray], n: int) -> tuple[str, Tensor, i
 
 
 def load_mat(path: str, key: str, layout: str, order: str, image_shape: list, size: int, where: str = "dataset") -> LoadedImages:
-    file = _existing(path, "a .mat file", where)
+    file = existing(path, "a .mat file", where)
     arrays, fmt = read_mat(file, where)
-    return _array_images(file, arrays, fmt, key, layout, order, image_shape, size, where)
+    return _array_images(file, arrays, fmt, ArrayRead(key, layout, order, image_shape, size), where)
 
 
 def load_npz(path: str, key: str, layout: str, order: str, image_shape: list, size: int, where: str = "dataset") -> LoadedImages:
-    file = _existing(path, "a .npz file", where)
+    file = existing(path, "a .npz file", where)
     try:
         with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as contents:  # closed even when it is no zip
             arrays = {k: contents[k] for k in contents.files if contents[k].dtype.kind in "uifb"}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
         raise UserError(f"{where}: cannot read {file} as a .npz file ({type(e).__name__}: {e})") from None
     key = key or ("images" if "images" in arrays else "")
-    loaded = _array_images(file, arrays, "npz", key, layout, order, image_shape, size, where)
+    loaded = _array_images(file, arrays, "npz", ArrayRead(key, layout, order, image_shape, size), where)
     if "split" in arrays and arrays["split"].shape == (len(loaded.images),):  # written by `data check --export`
         loaded.split = torch.from_numpy(arrays["split"].astype(np.int8))
     return loaded
@@ -330,7 +339,7 @@ def _read_idx(path: Path, images: bool) -> Tensor:
 
 
 def load_mnist(path: str, size: int, where: str = "dataset") -> LoadedImages:
-    root = _existing(path, "a folder with the MNIST idx files", where)
+    root = existing(path, "a folder with the MNIST idx files", where)
     found: dict[str, Path] = {}
     for role, name in MNIST_FILES.items():
         matches = sorted(p for p in ([root] if root.is_file() else root.rglob(name + "*"))
@@ -355,134 +364,6 @@ def load_mnist(path: str, size: int, where: str = "dataset") -> LoadedImages:
         images = resize_square(images, size, where)
     return LoadedImages(images, split, labels, ("digit",),
                         {"files": ", ".join(str(p) for p in found.values()), "format": "idx"}, {"digit": 10})
-
-
-# ---- image files: CelebA and folders ------------------------------------------------------------
-
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's 16-bit grayscale (PNG, TIFF)
-
-
-def _to_8bit(img: Any, path: Path) -> Any:
-    """Pillow's convert() clips a 16-bit grayscale image at 255 (all but the darkest pixels go white), so
-    scale it by 255/65535 first. 16-bit RGB PNGs already arrive as 8-bit RGB (Pillow keeps the high
-    byte). 32-bit integer and float images have no agreed range: refused."""
-    from PIL import Image
-
-    if img.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(img, dtype=np.float64)  # (H, W) in 0 .. 65535, byte order handled by Pillow
-        return Image.fromarray((values * (255 / 65535)).round().astype(np.uint8), mode="L")
-    if img.mode in ("I", "F"):
-        kind = "32-bit integer" if img.mode == "I" else "floating-point"
-        raise UserError(f"{path}: a {kind} image (Pillow mode {img.mode}) has no agreed pixel range; "
-                        "save it as 8-bit or 16-bit PNG")
-    return img
-
-
-def _decode(path: Path, mode: str, size: int) -> tuple[Tensor | None, tuple[int, int]]:
-    """One image as uint8 (C, size, size), or None when it cannot be decoded; and its original size."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            original = img.size
-            img.load()
-            img = _to_8bit(img, path).convert(mode)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return None, (0, 0)
-    tensor = TF.pil_to_tensor(img)
-    return resize_square(tensor, size, str(path)), original
-
-
-def decode_all(paths: Sequence[Path], mode: str, size: int, what: str, where: str) -> tuple[Tensor, list[int]]:
-    """Decode, resize and centre-crop every file in parallel; skip the corrupt ones with a warning."""
-    from tqdm.auto import tqdm
-
-    channels = 1 if mode == "L" else 3
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        results = list(tqdm(pool.map(lambda p: _decode(p, mode, size), paths), total=len(paths),
-                            desc=f"decoding {what}", unit="img", disable=None, leave=False))
-    kept = [i for i, (tensor, _) in enumerate(results) if tensor is not None]
-    skipped = [paths[i] for i, (tensor, _) in enumerate(results) if tensor is None]
-    if not kept:
-        raise UserError(f"{where}: none of the {len(paths)} image files of {what} could be decoded "
-                        f"(first: {paths[0]}); are they images?")
-    if skipped:
-        warn(f"skipped {len(skipped)} of {len(paths)} files of {what} that could not be decoded "
-             f"(first: {skipped[0]}); remove or replace them to silence this")
-    sizes = {results[i][1] for i in kept}
-    if len(sizes) > 1:
-        examples = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
-        warn(f"{what} has images of {len(sizes)} sizes ({examples}, ...); all are resized and centre-cropped "
-             f"to {size}x{size} (option size)")
-    images = torch.empty(len(kept), channels, size, size, dtype=torch.uint8)
-    for row, i in enumerate(kept):
-        images[row] = results[i][0]
-    return images, kept
-
-
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def find_celeba(root: Path) -> tuple[Path, Path | None]:
-    """The folder of aligned JPEGs (official or nested download layout) and the partition file."""
-    folders = [root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba", root]
-    jpegs = next((f for f in folders if f.is_dir() and any(p.suffix.lower() == ".jpg" for p in f.iterdir())), None)
-    if jpegs is None:
-        raise UserError(f"dataset.path: no CelebA images under {root}: expected img_align_celeba/*.jpg "
-                        "(or img_align_celeba/img_align_celeba/*.jpg)")
-    places = [root, root / "Eval", jpegs.parent, jpegs.parent.parent, jpegs.parent / "Eval"]
-    partition = next((p / name for p in places for name in ("list_eval_partition.txt", "list_eval_partition.csv")
-                      if (p / name).is_file()), None)
-    return jpegs, partition
-
-
-def read_partition(path: Path, where: str) -> dict[str, int]:
-    """list_eval_partition.txt ('000001.jpg 0') or the .csv of some mirrors ('image_id,partition')."""
-    partition = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.replace(",", " ").split()
-        if not fields or fields[0] == "image_id":
-            continue
-        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise UserError(f"{where}: {path}:{number}: expected '<file>.jpg 0|1|2', got {line!r}")
-        partition[fields[0]] = int(fields[1])
-    return partition
-
-
-def load_celeba(path: str, size: int, limit: int, where: str = "dataset") -> LoadedImages:
-    root = _existing(path, "the CelebA folder (holding img_align_celeba/)", where)
-    jpegs, partition_file = find_celeba(root)
-    files = _image_files(jpegs, recursive=False)
-    split = None
-    if partition_file is not None:
-        partition = read_partition(partition_file, where)
-        unlisted = [p for p in files if p.name not in partition]
-        if unlisted:
-            warn(f"{len(unlisted)} images in {jpegs} are not in {partition_file.name} (first: {unlisted[0].name}); they are left out")
-            files = [p for p in files if p.name in partition]
-    if limit:
-        files = files[:limit]
-    images, kept = decode_all(files, "RGB", size, f"CelebA ({jpegs})", where)
-    if partition_file is not None:
-        split = torch.tensor([partition[files[i].name] for i in kept], dtype=torch.int8)
-    return LoadedImages(images, split, source={"folder": str(jpegs), "format": "jpeg",
-                                                "partition": str(partition_file or "none (seeded split)"),
-                                                "skipped": len(files) - len(kept)})
-
-
-def load_folder(path: str, channels: int, size: int, limit: int, where: str = "dataset") -> LoadedImages:
-    root = _existing(path, "a folder of PNG/JPEG images", where)
-    if not root.is_dir():
-        raise UserError(f"{where}.path: {root} is not a folder")
-    files = _image_files(root, recursive=True)
-    if not files:
-        raise UserError(f"{where}: no .png/.jpg/.jpeg files under {root}")
-    if limit:
-        files = files[:limit]
-    images, kept = decode_all(files, "L" if channels == 1 else "RGB", size, str(root), where)
-    return LoadedImages(images, source={"folder": str(root), "format": "image files", "skipped": len(files) - len(kept)})
 
 
 # ---- cache keys ---------------------------------------------------------------------------------

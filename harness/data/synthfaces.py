@@ -53,24 +53,26 @@ def sample_factors(n: int, seed: int) -> Tensor:
     ], dim=1)
 
 
-def render(factors: Tensor, size: int) -> Tensor:
-    """Factors (n, F) -> images (n, 1, size, size) float32 in [0, 1]."""
-    f = {name: factors[:, i, None, None] for i, name in enumerate(FACTORS)}  # each (n, 1, 1)
-    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
-    v, u = torch.meshgrid(axis, axis, indexing="ij")  # (S, S): v down, u right
-    # Head-local coordinates: undo shift, roll and scale.
-    du, dv = u - f["shift_x"], v - f["shift_y"]
-    cos, sin = torch.cos(f["roll"]), torch.sin(f["roll"])
-    x = (cos * du + sin * dv) / f["scale"]
-    y = (-sin * du + cos * dv) / f["scale"]
-    edge = 1.0 / (size * f["scale"])  # half a pixel of soft edge, in head units
+class _Head:
+    """Head-local pixel coordinates of n faces and the soft-edged shapes drawn in them."""
 
-    def inside(dist: Tensor) -> Tensor:  # signed distance (>0 inside) -> pixel coverage in [0, 1]
-        return (0.5 + dist / (2 * edge)).clamp_(0, 1)
+    def __init__(self, f: dict[str, Tensor], size: int):
+        axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+        self.v, u = torch.meshgrid(axis, axis, indexing="ij")  # (S, S): v down, u right
+        # Head-local coordinates: undo shift, roll and scale.
+        du, dv = u - f["shift_x"], self.v - f["shift_y"]
+        cos, sin = torch.cos(f["roll"]), torch.sin(f["roll"])
+        self.x = (cos * du + sin * dv) / f["scale"]  # (n, S, S)
+        self.y = (-sin * du + cos * dv) / f["scale"]
+        self.edge = 1.0 / (size * f["scale"])  # half a pixel of soft edge, in head units
 
-    def ellipse(cx: Tensor | float, cy: Tensor | float, rx: Tensor | float, ry: Tensor | float,
+    def inside(self, dist: Tensor) -> Tensor:
+        """Signed distance (> 0 inside) -> pixel coverage in [0, 1]."""
+        return (0.5 + dist / (2 * self.edge)).clamp_(0, 1)
+
+    def ellipse(self, cx: Tensor | float, cy: Tensor | float, rx: Tensor | float, ry: Tensor | float,
                 angle: Tensor | None = None) -> Tensor:
-        ex, ey = x - cx, y - cy
+        ex, ey = self.x - cx, self.y - cy
         if angle is not None:
             c, s = torch.cos(angle), torch.sin(angle)
             ex, ey = c * ex + s * ey, -s * ex + c * ey
@@ -78,15 +80,20 @@ def render(factors: Tensor, size: int) -> Tensor:
         # distance across the minor axis (softer towards the tips), and keeps its sign far away.
         # In-place arithmetic: this is most of the rendering time.
         q = ex.mul_(1 / rx).square_().addcmul_(ey.mul_(1 / ry), ey)
-        k = torch.minimum(torch.as_tensor(rx), torch.as_tensor(ry)) / (4 * edge)
+        k = torch.minimum(torch.as_tensor(rx), torch.as_tensor(ry)) / (4 * self.edge)
         return q.mul_(-k).add_(k + 0.5).clamp_(0, 1)
 
-    yaw, pitch = f["yaw"], f["pitch"]
-    face_rx = 0.62 * (1 - 0.18 * yaw.abs())
-    face = ellipse(0.0, 0.05, face_rx, 0.8)
-    head = ellipse(0.0, -0.02, face_rx * 1.1, 0.88)  # hair sits on the head, outside the face
+
+def render(factors: Tensor, size: int) -> Tensor:
+    """Factors (n, F) -> images (n, 1, size, size) float32 in [0, 1]."""
+    f = {name: factors[:, i, None, None] for i, name in enumerate(FACTORS)}  # each (n, 1, 1)
+    head = _Head(f, size)
+    x, y = head.x, head.y
+    face_rx = 0.62 * (1 - 0.18 * f["yaw"].abs())
+    face = head.ellipse(0.0, 0.05, face_rx, 0.8)
+    skull = head.ellipse(0.0, -0.02, face_rx * 1.1, 0.88)  # hair sits on the head, outside the face
     hairline = -0.45 + 0.35 * (1 - f["hair"])  # more hair -> lower hairline
-    hair = head * torch.clamp(1 - face + inside(hairline - y - 0.05 * (x / face_rx) ** 2), 0, 1)
+    hair = skull * torch.clamp(1 - face + head.inside(hairline - y - 0.05 * (x / face_rx) ** 2), 0, 1)
     hair = hair * (f["hair"] > 0.15)
 
     # Lighting: a directional gradient plus a fall-off towards the rim, like a rounded surface.
@@ -94,38 +101,50 @@ def render(factors: Tensor, size: int) -> Tensor:
     r2 = (x / face_rx) ** 2 + ((y - 0.05) / 0.8) ** 2
     skin = f["skin"] * (1 + f["light_strength"] * 0.6 * (lx * x + ly * y)) * (1 - 0.28 * r2.clamp(max=1))
 
-    # Features slide with yaw/pitch; the eye on the far side shrinks.
-    fx, fy = 0.32 * yaw, 0.22 * pitch
-    eye_y = -0.12 + fy
-    dark = torch.zeros_like(x)  # how much each pixel is covered by dark features
-    light = torch.zeros_like(x)  # eye whites
-    for side in (-1.0, 1.0):
-        near = 1 + 0.45 * side * yaw  # side * yaw > 0: this eye turns towards the viewer
-        ex = side * 0.24 * (1 - 0.25 * side * yaw) + fx
-        light = torch.maximum(light, ellipse(ex, eye_y, 0.13 * near, 0.065))
-        dark = torch.maximum(dark, ellipse(ex + 0.3 * fx, eye_y, 0.055 * near, 0.055))  # iris
-        brow_y = eye_y - 0.16 - 0.08 * f["brow_raise"]
-        tilt = -side * 0.35 * f["brow_tilt"]
-        dark = torch.maximum(dark, 0.85 * ellipse(ex, brow_y, 0.15 * near, 0.032, tilt))
-    nose_x = 1.25 * fx
-    dark = torch.maximum(dark, 0.35 * ellipse(nose_x + 0.02 * lx, 0.05 + fy, 0.03, 0.14))  # bridge shadow
-    for side in (-1.0, 1.0):
-        dark = torch.maximum(dark, 0.7 * ellipse(nose_x + side * 0.055, 0.2 + fy, 0.035, 0.022))  # nostrils
-    # Mouth: a curved band y = centre - curvature * (x/w)^2; opening adds a dark cavity.
-    mx, my = x - 1.1 * fx, y - (0.45 + fy)
-    half_width = 0.22
-    curve = -0.1 * f["mouth_curvature"] * ((mx / half_width) ** 2 - 0.35)
-    band = inside(0.028 + 0.05 * f["mouth_open"] - (my - curve).abs()) * inside(half_width - mx.abs())
-    opening = f["mouth_open"]
-    cavity = ellipse(1.1 * fx, 0.45 + fy + 0.02, 0.15, 0.09 * opening + 0.01) * (opening > 0.1)
-    dark = torch.maximum(dark, torch.maximum(0.75 * band, 0.95 * cavity))
+    dark, light = _eyes_and_brows(head, f)
+    dark = _nose_and_mouth(head, f, dark, lx)
 
-    background = f["background"] * (1 + 0.3 * v)
+    background = f["background"] * (1 + 0.3 * head.v)
     img = background + (skin - background) * face
     img = img + (0.3 * f["skin"] + 0.05 - img) * hair  # darker hair
     img = img + (0.95 - img) * light * face * 0.5  # eye whites, a little brighter than skin
     img = img * (1 - 0.85 * dark * face)
     return img.clamp(0, 1).unsqueeze(1)
+
+
+def _eyes_and_brows(head: _Head, f: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """How much each pixel is covered by dark features (irises, brows) and by eye whites. Features
+    slide with yaw/pitch; the eye on the far side shrinks."""
+    yaw, fx = f["yaw"], 0.32 * f["yaw"]
+    eye_y = -0.12 + 0.22 * f["pitch"]
+    dark = torch.zeros_like(head.x)
+    light = torch.zeros_like(head.x)
+    for side in (-1.0, 1.0):
+        near = 1 + 0.45 * side * yaw  # side * yaw > 0: this eye turns towards the viewer
+        ex = side * 0.24 * (1 - 0.25 * side * yaw) + fx
+        light = torch.maximum(light, head.ellipse(ex, eye_y, 0.13 * near, 0.065))
+        dark = torch.maximum(dark, head.ellipse(ex + 0.3 * fx, eye_y, 0.055 * near, 0.055))  # iris
+        brow_y = eye_y - 0.16 - 0.08 * f["brow_raise"]
+        tilt = -side * 0.35 * f["brow_tilt"]
+        dark = torch.maximum(dark, 0.85 * head.ellipse(ex, brow_y, 0.15 * near, 0.032, tilt))
+    return dark, light
+
+
+def _nose_and_mouth(head: _Head, f: dict[str, Tensor], dark: Tensor, lx: Tensor) -> Tensor:
+    """`dark` with the nose's shadow and nostrils and the mouth drawn in (lx: the light's direction)."""
+    fx, fy = 0.32 * f["yaw"], 0.22 * f["pitch"]
+    nose_x = 1.25 * fx
+    dark = torch.maximum(dark, 0.35 * head.ellipse(nose_x + 0.02 * lx, 0.05 + fy, 0.03, 0.14))  # bridge shadow
+    for side in (-1.0, 1.0):
+        dark = torch.maximum(dark, 0.7 * head.ellipse(nose_x + side * 0.055, 0.2 + fy, 0.035, 0.022))  # nostrils
+    # Mouth: a curved band y = centre - curvature * (x/w)^2; opening adds a dark cavity.
+    mx, my = head.x - 1.1 * fx, head.y - (0.45 + fy)
+    half_width = 0.22
+    curve = -0.1 * f["mouth_curvature"] * ((mx / half_width) ** 2 - 0.35)
+    band = head.inside(0.028 + 0.05 * f["mouth_open"] - (my - curve).abs()) * head.inside(half_width - mx.abs())
+    opening = f["mouth_open"]
+    cavity = head.ellipse(1.1 * fx, 0.45 + fy + 0.02, 0.15, 0.09 * opening + 0.01) * (opening > 0.1)
+    return torch.maximum(dark, torch.maximum(0.75 * band, 0.95 * cavity))
 
 
 def generate(n: int, size: int = 32, seed: int = 0, chunk: int = 256) -> tuple[Tensor, Tensor]:

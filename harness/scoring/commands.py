@@ -15,7 +15,8 @@ from harness.core.errors import UserError
 from harness.core.storage import Storage
 from harness.data.check import resolve_source
 from harness.data.datasets import get_dataset, resolve_options
-from harness.data.formats import load_folder, load_npz
+from harness.data.formats import load_npz
+from harness.data.image_files import load_folder
 from harness.report.tables import markdown as markdown_table
 from harness.scoring.evaluation import SampleQuality, ScoreSettings
 from harness.scoring.extractors import ExtractorContext, describe_quality, resolve_extractor

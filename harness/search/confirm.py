@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from harness.core import keys
 from harness.core.errors import UserError, defer_interrupts, warn
@@ -27,7 +28,7 @@ from harness.family.space import suggest
 from harness.scoring.flags import ranked_trials
 from harness.search.outcome import FailureKind, State
 from harness.search.runner import StudyResult, check_identity
-from harness.search.session import inception_cross_check, open_session
+from harness.search.session import Session, inception_cross_check, open_session
 from harness.search.trial import TrialJob, TrialRunner
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import Tracker, runs_frame
@@ -61,13 +62,8 @@ def trial_params(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> tuple[str,
     return family, suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.spaces[family], prefix)
 
 
-def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto",
-                inception: str = "auto", inception_samples: int = 0, families: list[str] | None = None) -> StudyResult:
-    """inception, inception_samples: Inception FID beside the study's score on every run
-    (session.inception_cross_check)."""
-    if seeds < MIN_SEEDS:
-        raise UserError(f"--seeds {seeds}: a 95 % interval needs at least {MIN_SEEDS} seeds (from 2, Student's t makes "
-                        f"it 12.7 standard deviations wide); give SEEDS={MIN_SEEDS} or more (the default is 5)")
+def _the_study(spec: StudySpec, storage: Storage) -> optuna.Study:
+    """The study's Optuna study, refused when it was never run or was run with another definition."""
     storage.prepare()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -75,6 +71,42 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
     except KeyError:
         raise UserError(f"no study {spec.study_name} under {storage.runs_dir}; run it first: make study STUDY={spec.name}") from None
     check_identity(study, keys.StudyAttr.IDENTITY, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
+    return study
+
+
+def _train_seeds(session: Session, publisher: Publisher, parent_id: str, todo: list[tuple[FrozenTrial, int]]) -> int:
+    """Each (trial, seed) re-trained as a run under the parent: how many failed (each recorded in its run)."""
+    spec, runner, key = session.spec, TrialRunner(session), session.objective_keys[0]
+    failed = 0
+    for trial, seed in todo:
+        family, params = trial_params(trial, spec)
+        run_id = publisher.start_trial(family, params, seed, f"confirm-t{trial.number}-s{seed}",
+                                       {Tag.CONFIRM: "true", Tag.CONFIG: f"trial-{trial.number}",
+                                        "source_trial": trial.number}, parent_id)
+        with tempfile.TemporaryDirectory(prefix="genbench-confirm-") as scratch:
+            outcome = runner.run(TrialJob(family, params, seed, f"trial {trial.number} seed {seed}"),
+                                 publisher.sink(run_id), Path(scratch))
+            publisher.publish(run_id, outcome)
+        if outcome.state == State.COMPLETE:
+            fid = f", fid={outcome.metrics['fid']:.4g}" if "fid" in outcome.metrics and key != "fid" else ""
+            print(f"trial {trial.number:>3} ({family}) seed {seed}: {key}={outcome.metrics[key]:.4g} "
+                  f"(the trial had {trial.values[0]:.4g}){fid}", flush=True)
+            continue
+        if outcome.failure is not None and outcome.failure.kind == FailureKind.INTERRUPTED:
+            raise KeyboardInterrupt
+        failed += 1  # recorded in its run; the other seeds go on
+        warn(f"trial {trial.number} seed {seed} failed: {outcome.failure.reason if outcome.failure else outcome.state}")
+    return failed
+
+
+def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device: str = "auto",
+                inception: str = "auto", inception_samples: int = 0, families: list[str] | None = None) -> StudyResult:
+    """inception, inception_samples: Inception FID beside the study's score on every run
+    (session.inception_cross_check)."""
+    if seeds < MIN_SEEDS:
+        raise UserError(f"--seeds {seeds}: a 95 % interval needs at least {MIN_SEEDS} seeds (from 2, Student's t makes "
+                        f"it 12.7 standard deviations wide); give SEEDS={MIN_SEEDS} or more (the default is 5)")
+    study = _the_study(spec, storage)
     trials = best_trials(study, spec, top, families)
     seed_list = [spec.seed + 1 + i for i in range(seeds)]
     done_runs = runs_frame(storage.mlflow(), spec.study_name,
@@ -94,27 +126,8 @@ def run_confirm(spec: StudySpec, storage: Storage, seeds: int, top: int, device:
     publisher = Publisher(session, Tracker(storage, spec.study_name))
     parent_id = publisher.start_parent(f"{spec.name}-confirm", "confirm", {"confirm.seeds": ",".join(map(str, seed_list)),
                                                                            "confirm.top": top, **checked})
-    runner, key = TrialRunner(session), session.objective_keys[0]
-    failed = 0
     try:
-        for trial, seed in todo:
-            family, params = trial_params(trial, spec)
-            run_id = publisher.start_trial(family, params, seed, f"confirm-t{trial.number}-s{seed}",
-                                           {Tag.CONFIRM: "true", Tag.CONFIG: f"trial-{trial.number}",
-                                            "source_trial": trial.number}, parent_id)
-            with tempfile.TemporaryDirectory(prefix="genbench-confirm-") as scratch:
-                outcome = runner.run(TrialJob(family, params, seed, f"trial {trial.number} seed {seed}"),
-                                     publisher.sink(run_id), Path(scratch))
-                publisher.publish(run_id, outcome)
-            if outcome.state == State.COMPLETE:
-                fid = f", fid={outcome.metrics['fid']:.4g}" if "fid" in outcome.metrics and key != "fid" else ""
-                print(f"trial {trial.number:>3} ({family}) seed {seed}: {key}={outcome.metrics[key]:.4g} "
-                      f"(the trial had {trial.values[0]:.4g}){fid}", flush=True)
-                continue
-            if outcome.failure is not None and outcome.failure.kind == FailureKind.INTERRUPTED:
-                raise KeyboardInterrupt
-            failed += 1  # recorded in its run; the other seeds go on
-            warn(f"trial {trial.number} seed {seed} failed: {outcome.failure.reason if outcome.failure else outcome.state}")
+        failed = _train_seeds(session, publisher, parent_id, todo)
     except KeyboardInterrupt:
         defer_interrupts()
         publisher.tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})

@@ -384,36 +384,51 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     parent_id = publisher.start_parent(spec.name, "study")
     start = time.perf_counter()
     try:
-        if workers > 1:
-            session.quality.warm()  # every worker then reads the reference statistics from the cache
-            spawn_workers(spec, device, workers, to_run, parent_id, pack)
-            ours = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.PARENT_RUN) == parent_id]
-            tally = Tally()
-            for trial in ours:
-                tally.add(trial)
-        else:
-            progress = Progress(spec, to_run)
-            try:
-                TrialLoop(opened, session, publisher, parent_id, progress, pack).run(to_run)
-            finally:
-                progress.close()
-            tally = progress.tally
+        tally = _run_trials(opened, session, publisher, parent_id, device, workers, to_run, pack)
     except KeyboardInterrupt:
         defer_interrupts()
         tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
         raise
-    ran, disk_full = tally.counts, tally.disk_full
-    if disk_full:
-        try:
-            tracker.end_run(parent_id, "FAILED", {Tag.STATE: "DISK FULL"})
-        except (MlflowException, SQLAlchemyError, OSError):  # the disk is full: the message below is what matters
-            pass
-        finished = len(study.get_trials(deepcopy=False, states=planning.FINISHED))
-        raise UserError(f"the disk under {storage.runs_dir} is full ({disk_full.split(':', 1)[-1].strip()}); free "
-                        f"space and run the same command again: the {finished} finished trial(s) are kept")
+    if tally.disk_full:
+        _stop_on_full_disk(study, storage, tracker, parent_id, tally.disk_full)
     _finish_parent(study, session, publisher, parent_id)
+    return _result(study, spec, parent_id, tally, time.perf_counter() - start)
 
-    summary = (f"{sum(ran.values())} trial(s) in {time.perf_counter() - start:.0f} s: "
+
+def _run_trials(opened: OpenStudy, session: Session, publisher: Publisher, parent_id: str, device: str, workers: int,
+                to_run: int, pack: int) -> Tally:
+    """`to_run` trials under the parent run, here or in `workers` processes: what became of them."""
+    spec, study = session.spec, opened.study
+    if workers > 1:
+        session.quality.warm()  # every worker then reads the reference statistics from the cache
+        spawn_workers(spec, device, workers, to_run, parent_id, pack)
+        tally = Tally()
+        for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get(Attr.PARENT_RUN) == parent_id:
+                tally.add(trial)
+        return tally
+    progress = Progress(spec, to_run)
+    try:
+        TrialLoop(opened, session, publisher, parent_id, progress, pack).run(to_run)
+    finally:
+        progress.close()
+    return progress.tally
+
+
+def _stop_on_full_disk(study: optuna.Study, storage: Storage, tracker: Tracker, parent_id: str, disk_full: str) -> None:
+    try:
+        tracker.end_run(parent_id, "FAILED", {Tag.STATE: "DISK FULL"})
+    except (MlflowException, SQLAlchemyError, OSError):  # the disk is full: the message below is what matters
+        pass
+    finished = len(study.get_trials(deepcopy=False, states=planning.FINISHED))
+    raise UserError(f"the disk under {storage.runs_dir} is full ({disk_full.split(':', 1)[-1].strip()}); free "
+                    f"space and run the same command again: the {finished} finished trial(s) are kept")
+
+
+def _result(study: optuna.Study, spec: StudySpec, parent_id: str, tally: Tally, seconds: float) -> StudyResult:
+    """The study's last lines: what ran, the best trial, where to look."""
+    ran = tally.counts
+    summary = (f"{sum(ran.values())} trial(s) in {seconds:.0f} s: "
                f"{ran[TrialState.COMPLETE]} complete, {ran[TrialState.PRUNED]} pruned, {ran[TrialState.FAIL]} failed")
     if ran[SURPLUS]:
         summary += f", {ran[SURPLUS]} surplus (their points or budget taken by another worker or invocation)"

@@ -15,7 +15,7 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 
@@ -213,14 +213,7 @@ def at_scale(data: Mapping[str, Any], scale: str, at: str) -> dict[str, Any]:
 
 def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> StudySpec:
     at = _shown(path) + ": "
-    for key in data:
-        if key in RETIRED:
-            raise UserError(f"{at}{key}: {RETIRED[key]}")
-        if key not in KEYS:
-            raise UserError(f"{at}unknown key {key!r}{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
-    for key in REQUIRED:
-        if key not in data:
-            raise UserError(f"{at}missing key {key!r} ({KEYS[key]})")
+    _check_keys(data, at)
     data = at_scale(data, scale, at)
     if scale != "cpu":
         at = f"{at}(SCALE={scale}) "
@@ -242,15 +235,7 @@ def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> Stud
     dataset_table = dict(_typed(data["dataset"], dict, at + "dataset"))
     dataset = _typed(dataset_table.pop("name", None), str, at + "dataset.name")
     dataset_options = resolve_options(dataset, dataset_table, at + "dataset")
-
-    family_list = _typed(data["families"], list, at + "families")
-    if not family_list:
-        raise UserError(f"{at}families: empty; name at least one family")
-    families = tuple(_typed(f, str, at + "families") for f in family_list)
-    if len(set(families)) != len(families):
-        raise UserError(f"{at}families: {list(families)} names a family twice")
-    for family in families:
-        get_family(family, at + "families")
+    families = _families(data["families"], at)
 
     sampler_table = dict(_typed(data.get("sampler", {"name": "tpe"}), dict, at + "sampler"))
     sampler = _typed(sampler_table.pop("name", "tpe"), str, at + "sampler.name")
@@ -259,11 +244,7 @@ def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> Stud
 
     spaces = _spaces(_typed(data.get("space", {}), dict, at + "space"), families, sampler == "grid", at)
     objectives = _objectives(data["objective"], families, at)
-    if len(objectives) > 1 and pruner != "none":
-        raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
-    if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in PRUNABLE_SCORE_OBJECTIVES:
-        raise UserError(f"{at}pruner: {objectives[0].metric} is only measured after training; pruning needs a score "
-                        "measured every round: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
+    _check_prunable(objectives, pruner, at)
     scores = score_settings(_typed(data.get("scores", {}), dict, at + "scores"), at + "scores")
 
     checkpoint_every = _typed(data.get("checkpoint_every", 2), int, at + "checkpoint_every")
@@ -281,6 +262,37 @@ def parse_study(data: Mapping[str, Any], path: Path, scale: str = "cpu") -> Stud
     if sampler == "grid" and trials > spec.grid_size:
         raise UserError(f"{at}trials = {trials} but the grid has {spec.grid_size} points; set trials = {spec.grid_size}")
     return spec
+
+
+def _check_keys(data: Mapping[str, Any], at: str) -> None:
+    for key in data:
+        if key in RETIRED:
+            raise UserError(f"{at}{key}: {RETIRED[key]}")
+        if key not in KEYS:
+            raise UserError(f"{at}unknown key {key!r}{did_you_mean(key, KEYS)}; valid keys: {', '.join(KEYS)}")
+    for key in REQUIRED:
+        if key not in data:
+            raise UserError(f"{at}missing key {key!r} ({KEYS[key]})")
+
+
+def _families(value: Any, at: str) -> tuple[str, ...]:
+    family_list = _typed(value, list, at + "families")
+    if not family_list:
+        raise UserError(f"{at}families: empty; name at least one family")
+    families = tuple(_typed(f, str, at + "families") for f in family_list)
+    if len(set(families)) != len(families):
+        raise UserError(f"{at}families: {list(families)} names a family twice")
+    for family in families:
+        get_family(family, at + "families")
+    return families
+
+
+def _check_prunable(objectives: Sequence[Objective], pruner: str, at: str) -> None:
+    if len(objectives) > 1 and pruner != "none":
+        raise UserError(f"{at}pruner: Optuna prunes single-objective studies only; use pruner name = 'none'")
+    if pruner != "none" and objectives[0].metric in SCORE_OBJECTIVES and objectives[0].metric not in PRUNABLE_SCORE_OBJECTIVES:
+        raise UserError(f"{at}pruner: {objectives[0].metric} is only measured after training; pruning needs a score "
+                        "measured every round: objective fd (pruned on val_fd) or a val_ metric, or pruner name = 'none'")
 
 
 def _spaces(table: Mapping[str, Any], families: tuple[str, ...], grid: bool, at: str) -> dict[str, dict[str, Param]]:
