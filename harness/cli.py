@@ -422,8 +422,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in family_names():
         family = get_family(name)
         print(f"  {name:<12} {family.kind}: {family.help}")
-        print("      reference configuration (the seed reports'): "
-              + ", ".join(f"{k}={v!r}" for k, v in family.reference.items()))
+        print("      reported configuration (the seed reports'): "
+              + ", ".join(f"{k}={v!r}" for k, v in family.reported.items()))
         for param, p in family.space.items():
             print(f"      {param:<14} {p.describe()}  default {p.default!r}  {p.help}")
     print("datasets:")

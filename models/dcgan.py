@@ -78,7 +78,7 @@ SPACE = {
 }
 METRICS = BCE_METRICS
 # Radford et al. as seed reports 003 and 004 applied them: lr 2e-4, beta1 0.5, z of 100, width 64.
-REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "latent_dim": 100, "width": 64, "schedule": "ratio", "d_steps": 1}
+REPORTED = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "latent_dim": 100, "width": 64, "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
 FUSED = BCE_FUSED  # width, latent size and batch size are the pack's
 
@@ -102,5 +102,5 @@ def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[st
 
 FAMILY = Family(
     name="dcgan", kind="adversarial", help="DCGAN (Radford et al.): strided convs, BN, ReLU/LeakyReLU, tanh, N(0, 0.02), beta1 0.5",
-    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
+    space=SPACE, metrics=METRICS, reported=REPORTED, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
     build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

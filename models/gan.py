@@ -48,7 +48,7 @@ SPACE = {
 }
 METRICS = BCE_METRICS
 # Seed reports 000 and 001: Adam at its defaults (lr 1e-3, beta1 0.9), z of 32, D loss x 1/2, D and G alternating.
-REFERENCE = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "latent_dim": 32, "d_loss_factor": 0.5,
+REPORTED = {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9, "latent_dim": 32, "d_loss_factor": 0.5,
              "schedule": "ratio", "d_steps": 1}
 eval_step = bce_eval_step
 FUSED = Fused(BCE_FUSED.scalars | {"d_loss_factor"}, BCE_FUSED.step, BCE_FUSED.switches)  # latent, batch: the pack's
@@ -72,5 +72,5 @@ def train_step(model: AdversarialPair, x: Tensor, optimizers, params: Mapping[st
 
 FAMILY = Family(
     name="gan", kind="adversarial", help="the reports' first GAN: VAE decoder as G, VAE encoder + logit as D, BCE with D loss x factor",
-    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="g", fused=FUSED,
+    space=SPACE, metrics=METRICS, reported=REPORTED, output_range=(0.0, 1.0), budget_optimizer="g", fused=FUSED,
     build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

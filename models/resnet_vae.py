@@ -104,7 +104,7 @@ METRICS = vae.METRICS
 # then found "with z >= 64 the model is over fitting ... with z = 32 the latent space is able to learn
 # features that capture meaningful variation". It names no KL weight, so the conv VAE's loss, KL
 # weight and Adam. (Measured at the CPU scale, latent 256 draws one blurry face: fd_domain 345.)
-REFERENCE = {"width": 64, "latent_dim": 32, "lr": 1e-3, "kl_weight": vae.REFERENCE["kl_weight"]}
+REPORTED = {"width": 64, "latent_dim": 32, "lr": 1e-3, "kl_weight": vae.REPORTED["kl_weight"]}
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> vae.VAE:
@@ -120,5 +120,5 @@ FUSED = Fused(vae.FUSED.scalars - {"dropout"}, vae.FUSED.step)
 
 FAMILY = Family(
     name="resnet_vae", kind="autoencoder", help="ResNet18-style encoder and mirrored decoder, MSE + w*KL (report 004)",
-    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
+    space=SPACE, metrics=METRICS, reported=REPORTED, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
     build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

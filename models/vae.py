@@ -145,7 +145,7 @@ METRICS = {"recon_mse": "minimize", "kl": "minimize", "loss": "minimize"}
 # and settled on 5e-5 "to extract meaningful features". Measured on synthfaces 32 at 300 steps (batch
 # 128): 1e-3 draws one blurry face in different brightness (fd_domain 193, diversity 0.42, collapsed),
 # 5e-5 draws varied faces (70; 28 at 600 steps). vae_kl_sweep still sweeps 1e-3 and above.
-REFERENCE = {"latent_dim": 32, "lr": 1e-3, "weight_decay": 1e-5, "kl_weight": 5e-5}
+REPORTED = {"latent_dim": 32, "lr": 1e-3, "weight_decay": 1e-5, "kl_weight": 5e-5}
 
 
 def build(params: Mapping[str, Any], channels: int, image_size: int) -> VAE:
@@ -218,5 +218,5 @@ def eval_step(model: VAE, x: Tensor, params: Mapping[str, Any]) -> dict[str, Ten
 
 FAMILY = Family(
     name="vae", kind="autoencoder", help="conv VAE of the reports: Conv-BN-ReLU encoder, BN-ReLU-Conv decoder, MSE + w*KL",
-    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
+    space=SPACE, metrics=METRICS, reported=REPORTED, output_range=(0.0, 1.0), budget_optimizer="vae", fused=FUSED,
     build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

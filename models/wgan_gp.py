@@ -52,7 +52,7 @@ SPACE = {
 }
 METRICS = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None, "wasserstein": None}
 # Gulrajani et al. 2017: Adam lr 1e-4, betas (0, 0.9), 5 critic steps per generator step, lambda 10.
-REFERENCE = {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "schedule": "ratio", "d_steps": 5, "gp_weight": 10.0}
+REPORTED = {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "schedule": "ratio", "d_steps": 5, "gp_weight": 10.0}
 # Not fusable: the gradient penalty differentiates the critic inside the step (requires_grad_ and
 # torch.autograd.grad with create_graph), which torch.func.vmap refuses; its trials train one at a time.
 FUSED = None
@@ -86,5 +86,5 @@ def eval_step(model: AdversarialPair, x: Tensor, params: Mapping[str, Any]) -> d
 
 FAMILY = Family(
     name="wgan_gp", kind="adversarial", help="WGAN-GP: BatchNorm-free critic, Wasserstein loss + gradient penalty, n_critic",
-    space=SPACE, metrics=METRICS, reference=REFERENCE, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
+    space=SPACE, metrics=METRICS, reported=REPORTED, output_range=(-1.0, 1.0), budget_optimizer="g", fused=FUSED,
     build=build, make_optimizers=make_optimizers, train_step=train_step, eval_step=eval_step)

@@ -221,3 +221,27 @@ def test_modules_and_functions_stay_small():
             if lines > MAX_FUNCTION_LINES or count > MAX_PARAMETERS:
                 too_big.append(f"{where}:{node.lineno} {node.name}: {lines} lines, {count} parameters")
     assert too_big == []
+
+
+STAGE_PACKAGES = ("core", "data", "family", "training", "scoring", "study", "search", "tracking", "report", "bench")
+
+
+def test_every_package_has_a_short_init_whose_names_are_real():
+    """Each package re-exports its public names (import harness.search; harness.search.run_study); its
+    __init__ imports nothing to do so, so that importing one package does not import them all."""
+    import importlib
+
+    assert sorted(p.name for p in (REPO / "harness").iterdir() if p.is_dir() and (p / "__init__.py").exists()) == \
+        sorted(STAGE_PACKAGES)
+    for name in STAGE_PACKAGES:
+        package = importlib.import_module(f"harness.{name}")
+        assert package.__all__, name
+        for public in package.__all__:
+            assert getattr(package, public) is not None, f"harness.{name}.{public}"
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        importlib.import_module("harness.search").nothing_here
+
+
+def test_importing_the_packages_loads_no_torch():
+    modules = imported_by("import " + ", ".join(f"harness.{name}" for name in STAGE_PACKAGES))["modules"]
+    assert "torch" not in modules and not [m for m in modules if m.startswith("harness.training.")]

@@ -197,8 +197,8 @@ def test_a_cut_model_file_is_one_line_naming_the_run(tmp_path):
     run_id = client.create_run(client.create_experiment("models", storage.artifact_location("models"))).info.run_id
     folder = tmp_path / "files"
     folder.mkdir()
-    model = registry.get_family("vae").build(registry.get_family("vae").reference_config, 1, 32)
-    save_model(model, "vae", registry.get_family("vae").reference_config, 1, 32, folder)
+    model = registry.get_family("vae").build(registry.get_family("vae").reported_config, 1, 32)
+    save_model(model, "vae", registry.get_family("vae").reported_config, 1, 32, folder)
     (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:1000])
     for name in ("model.pt", "model.json"):
         client.log_artifact(run_id, str(folder / name))

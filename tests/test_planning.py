@@ -55,7 +55,7 @@ def test_a_sampled_study_runs_the_reference_configuration_first_and_once(tmp_pat
     study = optuna.create_study()
     to_run, enqueue, _ = plan_trials(study, spec)
     assert to_run == 3 and len(enqueue) == 1
-    reference = get_family("vae").reference_config
+    reference = get_family("vae").reported_config
     assert enqueue[0].params["kl_weight"] == 1e-4 and reference["kl_weight"] == 5e-5  # the nearest point to the reports'
     assert enqueue[0].user_attrs["reference_moved"]["kl_weight"] == [5e-5, 1e-4]
     assert all(reference[k] == v for k, v in enqueue[0].params.items() if k != "kl_weight")
@@ -88,7 +88,7 @@ def test_every_family_of_a_comparison_starts_with_its_reference():
     assert set(first) == set(spec.families)
     for family, queued in first.items():
         assert queued.user_attrs["reference_config"] == family
-        reference = get_family(family).reference_config
+        reference = get_family(family).reported_config
         free = {k.removeprefix(f"{family}."): v for k, v in queued.params.items() if k != "family"}
         moved = queued.user_attrs.get("reference_moved", {})
         assert all(free[k] == reference[k] for k in free if k not in moved)

@@ -69,7 +69,7 @@ def test_malformed_names_are_refused(name):
     ({"space": {"lr": FloatParam(1e-4, 1e-2, 1e-3, when=("mode", "a"))}}, "depends on 'mode', which must come before it"),
     ({"budget_optimizer": None}, "budget_optimizer must name the optimizer whose steps are the budget"),
     ({"output_range": (0.0, 255.0)}, "output_range"),
-    ({"reference": {"width": 3}}, "reference names 'width', which is not in its space"),
+    ({"reported": {"width": 3}}, "reported configuration names 'width', which is not in its space"),
     ({"curves": ("kl",)}, "curve 'kl' is not one of its metrics"),
     ({"plots": ("reconstructions",), "kind": "adversarial"}, "does not suit the adversarial kind"),
 ])

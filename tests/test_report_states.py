@@ -20,7 +20,7 @@ from conftest import mlflow_runs, share_caches, split_runs, write_study
 from harness.cli import main
 from harness.core import keys, progress
 from harness.core.keys import Tag
-from harness.core.progress import Phase
+from harness.core.progress import LongTask
 from harness.core.storage import Storage
 from harness.data import synthfaces
 from harness.scoring import extractors
@@ -254,13 +254,13 @@ def test_drawing_the_reference_images_prints_progress_when_piped(monkeypatch, ca
 
 def test_a_phase_is_silent_on_time_and_says_how_far(monkeypatch, capsys):
     monkeypatch.setattr(progress, "LINE_SECONDS", 0.01)
-    with Phase("counting", total=4, unit="thing") as phase:
+    with LongTask("counting", total=4, unit="thing") as phase:
         for i in range(4):
             time.sleep(0.05)
             phase.update(1, note=f"at {i}")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  counting: ")]
     assert len(lines) >= 3 and "/4 things" in lines[-1] and "at " in lines[-1]
     monkeypatch.setattr(progress, "LINE_SECONDS", 60.0)
-    with Phase("quick", total=1) as phase:
+    with LongTask("quick", total=1) as phase:
         phase.update(1)
     assert capsys.readouterr().out == ""  # a phase shorter than the interval prints nothing

@@ -21,16 +21,16 @@ def test_the_counter_gives_the_textbook_count_of_a_layer_and_of_inception():
 
 def test_a_step_scales_with_the_batch_and_counts_every_discriminator_turn():
     vae = get_family("vae")
-    params = vae.defaults | vae.reference_config
+    params = vae.defaults | vae.reported_config
     one, two = (workload.step_flops(vae, params | {"batch_size": b}, 1, 32) for b in (2, 4))
     assert one > 0 and two == 2 * one
     gan = get_family("gan")
-    by_k = [workload.step_flops(gan, gan.defaults | gan.reference_config | {"batch_size": 2, "d_steps": k}, 1, 32)
+    by_k = [workload.step_flops(gan, gan.defaults | gan.reported_config | {"batch_size": 2, "d_steps": k}, 1, 32)
             for k in (1, 2, 3)]
     d_step = by_k[1] - by_k[0]
     assert d_step > 0 and by_k[2] - by_k[1] == d_step  # one more discriminator step per k
     assert by_k[0] > d_step  # k = 1 is a discriminator step and the generator's
-    params = gan.defaults | gan.reference_config | {"batch_size": 2, "d_steps": 3}
+    params = gan.defaults | gan.reported_config | {"batch_size": 2, "d_steps": 3}
     assert workload.batch_flops(gan, params, 1, 32) == pytest.approx(by_k[2] / 4)  # 4 batches make the step
 
 

@@ -12,7 +12,7 @@ double backward), on the CPU, since the count does not depend on the device:
 - a trial: its steps, plus the Inception-v3 forward passes of its scores (each round's round_samples
   and the final_samples generated images);
 - a study: its trials (every grid point of a grid study; a sampled study's trials at each family's
-  reference configuration, which is trial 0 and what the others are drawn around), plus what a
+  reported configuration, which is trial 0 and what the others are drawn around), plus what a
   session computes once: the statistics of the reference and hold-out images and of the validation
   panel's sets, final_samples images each.
 
@@ -37,7 +37,7 @@ from harness.data.datasets import load_dataset
 from harness.family import fast_path as speed
 from harness.family.contract import Family
 from harness.family.registry import get_family
-from harness.family.space import reference_point, suggest
+from harness.family.space import reported_point, suggest
 from harness.scoring.panel import SET_COUNT
 from harness.scoring.real_images import GPU_N
 from harness.study.studyfile import StudySpec, load_study, study_names
@@ -103,14 +103,14 @@ def inception_flops_per_image() -> int:
 
 def trial_configurations(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
     """(family, params) of every trial the study runs, as far as they are known before it runs: each
-    grid point, or each family's reference configuration for all of its trials."""
+    grid point, or each family's reported configuration for all of its trials."""
     configurations = []
     for name in spec.families:
         family, space = get_family(name), spec.spaces[name]
         if spec.grid is not None:
             points = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
         else:
-            points = [reference_point(space, family.reference_config)[0]] * spec.trials
+            points = [reported_point(space, family.reported_config)[0]] * spec.trials
         configurations += [(name, family.defaults | suggest(optuna.trial.FixedTrial(p), space)) for p in points]
     return configurations
 

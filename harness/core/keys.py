@@ -237,7 +237,7 @@ class Tag:
     RESUMED_FROM = "resumed_from_step"
     RETRY_OF = "retry_of"
     LAST_GOOD_STEP = "last_good_step"  # a diverged trial's steps at its last good round
-    REFERENCE_CONFIG = "reference_config"  # "true": the family's reference configuration (harness/search/planning.py)
+    REPORTED_CONFIG = "reference_config"  # "true": the family's reported configuration (harness/search/planning.py)
     FLAGS = "flags"  # collapsed,did_not_learn | none: never reported as best (harness/scoring/flags.py)
     PACK = "fused_pack"  # "trials 3,4,5": trained together as one fused pack (harness/training/packs.py)
     FLAG_EVIDENCE = "flags.evidence"  # the numbers behind the flags
@@ -254,10 +254,10 @@ class Attr:
     FAILURE = "failure_reason"
     REFERENCE_STATS = "reference_stats"
     RESUMED_FROM = "resumed_from_step"
-    REFERENCE_CONFIG = "reference_config"  # the family whose reference configuration the trial is
+    REPORTED_CONFIG = "reference_config"  # the family whose reported configuration the trial is
     FLAGS = "flags"  # as the run tag
     EXCLUDED = "excluded"  # True: never reported as best (the run tag flags.excluded)
-    REFERENCE_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs
+    REPORTED_MOVED = "reference_moved"  # {param: [reference value, value used]} where the study's space differs
     WORKER = "worker"  # {host, pid, start, trial}: the process running the trial (harness/search/workers.py)
     PACK = "fused_pack"  # [trial numbers] trained together as one fused pack (harness/training/packs.py)
 

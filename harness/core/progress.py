@@ -1,5 +1,5 @@
 """What a running study prints: a progress bar (trials done of those to run, best so far), one line
-per finished trial, and the counts the summary at the end is made of; and `Phase`, what any other
+per finished trial, and the counts the summary at the end is made of; and `LongTask`, what any other
 long phase (training the domain extractor, drawing reference images, building reports) prints so
 that a log never goes silent, on a terminal or piped."""
 
@@ -22,9 +22,9 @@ LINE_SECONDS = 5.0  # piped output: a phase prints a line this often
 BAR_SECONDS = 1.0  # on a terminal: how often the bar's time and note are refreshed
 
 
-class StudySpec(Protocol):
+class StudyView(Protocol):
     """What these printers read of a study (harness.study.studyfile.StudySpec). Not imported from there: it
-    reaches the extractors, which print through Phase, and the report, which must not load torch."""
+    reaches the extractors, which print through LongTask, and the report, which must not load torch."""
 
     @property
     def study_name(self) -> str: ...
@@ -63,7 +63,7 @@ class Tally:
 
 
 class Progress:
-    def __init__(self, spec: StudySpec, total: int, prefix: str = "", bar: bool = True):
+    def __init__(self, spec: StudyView, total: int, prefix: str = "", bar: bool = True):
         self.spec, self.prefix = spec, prefix
         self.bar = tqdm(total=total, desc=spec.study_name, unit="trial", dynamic_ncols=True,
                         disable=None if bar else True)  # None: shown on a terminal only
@@ -101,7 +101,7 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def best_text(study: optuna.Study, spec: StudySpec) -> str:
+def best_text(study: optuna.Study, spec: StudyView) -> str:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return ""
     if len(spec.objectives) > 1:
@@ -119,13 +119,13 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class Phase:
+class LongTask:
     """A long phase that must not go silent. On a terminal, a bar (or a counter when the total is not
     known); where output is piped (a log file, CI, `| tee`), a plain line on stdout every LINE_SECONDS
     saying what runs, how far it is and for how long. A background thread does the printing, so a
     phase stuck in one long call (drawing 10,000 faces) still shows that it is alive.
 
-        with Phase("training the domain extractor", total=steps, unit="step") as phase:
+        with LongTask("training the domain extractor", total=steps, unit="step") as phase:
             for step in ...:
                 phase.update(1, note=f"loss {loss:.3f}")
     """
@@ -176,7 +176,7 @@ class Phase:
         if self.bar is not None:
             self.bar.close()
 
-    def __enter__(self) -> "Phase":
+    def __enter__(self) -> "LongTask":
         return self
 
     def __exit__(self, *exc: object) -> None:

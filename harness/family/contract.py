@@ -3,7 +3,7 @@
 A family is one file, models/<name>.py: its config dataclass and nn.Modules, then
 
     FAMILY = Family(name="vae", kind="autoencoder", help="...", space=SPACE, metrics=METRICS,
-                    reference=REFERENCE, build=build, make_optimizers=make_optimizers,
+                    reported=REPORTED, build=build, make_optimizers=make_optimizers,
                     train_step=train_step, eval_step=eval_step, budget_optimizer="vae", fused=FUSED)
 
 The registry (harness/family/registry.py) finds every module of `models/` that defines FAMILY,
@@ -14,7 +14,7 @@ written elsewhere is registered with register_family(FAMILY). The fields:
   space     its hyperparameters (harness/family/space.py), in the order conditions need
   metrics   what eval_step returns, and whether lower or higher is better (None: logged, never an
             objective); the loop logs them as train_<m> / val_<m> / test_<m> (harness/core/keys.py)
-  reference the configuration the seed reports trained (the rest of the space at its defaults);
+  reported  the configuration the seed reports trained (the rest of the space at its defaults);
             every sampled study runs it first (harness/search/planning.py)
   curves    the losses drawn as training and validation curves (None: the kind's)
   plots     the pictures that suit it (None: the kind's; see registry.PLOTS)
@@ -82,7 +82,7 @@ class Family:
     make_optimizers: MakeOptimizers
     train_step: TrainStep
     eval_step: EvalStep
-    reference: Mapping[str, Any] = field(default_factory=dict)  # empty: every parameter at its default
+    reported: Mapping[str, Any] = field(default_factory=dict)  # empty: every parameter at its default
     curves: tuple[str, ...] | None = None
     plots: tuple[str, ...] | None = None
     output_range: tuple[float, float] = (0.0, 1.0)
@@ -99,10 +99,10 @@ class Family:
         return {name: param.default for name, param in self.space.items()}
 
     @property
-    def reference_config(self) -> dict[str, Any]:
+    def reported_config(self) -> dict[str, Any]:
         """The seed reports' configuration, every other parameter at its default (conditional ones only
         where their condition holds)."""
-        config = self.defaults | dict(self.reference)
+        config = self.defaults | dict(self.reported)
         return {name: value for name, value in config.items()
                 if self.space[name].when is None or config.get(self.space[name].when[0]) == self.space[name].when[1]}
 

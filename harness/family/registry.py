@@ -59,8 +59,8 @@ def _checked(family: Family) -> Family:
         raise RegistryError(f"{at}: kind {family.kind!r} must be one of {KINDS}")
     _check_space(at, family.space)
     _check_metrics(at, family.metrics)
-    for param_name, value in dict(family.reference).items():
-        _check_reference(at, family.space, param_name, value)
+    for param_name, value in dict(family.reported).items():
+        _check_reported(at, family.space, param_name, value)
     for what in ("build", "make_optimizers", "train_step", "eval_step"):
         if not callable(getattr(family, what)):
             raise RegistryError(f"{at}: {what} is not callable")
@@ -72,7 +72,7 @@ def _checked(family: Family) -> Family:
                             f"(a key of what make_optimizers returns), got {family.budget_optimizer!r}")
     _check_fused(at, family.fused, family.space)
     return dataclasses.replace(family, space=dict(family.space), metrics=dict(family.metrics),
-                               reference=dict(family.reference), curves=_curves(at, family), plots=_plots(at, family),
+                               reported=dict(family.reported), curves=_curves(at, family), plots=_plots(at, family),
                                output_range=tuple(map(float, family.output_range)), budget_optimizer=budget_optimizer)
 
 
@@ -129,19 +129,19 @@ def _check_fused(at: str, fused: Fused | None, space: Mapping[str, Param]) -> No
         raise RegistryError(f"{at}: fused switches {sorted(set(fused.switches) - set(fused.scalars))} are not scalars")
 
 
-def _check_reference(at: str, space: Mapping[str, Param], name: str, value: Any) -> None:
+def _check_reported(at: str, space: Mapping[str, Param], name: str, value: Any) -> None:
     param = space.get(name)
     if param is None:
-        raise RegistryError(f"{at}: reference names {name!r}, which is not in its space")
+        raise RegistryError(f"{at}: reported configuration names {name!r}, which is not in its space")
     try:
         if isinstance(param, (FloatParam, IntParam)):
-            param.check_value(value, f"{at}: reference {name}")
+            param.check_value(value, f"{at}: reported {name}")
             return
     except UserError as e:
         raise RegistryError(str(e)) from None
     allowed = param.choices if isinstance(param, ChoiceParam) else (param.value,)
     if value not in allowed:
-        raise RegistryError(f"{at}: reference {name} = {value!r} is not one of {list(allowed)}")
+        raise RegistryError(f"{at}: reported {name} = {value!r} is not one of {list(allowed)}")
 
 
 def _families() -> dict[str, Family]:

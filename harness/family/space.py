@@ -201,19 +201,19 @@ def describe(param: Param) -> dict[str, Any]:
     return param.describe() | ({"when": list(param.when)} if param.when else {})
 
 
-def reference_point(space: Mapping[str, Param], reference: Mapping[str, Any],
+def reported_point(space: Mapping[str, Param], reported: Mapping[str, Any],
                     prefix: str = "") -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
-    """The configuration of `space` nearest to a family's reference configuration, as Optuna's
+    """The configuration of `space` nearest to a family's reported configuration, as Optuna's
     enqueue_trial takes it (free parameters only, named prefix + name), and what the study's space
-    moved: {name: (reference value, value used)} where it fixes another value or its range or
-    choices leave the reference out (a range: the nearer end; choices: the nearest number)."""
+    moved: {name: (reported value, value used)} where it fixes another value or its range or
+    choices leave the reported value out (a range: the nearer end; choices: the nearest number)."""
     values: dict[str, Any] = {}
     point: dict[str, Any] = {}
     moved: dict[str, tuple[Any, Any]] = {}
     for name, param in space.items():
         if param.when is not None and values.get(param.when[0]) != param.when[1]:
             continue
-        wanted = reference.get(name, param.default)
+        wanted = reported.get(name, param.default)
         values[name] = value = _nearest(param, wanted)
         if not isinstance(param, FixedParam):
             point[prefix + name] = value

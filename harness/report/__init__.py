@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.core.progress import Phase
+from harness.core.progress import LongTask
 from harness.core.storage import Storage
 from harness.report.page import write_index, write_study_report
 from harness.report.plots import pareto_mask
@@ -36,6 +36,6 @@ def build(storage: Storage, names: list[str] | None, out: Path) -> list[Path]:
     todo = [record for record in records if record.name in chosen]
     for i, record in enumerate(todo, start=1):  # a line per study, and more while a big one draws
         print(f"report {i}/{len(todo)}: {record.name} ({record.counts_text()})", flush=True)
-        with Phase(f"building the report of {record.name}", unit="page"):
+        with LongTask(f"building the report of {record.name}", unit="page"):
             pages.append(write_study_report(record, client, out / record.name))
     return [write_index(records, pages, cross_study(records), out), *pages]

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from harness.core import keys
 from harness.core.cache import key_of, load_or_build, sha256_tensor
 from harness.core.errors import UserError, warn
-from harness.core.progress import Phase
+from harness.core.progress import LongTask
 from harness.data.datasets import ImageSplits, did_you_mean, to_model_range
 from harness.family.contract import Family
 from harness.family.generate import GRID_SEED, fixed_samples
@@ -132,7 +132,7 @@ class SampleQuality:
                                 f"generated images (seed {FD_INF_SEED}), reference fixed (Chong & Forsyth 2020)",
                 keys.ScoreParam.PRECISION_RECALL_K: s.pr_k}  # the k of density and coverage too (the name is older)
 
-    def features(self, images: Tensor, phase: Phase | None = None) -> tuple[Tensor, Tensor | None]:
+    def features(self, images: Tensor, phase: LongTask | None = None) -> tuple[Tensor, Tensor | None]:
         parts = []
         for start in range(0, len(images), BATCH):
             parts.append(self.extractor(images[start:start + BATCH]))
@@ -155,7 +155,7 @@ class SampleQuality:
                       "input": self.extractor.input_description, "version": 2}, length=24)
 
         def build() -> dict[str, Tensor]:  # minutes for Inception on a CPU: the phase shows how far it is
-            with Phase(f"reference statistics ({self.extractor.name}, {part})", total=n, unit="image") as phase:
+            with LongTask(f"reference statistics ({self.extractor.name}, {part})", total=n, unit="image") as phase:
                 features, _ = self.features(images, phase)
             stats = FeatureStats.of(features)
             return {"mu": stats.mu, "sigma": stats.sigma, "features": features}

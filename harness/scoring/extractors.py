@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from harness.core.cache import key_of, load_or_build, sha256_file
 from harness.core.errors import UserError, warn
-from harness.core.progress import Phase
+from harness.core.progress import LongTask
 from harness.scoring.detail import NO_DETAIL, SMALLEST, DetailFeatures, without_level
 from harness.scoring.inception import FID_HELPER_FILE, FID_HELPER_SHA256, fid_helper_weights, load_fid_helper_inception
 from harness.scoring.real_images import ScoreData
@@ -392,7 +392,7 @@ def _train_domain(net: DomainNet, images: Tensor, targets: Targets, device: torc
     steps, batch = training_steps(len(images)), min(RECIPE["batch_size"], len(images))
     note_every = max(1, steps // 100)  # the loss is read back (a device sync) this often, for the progress line
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            Phase("training the domain extractor", total=steps) as phase:
+            LongTask("training the domain extractor", total=steps) as phase:
         torch.manual_seed(RECIPE["seed"])
         net.to(device).train()
         optimizer = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from harness.core.cache import sha256_tensor
 from harness.core.errors import warn
-from harness.core.progress import Phase
+from harness.core.progress import LongTask
 from harness.data.datasets import SPLIT_OPTIONS, TrainShape, get_dataset, load_images, make_splits, resolve_options
 
 TARGET_N = 2000  # reference images wanted on each side where the data has them (at least, on a CPU)
@@ -80,7 +80,7 @@ def score_data(name: str, options: Mapping[str, Any], cache_dir: Path | None, wa
     if spec.draw is not None:
         drawn = {}
         parts = (("train", EXTRACTOR_SAMPLE), ("reference", wanted), ("holdout", wanted))
-        with Phase(f"drawing the scoring images of {name}", total=sum(n for _, n in parts), unit="image") as phase:
+        with LongTask(f"drawing the scoring images of {name}", total=sum(n for _, n in parts), unit="image") as phase:
             for part, n in parts:  # a minute on a 2-core CPU: the phase says it is alive
                 phase.update(0, note=f"the {part} set ({n})")
                 drawn[part] = spec.draw(canonical, n, SEEDS[part])
@@ -95,7 +95,7 @@ def score_data(name: str, options: Mapping[str, Any], cache_dir: Path | None, wa
                          dict(first.label_classes),
                          f"fresh draws: {EXTRACTOR_SAMPLE} for the extractor (seed {SEEDS['train']}), reference "
                          f"seed {SEEDS['reference']}, holdout seed {SEEDS['holdout']}; no study trains on them")
-    with Phase(f"loading the scoring images of {name}", unit="image"):  # the whole set, and its content hashes
+    with LongTask(f"loading the scoring images of {name}", unit="image"):  # the whole set, and its content hashes
         splits = make_splits(name, load_images(name, canonical, cache_dir), canonical)
         identity = {"dataset": name, "train_sha256": sha256_tensor(splits.train), "val_sha256": sha256_tensor(splits.val),
                     "test_sha256": sha256_tensor(splits.test), "version": VERSION}

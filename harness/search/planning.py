@@ -1,9 +1,9 @@
 """Which trials a study runs: its budget of finished trials, the grid points still missing, the
 queue, and the trials a worker must not run because the budget is met elsewhere.
 
-Every sampled (not grid) study runs each family's reference configuration (the seed reports'; see
+Every sampled (not grid) study runs each family's reported configuration (the seed reports'; see
 harness/family/registry.py) as that family's first trial, so no family is judged by random draws alone:
-it is enqueued, marked with the user attribute `reference_config`, before any sampled trial.
+it is enqueued, marked with the user attribute `reported_config`, before any sampled trial.
 
 `trials` in a study file is the study's budget of finished (complete or pruned) trials, not a count
 per invocation (per family, when a study has several: each family gets the same budget, its trials
@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core import keys
 from harness.core.keys import Attr
 from harness.family.registry import get_family
-from harness.family.space import reference_point
+from harness.family.space import reported_point
 from harness.study.studyfile import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -38,23 +38,23 @@ class Queued:
     user_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def reference_trial(spec: StudySpec, family: str) -> Queued:
-    """The family's reference configuration in this study's space (see space.reference_point); what
+def reported_trial(spec: StudySpec, family: str) -> Queued:
+    """The family's reported configuration in this study's space (see space.reported_point); what
     the space moved is kept in the user attribute `reference_moved`."""
     several = len(spec.families) > 1
-    point, moved = reference_point(spec.spaces[family], get_family(family).reference_config,
+    point, moved = reported_point(spec.spaces[family], get_family(family).reported_config,
                                    f"{family}." if several else "")
-    attrs = {Attr.REFERENCE_CONFIG: family} | ({Attr.REFERENCE_MOVED: {k: list(v) for k, v in moved.items()}} if moved else {})
+    attrs = {Attr.REPORTED_CONFIG: family} | ({Attr.REPORTED_MOVED: {k: list(v) for k, v in moved.items()}} if moved else {})
     return Queued(({"family": family} if several else {}) | point, attrs)
 
 
-def has_reference(study: optuna.Study, family: str) -> bool:
-    """Whether the study ran, runs or queued the family's reference trial already."""
-    return any(t.user_attrs.get(Attr.REFERENCE_CONFIG) == family for t in study.get_trials(deepcopy=False))
+def has_reported(study: optuna.Study, family: str) -> bool:
+    """Whether the study ran, runs or queued the family's reported trial already."""
+    return any(t.user_attrs.get(Attr.REPORTED_CONFIG) == family for t in study.get_trials(deepcopy=False))
 
 
 def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[Queued], str]:
-    """(trials to run now, trials to enqueue (grid points, reference configurations), why nothing runs
+    """(trials to run now, trials to enqueue (grid points, reported configurations), why nothing runs
     when it is 0)."""
     done = study.get_trials(deepcopy=False, states=FINISHED)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # another worker's: not ours to run
@@ -65,8 +65,8 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[Queued]
         why = (f"{spec.study_name} already has {len(done)} finished trials, its budget (trials = {spec.trials}); "
                "raise TRIALS= to run more")
         family = spec.families[0]
-        reference = [reference_trial(spec, family)] if left > 0 and not has_reference(study, family) else []
-        return max(0, left), reference, why
+        reported = [reported_trial(spec, family)] if left > 0 and not has_reported(study, family) else []
+        return max(0, left), reported, why
     names = list(spec.grid)
     points = [dict(zip(names, values)) for values in itertools.product(*spec.grid.values())]
     missing = [p for p in points if not any(matches(p, t.params) for t in done)]
@@ -83,17 +83,17 @@ def plan_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, list[Queued]
 
 def _plan_per_family(study: optuna.Study, spec: StudySpec, done: list[FrozenTrial]) -> tuple[int, list[Queued], str]:
     """The same budget for every family: each family's missing trials, enqueued in turn, its
-    reference configuration first."""
+    reported configuration first."""
     waiting = [w.get("family") for w in waiting_params(study)]
     left = {f: max(0, spec.trials - sum(t.params.get("family") == f for t in done)) for f in spec.families}
     to_queue = {f: max(0, n - waiting.count(f)) for f, n in left.items()}
     enqueue = []
-    reference = {f for f in spec.families if to_queue[f] and not has_reference(study, f)}
+    reported = {f for f in spec.families if to_queue[f] and not has_reported(study, f)}
     while any(to_queue.values()):
         for family in spec.families:
             if to_queue[family]:
-                enqueue.append(reference_trial(spec, family) if family in reference else Queued({"family": family}))
-                reference.discard(family)
+                enqueue.append(reported_trial(spec, family) if family in reported else Queued({"family": family}))
+                reported.discard(family)
                 to_queue[family] -= 1
     why = (f"{spec.study_name} already has {spec.trials} finished trials for each of its {len(spec.families)} "
            "families, its budget; raise TRIALS= to run more")
@@ -125,7 +125,7 @@ def surplus(spec: StudySpec, study: optuna.Study, number: int) -> str:
 
 
 def duplicate_of(study: optuna.Study, number: int) -> int | None:
-    """The earlier trial that holds the same queued point (a grid point, a reference configuration) as
+    """The earlier trial that holds the same queued point (a grid point, a reported configuration) as
     trial `number`, when two invocations planned the same study at once and both queued it; None when
     the point is this trial's. The lowest trial number keeps a point, so two invocations that pop copies
     at the same moment agree without a lock (on SQLite and PostgreSQL alike). Failed trials give their

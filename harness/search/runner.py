@@ -296,7 +296,7 @@ class TrialLoop:
         with heartbeat_api():
             original = planning.retry_of(self.study, trial.number)
         tags = {Tag.TRIAL: trial.number} | ({Tag.RETRY_OF: original.number} if original else {}) \
-            | ({Tag.REFERENCE_CONFIG: "true"} if trial.user_attrs.get(Attr.REFERENCE_CONFIG) else {})
+            | ({Tag.REPORTED_CONFIG: "true"} if trial.user_attrs.get(Attr.REPORTED_CONFIG) else {})
         packable = self.pack > 1 and original is None and not self.session.fast.compile \
             and get_family(family).fused is not None
         fast = pack_fast(self.session.fast) if packable else None

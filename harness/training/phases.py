@@ -1,7 +1,7 @@
 """Where a trial's time goes: seconds per phase (data, forward/backward, optimizer, logging, ...).
 
 The training loop and the trial runner mark their phases with `phases.phase(name)` on the profiler
-they are given: `OFF` (the default, a no-op) or a `Phases` from `profiling(device)`, which sums each
+they are given: `OFF` (the default, a no-op) or a `PhaseTimes` from `profiling(device)`, which sums each
 phase's *exclusive* time (a nested phase's seconds are taken out of its parent's) and, through
 torch's global optimizer-step hooks while the block runs, counts every optimizer step inside a phase
 as the phase "optimizer", so a family's train_step needs no marks. On CUDA each boundary
@@ -41,7 +41,7 @@ class Off:
 OFF = Off()
 
 
-class Phases:
+class PhaseTimes:
     """Exclusive seconds per phase name, and how often each phase ran."""
 
     def __init__(self, device: torch.device):
@@ -100,9 +100,9 @@ _END: Any = object()
 
 
 @contextmanager
-def profiling(device: torch.device) -> Iterator[Phases]:
+def profiling(device: torch.device) -> Iterator[PhaseTimes]:
     """A profiler to hand to the code run inside the block, counting optimizer steps while it runs."""
-    phases = Phases(device)
+    phases = PhaseTimes(device)
     hooks = [register_optimizer_step_pre_hook(phases.optimizer_starts),
              register_optimizer_step_post_hook(phases.optimizer_ends)]
     try:
