@@ -325,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build
 
     storage = Storage.from_env()
-    storage.check_reachable()
+    storage.check_readable()
     storage.relocate()  # a moved RUNS_DIR's samples and curves are read from where they are now
     pages = build(storage, args.studies or None, args.out)
     print("\n".join(f"wrote {p}" for p in pages))
@@ -389,10 +389,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from harness.tracking.ui import serve, study_links
 
     storage = Storage.from_env()
-    storage.prepare()
     if storage.tracking_uri.startswith(("http://", "https://")):
         print(f"TRACKING_URI is a tracking server: its UI is at {redact(storage.tracking_uri)}")
         return 0
+    storage.check_readable()
+    storage.prepare()  # a moved RUNS_DIR's artifact locations put right before the server reads them
     print(f"MLflow UI for {storage.runs_dir} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     if args.study:
         from harness.study.studyfile import load_study
@@ -416,6 +417,7 @@ def list_arguments(commands: argparse._SubParsersAction) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from harness.data.datasets import dataset_names, get_dataset
     from harness.family.registry import family_names, get_family
+    from harness.family.space import shown
     from harness.study.studyfile import load_study, study_names
 
     print("families:")
@@ -423,13 +425,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         family = get_family(name)
         print(f"  {name:<12} {family.kind}: {family.help}")
         print("      reported configuration (the seed reports'): "
-              + ", ".join(f"{k}={v!r}" for k, v in family.reported.items()))
+              + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in family.reported.items()))
+        width, ranges = max(map(len, family.space)), {param: shown(p) for param, p in family.space.items()}
         for param, p in family.space.items():
-            print(f"      {param:<14} {p.describe()}  default {p.default!r}  {p.help}")
+            print(f"      {param:<{width}}  {ranges[param]:<{max(map(len, ranges.values()))}}  default {p.default}  {p.help}")
     print("datasets:")
     for name in dataset_names():
         spec = get_dataset(name)
-        print(f"  {name:<12} {spec.help}; options {spec.all_options}")
+        options = ", ".join(f"{k} = {v!r}" if v == "" else f"{k} = {v}" for k, v in spec.all_options.items())
+        print(f"  {name:<12} {spec.help}; options: {options}")
     print("studies:")
     status = 0
     for name in study_names():

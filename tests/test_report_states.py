@@ -264,3 +264,21 @@ def test_a_phase_is_silent_on_time_and_says_how_far(monkeypatch, capsys):
     with LongTask("quick", total=1) as phase:
         phase.update(1)
     assert capsys.readouterr().out == ""  # a phase shorter than the interval prints nothing
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_reading_a_runs_dir_with_no_studies_names_it_and_creates_nothing(tmp_path, monkeypatch, capsys, exists):
+    """`RUNS_DIR=/missing make report` used to blame STORAGE=sqlite:///... (which the user never set),
+    and on an empty folder left an optuna.db behind."""
+    runs = tmp_path / "runs"
+    if exists:
+        runs.mkdir()
+    monkeypatch.setenv("RUNS_DIR", str(runs))
+    monkeypatch.delenv("STORAGE", raising=False)
+    monkeypatch.delenv("TRACKING_URI", raising=False)
+    assert main(["report", "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"RUNS_DIR={runs}" in err and "STORAGE" not in err
+    assert ("does not exist" in err) != exists and ("no studies under" in err) == exists
+    assert not runs.exists() if not exists else list(runs.iterdir()) == []
+    assert not (tmp_path / "reports").exists()

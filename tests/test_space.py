@@ -81,3 +81,17 @@ def test_choice_param_refuses_values_outside_its_choices():
 def test_fixed_param_cannot_be_overridden():
     with pytest.raises(UserError, match="fixed"):
         FixedParam(3).override(4, "w")
+
+
+def test_make_list_shows_ranges_as_a_person_writes_them(capsys):
+    from harness.cli import main
+    from harness.family.space import ChoiceParam, FixedParam, FloatParam, IntParam, shown
+
+    assert shown(FloatParam(1e-5, 1e-2, 1e-3, log=True)) == "float 1e-05 .. 0.01, log scale"
+    assert shown(IntParam(1, 10, 1, when=("schedule", "ratio"))) == "int 1 .. 10 (when schedule = ratio)"
+    assert shown(ChoiceParam(("ratio", "threshold"), "ratio")) == "one of ratio, threshold"
+    assert shown(FixedParam(64)) == "fixed at 64"
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "{'" not in out and "'type'" not in out  # no Python dicts
+    assert "kl_weight" in out and "float 5e-05 .. 0.01, log scale" in out and "options: size = 32, n = 6000" in out

@@ -231,3 +231,16 @@ def _nearest(param: Param, value: Any) -> Any:
         return value
     numbers = [c for c in param.choices if _is_number(c)]
     return min(numbers, key=lambda c: abs(c - value)) if numbers and _is_number(value) else param.default
+
+
+def shown(param: Param) -> str:
+    """A parameter's range as `make list` prints it: "float 1e-05 .. 0.01, log scale", "one of ratio, threshold"."""
+    described = param.describe()
+    kind = described["type"]
+    if kind in ("float", "int"):
+        text = f"{kind} {described['low']:g} .. {described['high']:g}" + (", log scale" if described["log"] else "")
+    elif kind == "choice":
+        text = "one of " + ", ".join(map(str, described["choices"]))
+    else:
+        text = f"fixed at {described['value']}"
+    return text + (f" (when {param.when[0]} = {param.when[1]})" if param.when else "")
