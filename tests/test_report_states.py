@@ -282,3 +282,35 @@ def test_reading_a_runs_dir_with_no_studies_names_it_and_creates_nothing(tmp_pat
     assert ("does not exist" in err) != exists and ("no studies under" in err) == exists
     assert not runs.exists() if not exists else list(runs.iterdir()) == []
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_trial_shows_its_steps_read_from_its_counter_when_piped(monkeypatch, capsys):
+    """The loop does nothing for its progress: another thread reads the step counter."""
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.01)
+    counter = {"done": 0}
+    with progress.steps_shown("trial 3", 40, lambda: counter["done"]) as shown:
+        for step in range(1, 41):
+            counter["done"] = step
+            if step == 20:
+                shown("round 1/2, val_loss=0.5")
+            time.sleep(0.005)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  trial 3: ")]
+    assert len(lines) >= 3 and any("/40 steps (" in line for line in lines)
+    assert any("round 1/2, val_loss=0.5" in line for line in lines)
+    with progress.steps_shown(None, 40, lambda: 0) as shown:  # no label: nothing shown, nothing started
+        shown("ignored")
+    assert capsys.readouterr().out == ""
+
+
+def test_a_study_ends_with_the_next_commands_as_typed(tmp_path, monkeypatch):
+    from harness.study.studyfile import load_study
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_study("vae_kl_sweep")
+    assert progress.next_commands(spec, tmp_path / "mlruns") == (
+        f"next: make report STUDY=vae_kl_sweep (writes reports/{spec.study_name}/index.html), "
+        "make ui STUDY=vae_kl_sweep (its runs in the MLflow UI)")
+    full_spec = load_study("vae_kl_sweep", "full")
+    full = progress.next_commands(full_spec, Path("/data/runs"))
+    assert f"RUNS_DIR=/data/runs make report STUDY=vae_kl_sweep (writes reports/{full_spec.study_name}/" in full
+    assert full.endswith("RUNS_DIR=/data/runs make ui STUDY=vae_kl_sweep SCALE=full (its runs in the MLflow UI)")

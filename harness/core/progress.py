@@ -5,11 +5,13 @@ that a log never goes silent, on a terminal or piped."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -28,6 +30,12 @@ class StudyView(Protocol):
 
     @property
     def study_name(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scale(self) -> str: ...
 
     @property
     def objectives(self) -> Sequence[Any]: ...  # each with .metric and .direction
@@ -128,10 +136,13 @@ class LongTask:
         with LongTask("training the domain extractor", total=steps, unit="step") as phase:
             for step in ...:
                 phase.update(1, note=f"loss {loss:.3f}")
+
+    `count`, where given, is asked how far it is instead (a trial's step counter): the loop it watches
+    then does no work at all for its progress.
     """
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "step"):
-        self.what, self.total, self.unit = what, total, unit
+    def __init__(self, what: str, total: int | None = None, unit: str = "step", count: Callable[[], int] | None = None):
+        self.what, self.total, self.unit, self.count = what, total, unit, count
         self.done, self.note = 0, ""
         self.start = time.perf_counter()
         self._lock = threading.Lock()
@@ -151,6 +162,7 @@ class LongTask:
 
     def line(self) -> str:
         """What a piped log shows: `  what: 200/2000 steps (10%), loss 1.78, 87 s so far`."""
+        self._counted()
         with self._lock:
             if self.total:
                 far = f"{self.done}/{self.total} {self.unit}s ({100 * self.done / self.total:.0f}%)"
@@ -166,9 +178,15 @@ class LongTask:
                 sys.stdout.write(self.line() + "\n")  # one write: a line never interleaves with another thread's
                 sys.stdout.flush()
                 continue
+            self._counted()
             with self._lock:
                 self.bar.set_postfix_str(self.note, refresh=False)
                 self.bar.refresh()  # the elapsed time moves on even while one call blocks
+
+    def _counted(self) -> None:
+        if self.count is not None:
+            done = self.count()
+            self.update(done - self.done)
 
     def close(self) -> None:
         self._stop.set()
@@ -181,3 +199,26 @@ class LongTask:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def steps_shown(label: str | None, steps: int, done: Callable[[], int]) -> Iterator[Callable[[str], None]]:
+    """A trial's steps as they go, on a terminal (a bar) and piped (a line every few seconds), read
+    from its step counter by another thread (nothing added to the loop); yields a function that sets
+    the note beside them. No label: nothing shown."""
+    if label is None:
+        yield lambda note: None
+        return
+    task = LongTask(label, total=steps, unit="step", count=done)
+    try:
+        yield lambda note: task.update(0, note=note)
+    finally:
+        task.close()
+
+
+def next_commands(spec: StudyView, runs_dir: Path) -> str:
+    """What to run after a study, exactly as it is typed (RUNS_DIR= too when it is not the default)."""
+    runs = "" if runs_dir == Path.cwd() / "mlruns" else f"RUNS_DIR={runs_dir} "
+    scale = f" SCALE={spec.scale}" if spec.scale != "cpu" else ""
+    return (f"next: {runs}make report STUDY={spec.name} (writes reports/{spec.study_name}/index.html), "
+            f"{runs}make ui STUDY={spec.name}{scale} (its runs in the MLflow UI)")

@@ -180,6 +180,7 @@ class Storage:
     def check_readable(self) -> None:
         """Before a command that only reads (make report, make ui): the local stores are there, so that
         reading never creates them, and a RUNS_DIR that is not there is named as the user gave it."""
+        self.check_reachable()  # a remote store that does not answer first: it is what the user set
         local = [(name, uri) for name, uri in (("optuna.db", self.storage_url), ("mlflow.db", self.tracking_uri))
                  if uri == f"sqlite:///{self.runs_dir / name}"]
         if local and not self.runs_dir.is_dir():
@@ -189,7 +190,6 @@ class Storage:
         if missing:
             raise UserError(f"no studies under RUNS_DIR={self.runs_dir} (it has no {' or '.join(missing)}); run one "
                             "first (make study STUDY=smoke) or set RUNS_DIR= to the folder your studies wrote")
-        self.check_reachable()
 
     def prepare(self) -> None:
         """Create RUNS_DIR and prove it is writable before anything is recorded there."""

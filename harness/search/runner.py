@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from harness.core import keys
 from harness.core.errors import UserError, defer_interrupts, redact, warn
 from harness.core.keys import Attr, Tag
-from harness.core.progress import SURPLUS, Progress, Tally, best_text
+from harness.core.progress import SURPLUS, Progress, Tally, best_text, next_commands
 from harness.core.storage import Storage
 from harness.family.registry import get_family
 from harness.family.space import suggest
@@ -368,7 +368,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     to_run, enqueue, why = planning.plan_trials(study, spec)
     if to_run == 0:
         best = best_text(study, spec)
-        return StudyResult(0, why + (f"; best {best}" if best else ""))
+        return StudyResult(0, why + (f"; best {best}" if best else "") + f"\n{next_commands(spec, storage.runs_dir)}")
 
     workers = min(workers, to_run)
     pack = pack or default_pack(resolve_device(device))
@@ -392,7 +392,7 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     if tally.disk_full:
         _stop_on_full_disk(study, storage, tracker, parent_id, tally.disk_full)
     _finish_parent(study, session, publisher, parent_id)
-    return _result(study, spec, parent_id, tally, time.perf_counter() - start)
+    return _result(study, spec, storage, parent_id, tally, time.perf_counter() - start)
 
 
 def _run_trials(opened: OpenStudy, session: Session, publisher: Publisher, parent_id: str, device: str, workers: int,
@@ -425,7 +425,8 @@ def _stop_on_full_disk(study: optuna.Study, storage: Storage, tracker: Tracker, 
                     f"space and run the same command again: the {finished} finished trial(s) are kept")
 
 
-def _result(study: optuna.Study, spec: StudySpec, parent_id: str, tally: Tally, seconds: float) -> StudyResult:
+def _result(study: optuna.Study, spec: StudySpec, storage: Storage, parent_id: str, tally: Tally,
+            seconds: float) -> StudyResult:
     """The study's last lines: what ran, the best trial, where to look."""
     ran = tally.counts
     summary = (f"{sum(ran.values())} trial(s) in {seconds:.0f} s: "
@@ -433,7 +434,7 @@ def _result(study: optuna.Study, spec: StudySpec, parent_id: str, tally: Tally, 
     if ran[SURPLUS]:
         summary += f", {ran[SURPLUS]} surplus (their points or budget taken by another worker or invocation)"
     best = best_text(study, spec)
-    where = f"MLflow experiment {spec.study_name}, parent run {parent_id}; open it with `make ui`"
+    where = f"MLflow experiment {spec.study_name}, parent run {parent_id}\n{next_commands(spec, storage.runs_dir)}"
     if ran[TrialState.COMPLETE] + ran[TrialState.PRUNED] == 0 and ran[TrialState.FAIL]:
         return StudyResult(1, f"{summary}; every trial failed, first {tally.first_failure} (error.txt in its run)")
     return StudyResult(0, f"{summary}; best {best}\n{where}" if best else f"{summary}\n{where}")

@@ -21,6 +21,7 @@ import torch
 
 from harness.core import keys
 from harness.core.errors import defer_interrupts
+from harness.core.progress import LongTask
 from harness.data.datasets import from_model_range, to_model_range
 from harness.family.contract import Family
 from harness.family.fast_path import FastPath
@@ -118,12 +119,13 @@ class TrialRunner:
         try:
             result = trained()
             outcome.history, outcome.seconds, outcome.stopped_at = result.history, result.seconds, result.stopped_at
-            with s.phases.phase("run artifacts"):
+            with s.phases.phase("run artifacts"), LongTask(f"{job.label}: its pictures and model files", unit="file"):
                 outcome.artifacts = self._artifacts(family, job, result, scratch)
             if result.stopped_at is not None:
                 outcome.state = State.PRUNED
                 return outcome
-            with s.phases.phase("final scores"):
+            with s.phases.phase("final scores"), LongTask(f"{job.label}: final scores on {s.quality.final_samples} samples",
+                                                          unit="score"):
                 outcome.final = self._final_scores(family, job.params, result.model, scratch)
                 outcome.artifacts.append(scratch / "scores.json")
             outcome.flags = judge(outcome.final, s.quality.extractor.name, s.learned_bar,

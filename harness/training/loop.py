@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from harness.core import keys
+from harness.core.progress import steps_shown
 from harness.data.datasets import ImageSplits, to_model_range
 from harness.family.contract import Family
 from harness.family.fast_path import PLAIN, FastPath
@@ -330,10 +330,8 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
     torch.manual_seed(config.seed)
     run = TrialRun(family, params, data, config, hooks, resume)
     start = time.perf_counter()
-    bar = tqdm(range(run.first, config.rounds + 1), desc=config.label, unit="round", leave=False,
-               disable=True if config.label is None else None)  # None: shown on a terminal only
-    with fast.applied():
-        for round_ in bar:
+    with fast.applied(), steps_shown(config.label, config.steps, lambda: run.counter.done) as shown:
+        for round_ in range(run.first, config.rounds + 1):
             t0 = time.perf_counter()
             run.begin_round()
             tally = run.new_tally()
@@ -343,10 +341,10 @@ def train(family: Family, params: Mapping[str, Any], data: ImageSplits, config: 
                 curve = tally.curve()
             stop = run.end_round(round_, metrics, time.perf_counter() - t0, t0, curve)
             with phases.phase("progress bar"):
-                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")})
+                shown(f"round {round_}/{config.rounds}, " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in metrics.items() if keys.in_split(k, "val")))
             if stop:
                 break
-    bar.close()
     run.result.seconds = time.perf_counter() - start
     return run.result
 

@@ -19,13 +19,21 @@ import time
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from harness.core.progress import steps_shown
 from harness.data.datasets import ImageSplits, to_model_range
 from harness.family.contract import Family
 from harness.family.fast_path import FastPath
 from harness.family.fused import Stack, template_of
-from harness.training.loop import CHECK_EVERY, Diverged, LossTally, TrainConfig, TrainHooks, TrainResult, TrialRun
+from harness.training.loop import (
+    CHECK_EVERY,
+    Diverged,
+    LossTally,
+    TrainConfig,
+    TrainHooks,
+    TrainResult,
+    TrialRun,
+)
 
 PackKey = tuple[Any, ...]
 # Trials per pack when PACK= is not given. 1 on a CPU: there a pack is slower than its members one
@@ -107,10 +115,10 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
     template = template_of(runs[0].model)  # the module code every Stack runs
     start = time.perf_counter()
     labels = [c.label for _, c, _ in members if c.label]
-    bar = tqdm(range(1, config.rounds + 1), desc=f"fused pack: {', '.join(labels)}", unit="round", leave=False,
-               disable=True if not labels else None)  # None: shown on a terminal only
-    with config.fast.applied():
-        for round_ in bar:
+    shown_as = f"fused pack: {', '.join(labels)}" if labels else None
+    with config.fast.applied(), steps_shown(shown_as, config.steps, lambda: min(run.counter.done for run in runs)) as shown:
+        for round_ in range(1, config.rounds + 1):
+            shown(f"round {round_}/{config.rounds}, {len(going)} of {len(runs)} going")
             t0 = time.perf_counter()
             tallies = {i: runs[i].new_tally() for i in going}  # each keeps its member's per-step curve
             for i in going:
@@ -129,7 +137,6 @@ def train_pack(family: Family, members: Sequence[tuple[Mapping[str, Any], TrainC
                     going.remove(i)
             if not going:
                 break
-    bar.close()
     seconds = time.perf_counter() - start
     for result in results:
         if isinstance(result, TrainResult):
