@@ -132,9 +132,9 @@ def test_every_trial_shows_its_samples_in_the_order_of_the_sweep(studied):
     strips = sorted((folder / "strips").glob("trial-*.png"))
     assert {p.name for p in strips} == {f"trial-{n}-{kind}.png" for n in by_weight for kind in ("samples", "reconstructions")}
     for path in strips:
-        with Image.open(path) as strip:  # one row of 32 px faces: 8 samples, or 8 reference/reconstruction pairs
-            assert strip.width <= 600 and strip.height == 36 * (strip.width // (8 * 34 + 2 if "samples" in path.name
-                                                                               else 16 * 34 + 2))
+        with Image.open(path) as strip:  # one row of 32 px faces at 2x: 8 samples, or 8 reference/reconstruction pairs
+            native = 8 * 34 + 2 if "samples" in path.name else 16 * 34 + 2
+            assert (strip.width, strip.height) == (2 * native, 2 * 36)  # 64 px a face: readable
     page = (folder / "index.html").read_text()
     rows = page[page.index("Samples of every trial"):page.index("<h2>Plots")]
     assert [int(n) for n in re.findall(r"<tr><td>trial (\d+)", rows)] == by_weight
@@ -313,3 +313,35 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_report_says_what_a_person_needs_and_nothing_it_cannot_fill():
+    """Defects a newcomer met (issue 31): `seeds 0` beside an empty "over seeds" column, raw JSON in the
+    protocol, a stray "column" header, an inconclusive run 11 times below a claim reading like one inside."""
+    from harness.report.page import readable
+    from harness.report.tables import best_per_family, cross_study
+    from harness.report.verdicts import how_far
+
+    table = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE"] * 2, "family": ["vae"] * 2,
+                          "params.kl_weight": [1e-3, 1e-2], "val_recon_mse": [0.01, 0.02], "duration_s": [3.0, 4.0]})
+    best = best_per_family(grid_record(table, {"kl_weight": True}))
+    assert "seeds" not in best and not [c for c in best if "over seeds" in c]  # no seed re-runs: no such columns
+    assert readable('{"recipe": "domain-v5", "steps": 900}') == "recipe: domain-v5; steps: 900"
+    assert readable("[1, 2]") == "1, 2" and readable("float32 features") == "float32 features"
+    assert how_far(0.0219, 0.25, 1.0) == "11x below the" and how_far(0.5, 0.25, 1.0) == "inside the"
+    assert how_far(-3.0, -1.0, 1.0) == "2 below the"
+    record = grid_record(table, {"kl_weight": True}).__class__(
+        "a-v1", None, table.assign(excluded="false", flags="none"), pd.DataFrame(), ["val_recon_mse"], ["minimize"],
+        {"kl_weight": True}, {"score.extractor": "domain"}, "synthfaces")
+    assert cross_study([record]).columns.name is None
+
+
+def test_one_swept_parameter_draws_no_importance_plot(tmp_path):
+    from harness.report.plots import plot_importances
+
+    study = optuna.create_study()
+    for x in (0.1, 0.2, 0.3, 0.4):
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                                                  value=x))
+    record = StudyRecord("one-v1", study, pd.DataFrame(), pd.DataFrame(), ["value"], ["minimize"], {"x": False}, {}, "d")
+    assert plot_importances(record, tmp_path) is None  # a single bar at 1.0 says nothing

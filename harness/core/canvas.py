@@ -22,5 +22,5 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(figure: Figure, path: Path, dpi: int = 100) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
+    figure.savefig(path, dpi=dpi, bbox_inches="tight")  # titles and legends beside the axes are never cut
     return path

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import time
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from harness.core import keys
 from harness.core.errors import warn
@@ -25,15 +27,27 @@ from harness.report.verdicts import Verdict, judge, recorded_claims
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
-figcaption{font-size:12px;color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:540px}
+figcaption{font-size:12px;color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:100%}
 .note{color:#555;font-size:13px}.wide{overflow-x:auto}.strips td{text-align:left;vertical-align:middle}
-.strips img{image-rendering:pixelated}.held{color:#1a7f37}.did-not-hold{color:#b42318}.inconclusive{color:#8a6d00}"""
+.strips img{image-rendering:pixelated;max-width:none;display:block;margin:2px 0}
+.held{color:#1a7f37}.did-not-hold{color:#b42318}.inconclusive{color:#8a6d00}
+.inconclusive.outside{color:#c4320a}"""
 
 
-def _image(path: Path, title: str = "") -> str:
+GRID_SHOWN_PX = 1088  # a best trial's grid is shown this wide (whole-pixel steps): 32 px faces at 64 px and more
+
+
+def _image(path: Path, title: str = "", at_least: int = 0) -> str:
+    """The picture embedded; `at_least`: shown widened by a whole factor to about that many pixels,
+    pixels kept sharp (a 16-wide grid of 32 px faces is otherwise 33 px a face on the page)."""
     data = base64.b64encode(path.read_bytes()).decode()
     caption = f"<figcaption>{html.escape(title)}</figcaption>" if title else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title or path.name)}">{caption}</figure>'
+    size = ""
+    if at_least:
+        with Image.open(path) as picture:
+            width = picture.width * max(1, at_least // picture.width)
+        size = f' width="{width}" style="image-rendering:pixelated;max-width:none"'
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title or path.name)}"{size}>{caption}</figure>'
 
 
 def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: Path) -> list[tuple[str, str, Path]]:
@@ -63,27 +77,74 @@ def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
                          for v in verdicts], columns=["claim", "source", "verdict", "evidence"])
 
 
+def _leaning(verdict: Verdict) -> str:
+    """An inconclusive single run says which way it leans, so one far outside the claim does not read
+    like one inside it."""
+    if not verdict.leaning:
+        return ""
+    return f"<br><span class='note'>one run, {'inside' if verdict.leaning == 'inside' else 'outside'} the claimed range</span>"
+
+
 def _claims_html(verdicts: list[Verdict]) -> str:
     if not verdicts:
         return "<p class='note'>This study declares no claims of the seed reports ([[claims]] in its study file).</p>"
     rows = "".join(f"<tr><td style='text-align:left'>{html.escape(v.claim.says)}<br><span class='note'>"
-                   f"{html.escape(v.claim.source)}</span></td><td class='{v.verdict.replace(' ', '-')}'><b>"
-                   f"{html.escape(v.verdict)}</b></td><td style='text-align:left'>{html.escape(v.evidence)}</td></tr>"
+                   f"{html.escape(v.claim.source)}</span></td><td class='{v.verdict.replace(' ', '-')} {v.leaning}'><b>"
+                   f"{html.escape(v.verdict)}</b>{_leaning(v)}</td><td style='text-align:left'>{html.escape(v.evidence)}</td></tr>"
                    for v in verdicts)
     return ("<table><tr><th>the reports said</th><th>here</th><th>the numbers behind it</th></tr>" + rows + "</table>"
             "<p class='note'>held / did not hold: a 95% interval excludes the other answer; inconclusive otherwise "
             "(one run has no interval: <code>make confirm</code> re-trains the best configurations with fresh seeds).</p>")
 
 
+def readable(value: str) -> str:
+    """A protocol value as a person reads it: a JSON object or list recorded as a param becomes
+    "key: value; ..." (one level deep), anything else stays as it was."""
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if isinstance(parsed, dict):
+        return "; ".join(f"{k}: {readable(json.dumps(v)) if isinstance(v, (dict, list)) else v}" for k, v in parsed.items())
+    if isinstance(parsed, list):
+        return ", ".join(map(str, parsed))
+    return str(value)
+
+
+def _protocol_html(protocol: dict[str, str]) -> str:
+    if not protocol:
+        return "n/a"
+    rows = "".join(f"<tr><th>{html.escape(k.removeprefix(keys.ScoreParam.PREFIX))}</th>"
+                   f"<td style='text-align:left'>{html.escape(readable(v))}</td></tr>" for k, v in protocol.items())
+    return f"<table class='protocol'>{rows}</table>"
+
+
+def _trials_html(record: StudyRecord, trials: pd.DataFrame) -> str:
+    """Every trial in rows of one height that fit the page: its state, flags, the objective and its
+    per-scale parts, the swept parameters and its times; flag evidence and failures listed under it
+    (every column is in trials.csv)."""
+    shown = ["trial", "state", "family", "flags", *record.objectives,
+             *[c for c in trials if c.startswith(f"{record.objective}{keys.SCALE_SEP}")],
+             *[p for p in record.swept if p in trials], "train_s", "wall_s"]
+    table = trials[[c for c in dict.fromkeys(shown) if c in trials]]
+    notes = [f"trial {row['trial']}: {text}" for _, row in trials.iterrows()
+             for text in (row.get("flag evidence", ""), row.get("failure", "")) if isinstance(text, str) and text]
+    listed = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (table.to_html(index=False, float_format="%.4g", na_rep="")
+            + "<p class='note'>Every score and parameter of every trial: trials.csv beside this page.</p>"
+            + (f"<ul class='note'>{listed}</ul>" if listed else ""))
+
+
 def _strips_html(strips: list[Strip]) -> str:
     if not strips:
         return "<p class='note'>No trial has finished its sample grids yet.</p>"
-    rows = "".join(f"<tr><td>{html.escape(s.label)}</td>" + "".join(
-        f"<td>{_embedded(s.pictures[name], f'trial {s.trial} {name}') if name in s.pictures else ''}</td>"
-        for name in ("samples", "reconstructions")) + "</tr>" for s in strips)
-    return ("<p class='note'>The first row of every trial's grids: samples from the same fixed z, and reconstructions "
-            "(each reference face, then its reconstruction) of the same validation images.</p><div class='wide'>"
-            "<table class='strips'><tr><th>trial</th><th>samples</th><th>reconstructions</th></tr>" + rows + "</table></div>")
+    rows = "".join(f"<tr><td>{html.escape(s.label)}</td><td>" + "<br>".join(
+        _embedded(s.pictures[name], f"trial {s.trial} {name}") for name in ("samples", "reconstructions")
+        if name in s.pictures) + "</td></tr>" for s in strips)
+    return ("<p class='note'>The first row of every trial's grids, each face at 64 px or more: samples from the same "
+            "fixed z, then reconstructions (each reference face, then its reconstruction) of the same validation "
+            "images.</p><div class='wide'><table class='strips'><tr><th>trial</th><th>samples, then reconstructions"
+            "</th></tr>" + rows + "</table></div>")
 
 
 def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> Path:
@@ -113,7 +174,7 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
         paragraphs = [*paragraphs, "The seed reports' claims this study tests: " + "; ".join(
             f"{v.claim.says}: {v.verdict}" for v in verdicts) + " (the numbers and intervals: the claims table below)."]
     measured = protocol_line(record)
-    protocol = "; ".join(f"{k.removeprefix(keys.ScoreParam.PREFIX)}: {v}" for k, v in record.protocol.items())
+    protocol = "; ".join(f"{k.removeprefix(keys.ScoreParam.PREFIX)}: {readable(v)}" for k, v in record.protocol.items())
     measured_md = f"_Measured with: {measured}._\n\n"
     strip_lines = "".join(f"- {s.label}: " + ", ".join(f"![{name}]({p.relative_to(out)})" for name, p in s.pictures.items())
                           + "\n" for s in strips)
@@ -125,16 +186,16 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
     page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(record.name)}</title><style>{CSS}</style>",
             f"<h1>{html.escape(record.name)}</h1>", "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs),
             f"<p class='note'>Objective: {html.escape(', '.join(f'{o} ({d})' for o, d in zip(record.objectives, record.directions)))}."
-            f"</p><details class='note'><summary>Score protocol</summary>{html.escape(protocol) or 'n/a'}</details>",
+            f"</p><details class='note'><summary>Score protocol</summary>{_protocol_html(record.protocol)}</details>",
             "<h2>The reports' claims, checked</h2>", _claims_html(verdicts),
             "<h2>Best trial per family</h2>", measured_html, "<div class='wide'>",
             best.to_html(index=False, float_format="%.4g", na_rep=""), "</div>",
             "<h2>Samples and reconstructions of the best trials</h2><div class='grid'>",
-            "".join(_image(path, f"{family}: {name.removesuffix('.png')}") for family, name, path in grids), "</div>",
+            "".join(_image(path, f"{family}: {name.removesuffix('.png')}", GRID_SHOWN_PX) for family, name, path in grids), "</div>",
             "<h2>Samples of every trial</h2>", _strips_html(strips),
             "<h2>Plots</h2>", "".join(_image(p) for p in drawn),
             "<h2>Every trial, best first</h2>", measured_html, "<div class='wide'>",
-            trials.to_html(index=False, float_format="%.4g", na_rep=""), "</div>"]
+            _trials_html(record, trials), "</div>"]
     (out / "index.html").write_text("\n".join(page))
     return out / "index.html"
 

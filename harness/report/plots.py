@@ -257,8 +257,8 @@ def plot_scales(record: StudyRecord, out: Path, most: int = 30) -> Path | None:
 
 def plot_importances(record: StudyRecord, out: Path) -> Path | None:
     complete = [t for t in record.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 3 or len(record.objectives) > 1 or len(record.swept) == 0:
-        return None
+    if len(complete) < 3 or len(record.objectives) > 1 or len(record.swept) < 2:
+        return None  # one swept parameter is one bar at 1.0: nothing to compare
     try:
         with warnings.catch_warnings():  # "few trials per regime": the title says how many trials there are
             warnings.simplefilter("ignore", UserWarning)
@@ -272,7 +272,7 @@ def plot_importances(record: StudyRecord, out: Path) -> Path | None:
     ax = fig.subplots()
     sns.barplot(x=list(importances.values()), y=list(importances.keys()), ax=ax, color="steelblue")
     ax.set_xlabel("importance (Optuna's PED-ANOVA)")
-    ax.set_title(f"{record.name}: what moved {record.objective} ({len(complete)} complete trials)")
+    ax.set_title(f"{record.name}: what moved {record.objective}\n({len(complete)} complete trials)", fontsize=10)
     return save_figure(fig, out / "importances.png")
 
 
@@ -283,7 +283,9 @@ def plot_wall_times(record: StudyRecord, out: Path) -> Path:
     sns.barplot(x=table["number"].astype(int), y=table["duration_s"], hue=table["state"], dodge=False, ax=ax)
     ax.set_xlabel("trial")
     ax.set_ylabel("wall time (s)")
-    ax.set_title(f"{record.name}: trial wall times")
+    ax.set_title(f"{record.name}: trial wall times", fontsize=10)
+    if ax.get_legend() is not None:  # beside the bars, never over them
+        ax.legend(title="state", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return save_figure(fig, out / "wall_times.png")
 
 

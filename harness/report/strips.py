@@ -27,7 +27,7 @@ from harness.core.errors import warn
 if TYPE_CHECKING:
     from harness.report.records import StudyRecord
 
-STRIP_WIDTH = 600  # px a strip aims at: the native grid row times the largest whole factor that fits
+MIN_FACE_PX = 64  # a face in a strip is drawn at least this wide (whole factors of its native size): readable
 SHOWN_STATES = ("COMPLETE", "PRUNED")  # trials that wrote their final grids (a pruned one: its last round's)
 GRID_COLUMNS = {"samples": GRID_PER_ROW, "reconstructions": 2 * GRID_PER_ROW}  # a grid's images per row, as drawn
 
@@ -66,7 +66,7 @@ def label(record: "StudyRecord", row: pd.Series) -> str:
 
 
 def first_row(grid: Path, image_size: int, per_row: int, out: Path) -> Path | None:
-    """The grid's first row at STRIP_WIDTH or below; None when the picture is not a grid of that geometry."""
+    """The grid's first row, each face at MIN_FACE_PX or more; None when the picture is not a grid of that geometry."""
     native = per_row * (image_size + GRID_PADDING) + GRID_PADDING
     row_height = image_size + 2 * GRID_PADDING
     with Image.open(grid) as picture:
@@ -74,7 +74,7 @@ def first_row(grid: Path, image_size: int, per_row: int, out: Path) -> Path | No
             return None
         enlarged = picture.width // native
         row = picture.crop((0, 0, picture.width, row_height * enlarged))
-        factor = max(1, STRIP_WIDTH // native)
+        factor = max(1, -(-MIN_FACE_PX // image_size))  # whole pixels: nearest-neighbour, never blurred
         row.resize((native * factor, row_height * factor), Image.Resampling.NEAREST).save(out, optimize=True)
     return out
 

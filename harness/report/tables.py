@@ -92,8 +92,9 @@ def best_per_family(record: StudyRecord) -> pd.DataFrame:
         configs = record.confirm.get(f"tags.{Tag.CONFIG}", pd.Series(dtype=str))
         confirm = record.confirm[configs == f"trial-{int(best['number'])}"]
         mean, half, n = confidence(confirm[record.objective]) if len(confirm) else (math.nan, math.nan, 0)
-        row["seeds"] = n
-        row[f"{record.objective} over seeds"] = f"{mean:.4g} ± {half:.2g}" if n >= 2 else ""
+        if not record.confirm.empty:  # without seed re-runs, no columns that can only say "none"
+            row["seeds"] = n
+            row[f"{record.objective} over seeds"] = f"{mean:.4g} ± {half:.2g}" if n >= 2 else ""
         for key in score_keys(record)[len(record.objectives):]:
             if pd.notna(best.get(f"metrics.{key}")):
                 row[key] = best[f"metrics.{key}"]
@@ -151,7 +152,9 @@ def cross_study(records: list[StudyRecord]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows).drop_duplicates(["family", "column"], keep="first")
-    return frame.pivot(index="family", columns="column", values="value").fillna("").reset_index()
+    table = frame.pivot(index="family", columns="column", values="value").fillna("").reset_index()
+    table.columns.name = None  # else the HTML shows the pivot's "column" as a stray header
+    return table
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -47,6 +47,7 @@ class Verdict:
     claim: Claim
     verdict: str  # held | did not hold | inconclusive
     evidence: str  # the numbers and intervals behind it, and how they were computed
+    leaning: str = ""  # an inconclusive single run: "inside" or "outside" the claimed range (else "")
 
 
 def recorded_claims(record: "StudyRecord", client: MlflowClient) -> tuple[Claim, ...]:
@@ -116,13 +117,26 @@ def _near(record: "StudyRecord", claim: Claim) -> Verdict:
     claimed = f"claimed {_g(low)} to {_g(high)}"
     if len(values) < 2:
         inside = "inside" if values and low <= values[0] <= high else "outside"
-        return Verdict(claim, INCONCLUSIVE, f"{key} at {where}: {_g(values[0]) if values else 'n/a'} ({inside} the "
-                                            f"{claimed}); one run has no interval: `make confirm` re-trains it with seeds")
+        return Verdict(claim, INCONCLUSIVE, f"{key} at {where}: {_g(values[0]) if values else 'n/a'} ("
+                                            f"{how_far(values[0], low, high) if values else inside + ' the'} {claimed}); "
+                                            "one run has no interval: `make confirm` re-trains it with seeds",
+                       inside if values else "")
     mean, half, n = confidence(pd.Series(values))
     lo, hi = mean - half, mean + half
     verdict = HELD if low <= lo and hi <= high else NOT_HELD if hi < low or lo > high else INCONCLUSIVE
     return Verdict(claim, verdict, f"{key} at {where}: {_g(mean)} ± {_g(half)} (95% CI over {n} runs, Student t; "
                                    f"{claimed})")
+
+
+def how_far(value: float, low: float, high: float) -> str:
+    """Where one value lies from a claimed range: "inside the", "11x below the", "0.3 above the"."""
+    if low <= value <= high:
+        return "inside the"
+    edge = low if value < low else high
+    side = "below" if value < low else "above"
+    if value > 0 and edge > 0:  # a ratio reads best for positive quantities (a KL, a distance)
+        return f"{max(value, edge) / min(value, edge):.2g}x {side} the"
+    return f"{abs(value - edge):.2g} {side} the"
 
 
 @dataclass(frozen=True)
