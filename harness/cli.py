@@ -386,7 +386,7 @@ def ui_arguments(commands: argparse._SubParsersAction) -> None:
 def cmd_ui(args: argparse.Namespace) -> int:
     from harness.core.errors import redact
     from harness.core.storage import Storage
-    from harness.tracking.ui import serve, study_links
+    from harness.tracking.ui import home_links, serve, study_links
 
     storage = Storage.from_env()
     if storage.tracking_uri.startswith(("http://", "https://")):
@@ -406,6 +406,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"study {spec.study_name}, its {links.complete} complete trials compared on {links.objective}: "
               f"{links.compare}" if links.compare else f"study {spec.study_name}: no complete trial to compare yet",
               flush=True)
+    else:
+        print("\n".join(home_links(storage.mlflow(), f"http://{args.host}:{args.port}")), flush=True)
     return serve(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)
 
 

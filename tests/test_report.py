@@ -6,11 +6,9 @@ import io
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -19,7 +17,18 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
+from conftest import (
+    REPO,
+    chromium,
+    free_port,
+    headless,
+    mlflow_runs,
+    share_caches,
+    split_runs,
+    visible_text,
+    wait_until_serving,
+    write_study,
+)
 from harness.cli import main
 from harness.report import StudyRecord, confidence, pareto_mask
 from harness.report.findings import by_parameter, per_family
@@ -243,21 +252,6 @@ def test_no_study_is_known_to_harness_code_by_name():
                 and isinstance(node.value, str) and node.value in names}
     allowed = {("harness/bench/speeds.py", "vae_kl_sweep")}  # make bench times one trial of the README's first study
     assert literals - allowed == set()
-
-
-def visible_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def headless(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                           f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow

@@ -97,6 +97,20 @@ def study_links(client: MlflowClient, spec: StudySpec, base: str) -> StudyLinks:
                       f"{page}&compareRunsMode=CHART&viewStateShareKey={COMPARE_VIEW}", objectives[0], complete)
 
 
+def home_links(client: MlflowClient, base: str) -> list[str]:
+    """Where `make ui` without a study sends a user of MLflow's classic runs view: the experiments
+    list in the machine-learning view (MLflow 3 otherwise opens its GenAI home), and the runs of the
+    study recorded last."""
+    lines = [f"experiments, in MLflow's machine-learning view: {base}/#/experiments?{CLASSIC}"]
+    studies = [e for e in client.search_experiments() if e.name != "Default"]
+    if studies:
+        latest = max(studies, key=lambda e: e.last_update_time or e.creation_time or 0)
+        lines.append(f"the latest study, {latest.name}, its runs: {base}/#/experiments/{latest.experiment_id}/runs?{CLASSIC}")
+    else:
+        lines.append("no study recorded yet: make study STUDY=smoke records one")
+    return lines
+
+
 def objective_keys(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
     """The objectives as the runs logged them (their `objective` tag), else the study's names resolved
     with the extractor the runs logged (runs written before the tag)."""
