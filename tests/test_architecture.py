@@ -99,6 +99,7 @@ def imported_by(statement: str, libraries: str = "pass") -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_report_imports_neither_the_training_stack_nor_the_models():
     modules = imported_by("import harness.report")["modules"]
     assert "harness.report" in modules
@@ -242,6 +243,7 @@ def test_every_package_has_a_short_init_whose_names_are_real():
         importlib.import_module("harness.search").nothing_here
 
 
+@pytest.mark.slow
 def test_importing_the_packages_loads_no_torch():
     modules = imported_by("import " + ", ".join(f"harness.{name}" for name in STAGE_PACKAGES))["modules"]
     assert "torch" not in modules and not [m for m in modules if m.startswith("harness.training.")]

@@ -107,6 +107,7 @@ def test_a_member_matches_the_same_trial_trained_alone_step_for_step(family, dat
         assert len({h["steps_d"] for h in (m.history[-1] for m in packed)}) == 3
 
 
+@pytest.mark.slow
 def test_the_comparison_catches_a_member_drawing_the_wrong_noise(data, monkeypatch):
     """Negative control: the same test, with each member's generator one seed off, must fail."""
     real = packs.member_generator
@@ -127,6 +128,7 @@ def test_in_fp32_the_first_steps_training_losses_agree_to_rounding(family, data)
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-7), key
 
 
+@pytest.mark.slow
 def test_a_member_checkpoint_loads_and_resumes_as_an_ordinary_trial(data, tmp_path):
     """A member's model file is an ordinary model of its family, and its checkpoint resumes alone to
     the same end as the member (its own random generator's state is in it)."""
@@ -290,6 +292,7 @@ def test_on_a_gpu_the_bench_measures_packs_of_4_8_and_16_with_their_memory(tmp_p
         assert 0 < r["peak_gib"]["pack4"] < r["peak_gib"]["pack16"]
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_ctrl_c_twice_during_a_pack_leaves_no_run_running(runs_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C while a pack trains, and again while its runs close: every member's run ends KILLED,

@@ -170,6 +170,7 @@ def test_a_score_objective_on_an_extractor_that_fails_the_panel_is_refused(runs_
         assert found is None or not client.search_runs([found.experiment_id])
 
 
+@pytest.mark.slow
 def test_by_default_a_failed_panel_is_warned_and_logged(runs_dir, tmp_path, meanpixel, capsys):
     path = write_study(tmp_path / "studies", "warned", STUDY.format(name="warned", objective="fd", extractor="meanpixel",
                                                                       panel="warn"))
@@ -179,6 +180,7 @@ def test_by_default_a_failed_panel_is_warned_and_logged(runs_dir, tmp_path, mean
     assert parents[0].data.params["score.panel"].startswith("meanpixel fails the validation panel at n = 64")
 
 
+@pytest.mark.slow
 def test_validate_scores_writes_a_table_and_a_plot(runs_dir, meanpixel, capsys):
     assert main(["validate-scores", "synthfaces", "--extractors", "meanpixel", "--n", "64", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
@@ -236,6 +238,7 @@ def test_make_score_on_a_trials_saved_samples_gives_the_trials_numbers(runs_dir,
     assert [size for size, _ in logged["fd_inf_fit"]] == fd_inf_sizes(64)
 
 
+@pytest.mark.slow
 def test_make_score_refuses_images_of_another_size(runs_dir, tmp_path, capsys):
     np.savez_compressed(tmp_path / "wrong.npz", images=np.zeros((10, 1, 16, 16), dtype=np.uint8))
     assert main(["score", "synthfaces", "--images", str(tmp_path / "wrong.npz"), "--device", "cpu"]) == 2
@@ -243,6 +246,7 @@ def test_make_score_refuses_images_of_another_size(runs_dir, tmp_path, capsys):
     assert "images are (1, 16, 16) (C, H, W), the dataset's are (1, 32, 32)" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_the_scoring_sample_does_not_depend_on_a_studys_n_and_is_never_trained_on():
     small_study = score_data("synthfaces", {"size": 32, "n": 600, "seed": 4}, None, 100)
     big_study = score_data("synthfaces", {"size": 32, "n": 6000}, None, 100)

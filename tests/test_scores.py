@@ -455,6 +455,7 @@ def test_a_faint_image_is_not_stretched_to_full_contrast_before_the_domain_body(
         assert (body(faint) - body(strong)).abs().max() > 100 * above
 
 
+@pytest.mark.slow
 def test_the_domain_extractor_is_trained_once_per_dataset_and_size(tiny_recipe, tmp_path):
     data = score_data("synthfaces", {"size": 32, "n": 600}, None, 100)
     extractor, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path / "a", download=False))
@@ -469,6 +470,7 @@ def test_the_domain_extractor_is_trained_once_per_dataset_and_size(tiny_recipe, 
                                                         download=False))[0].artifact != extractor.artifact
 
 
+@pytest.mark.slow
 def test_without_labels_the_domain_extractor_only_decodes(tiny_recipe, tmp_path):
     data = score_data("synthfaces", {"size": 32}, None, 100)
     unlabelled = dataclasses.replace(data, labels={}, label_classes={})
@@ -481,6 +483,7 @@ def test_without_labels_the_domain_extractor_only_decodes(tiny_recipe, tmp_path)
                                 "8px": slice(154, 166)}
 
 
+@pytest.mark.slow
 def test_an_is_objective_needs_a_classifier_far_above_chance(tiny_recipe, tmp_path):
     data = score_data("synthfaces", {"size": 32}, None, 100)
     extractor, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))
@@ -492,6 +495,7 @@ def test_an_is_objective_needs_a_classifier_far_above_chance(tiny_recipe, tmp_pa
     quality.check(["is"])
 
 
+@pytest.mark.slow
 def test_reference_statistics_are_cached_on_disk_keyed_by_the_weights(tiny_recipe, tmp_path, monkeypatch):
     data = score_data("synthfaces", {"size": 32}, None, 300)
     extractor, _ = resolve_extractor("domain", ExtractorContext(data, torch.device("cpu"), tmp_path, download=False))

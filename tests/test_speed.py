@@ -68,7 +68,7 @@ def worst_relative(a: list[dict[str, float]], b: list[dict[str, float]]) -> list
     return [max(abs(x[k] - y[k]) / abs(y[k]) for k in y) for x, y in zip(a, b)]
 
 
-@pytest.mark.parametrize("family", sorted(LOSS_KEYS))
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f == "resnet_vae" else f for f in sorted(LOSS_KEYS)])
 def test_first_step_loss_is_close_to_the_plain_path(family, data):
     plain = step_losses(family, speed.PLAIN, data, 1)
     for name, fast in FP32_SWITCHES.items():
@@ -146,6 +146,7 @@ n = 300
 """
 
 
+@pytest.mark.slow
 def test_compile_without_a_c_compiler_is_refused_before_anything_runs(tmp_path, runs_dir, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("CC", raising=False)

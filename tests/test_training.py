@@ -41,6 +41,7 @@ def test_history_has_train_validation_and_cost_metrics_per_round(data):
     assert result.history[-1]["train_recon_mse"] < result.history[0]["train_recon_mse"]
 
 
+@pytest.mark.slow
 def test_the_budget_is_the_generators_steps_whatever_the_discriminators_ratio(data):
     gan = get_family("gan")
     for k in (1, 3):
@@ -83,6 +84,7 @@ def test_a_non_finite_loss_stops_the_trial(data):
     assert caught.value.history == []
 
 
+@pytest.mark.slow
 def test_a_finite_loss_past_the_bound_stops_the_trial_and_one_below_does_not(data):
     """The reports' GAN reached a discriminator loss of 2e14 and ended COMPLETE: finite is not enough."""
     vae = get_family("vae")
@@ -169,6 +171,7 @@ def test_a_resumed_run_ends_where_an_unstopped_one_does(data, tmp_path):
     assert resumed[-1]["val_pixel_mmd"] == straight[-1]["val_pixel_mmd"]
 
 
+@pytest.mark.slow
 def test_adversarial_runs_resume_with_their_schedule(data):
     gan = get_family("gan")
     params = gan.defaults | {"batch_size": 32, "d_steps": 3}
