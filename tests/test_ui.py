@@ -148,6 +148,7 @@ def test_the_links_open_the_classic_view_sorted_and_compared_on_the_objective(sm
     assert charts["BAR"]["metricKey"] == "val_recon_mse"
     assert (charts["SCATTER"]["xaxis"]["key"], charts["SCATTER"]["yaxis"]["key"]) == ("kl_weight", "val_recon_mse")
     assert charts["PARALLEL"]["selectedParams"] == ["kl_weight"]
+    assert [s["columns"] for s in compare_view["compareRunSections"]] == [2]  # readable at a laptop's 1366 px
 
 
 # ---- stopping it ----------------------------------------------------------------------------------------
