@@ -216,33 +216,24 @@ def test_sigterm_to_the_harness_alone_stops_every_process_it_started(smoke_runs)
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process_it_started(smoke_runs):
+def test_ctrl_c_stops_every_process_it_started(smoke_runs, tmp_path):
+    """Also, while it serves: without a study, `make ui` prints links in the machine-learning view, and
+    the experiments link renders as that view in a real browser (MLflow 3 otherwise opens its GenAI
+    home), with the study in it."""
     ui, printed, server_session = start_ui(smoke_runs)
     experiment = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").get_experiment_by_name("smoke-v2")
-    links = [link.split("/#/")[1] for link in re.findall(r"http://\S+", printed)[1:]]
-    assert links == ["experiments?workflowType=machine_learning",  # never MLflow 3's GenAI home
-                     f"experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"], printed
-    assert len(live_processes(server_session)) >= 4
-    os.killpg(ui.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the terminal's foreground process group
-    assert ui.wait(timeout=120) == 130
-    assert live_processes(server_session) == [] and live_processes(ui.pid) == []
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="no chromium: .ci/run installs Debian's chromium; elsewhere apt-get install chromium")
-def test_make_ui_without_a_study_opens_the_experiments_in_the_machine_learning_view(smoke_runs, tmp_path):
-    """MLflow 3 opens on its GenAI home; the link `make ui` prints must open the classic view's
-    experiments list, with the study in it (a real browser, the page as it renders)."""
-    ui, printed, _ = start_ui(smoke_runs)
-    try:
-        experiments = re.findall(r"http://\S+", printed)[1]
+    urls = re.findall(r"http://\S+", printed)[1:]
+    assert [link.split("/#/")[1] for link in urls] == [
+        "experiments?workflowType=machine_learning", f"experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"]
+    if chromium() is not None:  # .ci/run installs Debian's chromium
         text = ""
         for _ in range(3):  # the list is fetched after the page loads
-            text = visible_text(headless("--virtual-time-budget=20000", "--dump-dom", experiments, profile=tmp_path / "p").stdout)
+            text = visible_text(headless("--virtual-time-budget=20000", "--dump-dom", urls[0], profile=tmp_path / "p").stdout)
             if "smoke-v2" in text:
                 break
         assert "smoke-v2" in text and "Model registry" in text, text[:600]  # the machine-learning view's navigation
         assert "Welcome to MLflow" not in text and "Prompts" not in text, text[:600]  # not the GenAI home
-    finally:
-        os.killpg(ui.pid, signal.SIGINT)
-        ui.wait(timeout=120)
+    assert len(live_processes(server_session)) >= 4
+    os.killpg(ui.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the terminal's foreground process group
+    assert ui.wait(timeout=120) == 130
+    assert live_processes(server_session) == [] and live_processes(ui.pid) == []
