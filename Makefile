@@ -67,7 +67,7 @@ study: setup ## run or continue a study: make study STUDY=vae_kl_sweep [SCALE=cp
 test: setup ## run the whole test suite, what CI runs (GPU tests skip without CUDA); PYTEST_ARGS= passes options
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-quick: setup ## the quick tier for development: every test not marked slow (under a minute on 2 cores)
+quick: setup ## the quick tier for development: every test not marked slow (about a minute on 2 cores)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 faults: setup ## the fault suite (part of make test): concurrent starts, a moved RUNS_DIR, kills and reruns, secrets, bad input

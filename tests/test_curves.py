@@ -173,6 +173,7 @@ def report_record(tracker: Tracker) -> StudyRecord:
                        ["fd_domain"], ["minimize"], {}, {}, "synthfaces")
 
 
+@pytest.mark.slow
 def test_the_reports_curve_and_cost_figures_fit_a_laptop_screen(tracker, tmp_path):
     record = report_record(tracker)
     curves = plots.plot_loss_curves(record, tracker.client, tmp_path)

@@ -156,6 +156,7 @@ panel = "{panel}"
 """
 
 
+@pytest.mark.slow
 def test_a_score_objective_on_an_extractor_that_fails_the_panel_is_refused(runs_dir, tmp_path, meanpixel, capsys):
     path = write_study(tmp_path / "studies", "useless",
                        STUDY.format(name="useless", objective="fd", extractor="meanpixel", panel="require"))

@@ -47,6 +47,7 @@ def test_a_study_is_its_trials_steps_and_scores():
     assert w.hours_at(w.total) == pytest.approx(1 / 3600)
 
 
+@pytest.mark.slow
 def test_the_bench_turns_counts_into_time_at_the_measured_rate(tmp_path):
     from harness.bench.workload import bench_workload, workload_lines
 
