@@ -82,7 +82,7 @@ def _leaning(verdict: Verdict) -> str:
     like one inside it."""
     if not verdict.leaning:
         return ""
-    return f"<br><span class='note'>one run, {'inside' if verdict.leaning == 'inside' else 'outside'} the claimed range</span>"
+    return f"<br><span class='note'>one run, {verdict.leaning} the claimed range</span>"
 
 
 def _claims_html(verdicts: list[Verdict]) -> str:
