@@ -406,6 +406,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"study {spec.study_name}, its {links.complete} complete trials compared on {links.objective}: "
               f"{links.compare}" if links.compare else f"study {spec.study_name}: no complete trial to compare yet",
               flush=True)
+        if links.compare:
+            print("  in its charts, flagged trials (collapsed, did not learn) are red, the others blue; a parameter "
+                  "on a log scale is drawn on its log10", flush=True)
     else:
         print("\n".join(home_links(storage.mlflow(), f"http://{args.host}:{args.port}")), flush=True)
     return serve(storage.tracking_uri, storage.artifacts_uri, args.host, args.port, 1)

@@ -9,8 +9,6 @@ from harness.cli import MLFLOW_QUIET, main
 for _key, _value in MLFLOW_QUIET.items():  # as `python -m harness` does, before MLflow is imported
     os.environ.setdefault(_key, _value)
 
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -136,16 +134,3 @@ def wait_until_serving(port: int, server: subprocess.Popen, what: str, seconds: 
             time.sleep(0.5)
 
 
-def visible_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def headless(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                           f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)

@@ -3,6 +3,7 @@
 import ast
 import base64
 import io
+import json
 import math
 import os
 import re
@@ -14,22 +15,14 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from browser import LAPTOP, Browser, chromium, headless, layout_checks
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import (
-    REPO,
-    chromium,
-    free_port,
-    headless,
-    mlflow_runs,
-    share_caches,
-    split_runs,
-    visible_text,
-    wait_until_serving,
-    write_study,
-)
+from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
 from harness.cli import main
+from harness.core import canvas
+from harness.core.canvas import layout_faults, new_figure
 from harness.report import StudyRecord, confidence, pareto_mask
 from harness.report.findings import by_parameter, per_family
 from harness.study.claims import Claim
@@ -146,7 +139,7 @@ def test_every_trial_shows_its_samples_in_the_order_of_the_sweep(studied):
             assert (strip.width, strip.height) == (2 * native, 2 * 36)  # 64 px a face: readable
     page = (folder / "index.html").read_text()
     rows = page[page.index("Samples of every trial"):page.index("<h2>Plots")]
-    assert [int(n) for n in re.findall(r"<tr><td>trial (\d+)", rows)] == by_weight
+    assert [int(n) for n in re.findall(r"<div class=.strip.><p>trial (\d+)", rows)] == by_weight
 
 
 @pytest.mark.slow
@@ -254,10 +247,16 @@ def test_no_study_is_known_to_harness_code_by_name():
     assert literals - allowed == set()
 
 
+NO_CHROMIUM = "no chromium: .ci/run installs Debian's chromium; elsewhere apt-get install chromium"
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="no chromium: .ci/run installs Debian's chromium; elsewhere apt-get install chromium")
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
 def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
-    runs, folder, _ = studied
+    """The report and the UI's links in a real Chromium at a laptop's 1366x768, judged on the pages'
+    own layout boxes: no title cut off, no legend over data, no picture below a readable size, no
+    sideways scrolling, and never MLflow's GenAI pages."""
+    runs, folder, study_file = studied
     ARTIFACTS.mkdir(exist_ok=True)
     page = (folder / "index.html").as_uri()
     opened = headless("--enable-logging=stderr", "--v=0", "--dump-dom", page, profile=tmp_path / "p1")
@@ -270,12 +269,17 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
         with Image.open(io.BytesIO(base64.b64decode(source))) as picture:
             picture.load()
             assert picture.width > 0 and picture.height > 0
-    headless(f"--screenshot={ARTIFACTS / 'report.png'}", "--window-size=1280,2200", page, profile=tmp_path / "p2")
+    with Browser(tmp_path / "laptop") as browser:
+        for shown in (page, (folder.parent / "index.html").as_uri()):  # the study's page and the index
+            browser.open(shown)
+            assert browser.layout_problems(min_picture_px=300) == [], shown
+        browser.open(page)
+        assert browser.evaluate("document.querySelectorAll('img[data-faces]').length") >= 4  # strips and grids measured
+        browser.screenshot(ARTIFACTS / "report.png", full_page=True)
     with Image.open(ARTIFACTS / "report.png") as shot:
-        assert shot.size == (1280, 2200)
+        assert shot.width == LAPTOP[0] and shot.height > LAPTOP[1]
 
     port = free_port()
-    study_file = studied[2]
     server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port), str(study_file)], cwd=REPO,
                               env={**os.environ, "RUNS_DIR": str(runs)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -287,26 +291,98 @@ def test_report_and_mlflow_ui_in_a_browser(studied, tmp_path):
         (parent,) = [r for r in every if r.data.tags.get("kind") == "study"]
         trials = sorted((r for r in every if "trial_number" in r.data.tags and r.data.tags["state"] == "COMPLETE"),
                         key=lambda r: r.data.metrics["fd_domain"])  # the complete trials, best first
-        dom = ""
-        for _ in range(3):  # the page fetches the runs after it loads
-            dom = headless("--virtual-time-budget=30000", "--dump-dom", runs_link, profile=tmp_path / "p3").stdout
-            if all(r.info.run_name in visible_text(dom) for r in trials):
-                break
-        text = visible_text(dom)
-        assert "Model registry" in text and "Observability" not in text  # MLflow's classic runs view, not GenAI's
-        assert 'col-id="metrics.`fd_domain`"' in dom  # the objective's column
-        assert f"{len(every)} matching runs" in text  # parents, trials and seed runs
-        below = text[text.index(f"Group: {parent.info.run_id}"):]  # the trials listed under their parent run
-        assert [below.index(r.info.run_name) for r in trials] == sorted(below.index(r.info.run_name) for r in trials)
-        headless("--virtual-time-budget=30000", f"--screenshot={ARTIFACTS / 'mlflow_ui.png'}", "--window-size=1400,900",
-                 runs_link, profile=tmp_path / "p4")
-        assert (ARTIFACTS / "mlflow_ui.png").stat().st_size > 10_000
-        text = visible_text(headless("--virtual-time-budget=30000", "--dump-dom", compare_link, profile=tmp_path / "p5").stdout)
-        assert f"{len(trials)} matching runs" in text and "objective fd_domain" in text  # charts of the objective
-        assert all(r.info.run_name in text for r in trials)
+        names = json.dumps([r.info.run_name for r in trials])
+        with Browser(tmp_path / "ui") as browser:
+            browser.open(runs_link)
+            browser.wait_for(f"{names}.every(name => document.body.innerText.includes(name))")
+            text = browser.text()
+            assert "Model registry" in text and "Observability" not in text  # MLflow's classic runs view, not GenAI's
+            assert browser.evaluate("document.querySelector('[col-id=\"metrics.`fd_domain`\"]') !== null")  # the objective's column
+            assert f"{len(every)} matching runs" in text  # parents, trials and seed runs
+            below = text[text.index(f"Group: {parent.info.run_id}"):]  # the trials listed under their parent run
+            assert [below.index(r.info.run_name) for r in trials] == sorted(below.index(r.info.run_name) for r in trials)
+            assert browser.layout_problems() == []
+            browser.screenshot(ARTIFACTS / "mlflow_ui.png")
+
+            browser.open(compare_link)  # the objective's charts first, one to a row, kl_weight on its log
+            browser.wait_for("document.querySelectorAll('.js-plotly-plot').length >= 1")
+            text = browser.text()
+            assert f"{len(trials)} matching runs" in text and "objective fd_domain" in text
+            assert text.index("objective fd_domain") < min(text.index(s) for s in ("Model metrics", "per_step"))
+            browser.screenshot(ARTIFACTS / "mlflow_compare.png")
+            stops = browser.scroll_through(f"[{layout_checks()}, document.body.innerText, "
+                                           "[...document.querySelectorAll('.js-plotly-plot')].map(p => p.getBoundingClientRect().width)]")
+            assert [problem for problems, _, _ in stops for problem in problems] == []  # every chart, as scrolled to
+            assert any("log10_kl_weight vs. fd_domain" in text for _, text, _ in stops)
+            widths = [w for _, _, shown in stops for w in shown]
+            assert len(widths) >= 3 and min(widths) >= 300, widths  # MLflow's default three a row: about 130 px each
+        with Browser(tmp_path / "first-visit") as browser:  # what the links avoid, seen by the same check
+            browser.open(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}")
+            browser.wait_for("document.body.innerText.includes('Traces')")
+            assert any("GenAI" in problem for problem in browser.layout_problems())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    colours = {r.data.tags["mlflow.runColor"] for r in trials if r.data.tags.get("flags") not in (None, "none")}
+    assert colours <= {"#d62728"}  # flagged trials drawn red, in every chart and beside their names
+
+
+BAD_PAGE = """<!doctype html><meta charset="utf-8"><style>body{margin:0}.card{width:120px}
+.title{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}</style>
+<div class="card"><div class="title">objective fd_domain, every complete trial</div></div>
+<div class="js-plotly-plot" style="position:relative;width:400px;height:200px"><svg width="400" height="200">
+<g class="legend"><rect x="10" y="10" width="120" height="40"/></g>
+<g class="scatterlayer"><path class="point" d="M20,20 h6 v6 h-6 z"/></g></svg></div>
+<img data-faces="16" data-min-px="64" width="546" src="data:image/png;base64,{png}">
+<div style="width:2000px">a page wider than the window</div>"""
+
+
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
+def test_the_browser_check_catches_each_defect_it_looks_for(tmp_path):
+    """Planted in one page: a title cut to an ellipsis, a legend over a data point, a strip of 16
+    faces shown 34 px each, a page wider than the window; each must be named."""
+    buffer = io.BytesIO()
+    Image.new("L", (546, 36)).save(buffer, format="PNG")
+    bad = tmp_path / "bad.html"
+    bad.write_text(BAD_PAGE.replace("{png}", base64.b64encode(buffer.getvalue()).decode()))
+    with Browser(tmp_path / "p") as browser:
+        browser.open(bad.as_uri())
+        problems = browser.layout_problems()
+    assert any(p.startswith('title cut off: "objective fd_domain') for p in problems), problems
+    assert "a legend drawn over the chart's data" in problems
+    assert any("34 px per face, under 64" in p for p in problems), problems
+    assert any(p.startswith("the page is 2000 px wide") for p in problems), problems
+
+
+def test_a_plot_with_its_legend_over_data_or_a_title_into_its_neighbour_is_named():
+    figure = new_figure(6, 3)
+    left, right = figure.subplots(1, 2)
+    left.plot([0, 1, 2], [0, 1, 2], label="trials")
+    left.plot([0.0, 0.2], [1.9, 2.0])  # under the legend's upper-left corner
+    left.legend(loc="upper left")
+    right.plot([0, 1], [0, 1])
+    figure.tight_layout()
+    assert layout_faults(figure) == ["the legend of panel 1 (untitled) covers its data"]
+    left.set_title("a title far too long for the narrow panel it sits above, running on over its neighbour")
+    figure.tight_layout()
+    assert any("runs into another panel" in fault for fault in layout_faults(figure))
+    clean = new_figure(6, 3)
+    axes = clean.subplots()
+    axes.plot([0, 1], [0, 1], label="trials")
+    axes.legend(loc="lower right")
+    axes.set_title("short")
+    clean.tight_layout()
+    assert layout_faults(clean) == []
+
+
+@pytest.mark.slow
+def test_no_plot_of_the_report_covers_its_data_or_runs_into_a_neighbour(studied, tmp_path, monkeypatch):
+    said: list[str] = []
+    monkeypatch.setattr(canvas, "warn", said.append)
+    monkeypatch.setenv("RUNS_DIR", str(studied[0]))
+    assert main(["report", "report_demo", "--out", str(tmp_path)]) == 0
+    assert len(list((tmp_path / "report_demo-v1").glob("*.png"))) >= 5
+    assert said == []
 
 
 def test_the_report_says_what_a_person_needs_and_nothing_it_cannot_fill():

@@ -13,13 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import chromium, headless, visible_text
 from mlflow import MlflowClient
 
-from conftest import REPO, chromium, free_port, headless, mlflow_runs, split_runs, visible_text, wait_until_serving
+from conftest import REPO, free_port, mlflow_runs, split_runs, wait_until_serving
 from harness.core.storage import Storage
+from harness.family.space import ChoiceParam, FloatParam, on_log_scale
 from harness.study.studyfile import load_study
 from harness.tracking.client import EXPERIMENT_KIND, Tracker
-from harness.tracking.ui import COMPARE_VIEW, RUNS_VIEW, SHARED_VIEW, study_links
+from harness.tracking.ui import COMPARE_VIEW, RUNS_VIEW, SHARED_VIEW, objective_charts, study_links
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -148,7 +150,23 @@ def test_the_links_open_the_classic_view_sorted_and_compared_on_the_objective(sm
     assert charts["BAR"]["metricKey"] == "val_recon_mse"
     assert (charts["SCATTER"]["xaxis"]["key"], charts["SCATTER"]["yaxis"]["key"]) == ("kl_weight", "val_recon_mse")
     assert charts["PARALLEL"]["selectedParams"] == ["kl_weight"]
-    assert [s["columns"] for s in compare_view["compareRunSections"]] == [2]  # readable at a laptop's 1366 px
+    first, *folded = compare_view["compareRunSections"]  # the objective's open first; what MLflow adds, folded
+    assert (first["name"], first["display"], first["columns"]) == ("objective val_recon_mse", True, 1)  # 1366 px
+    assert compare_view["isAccordionReordered"] and not any(s["display"] for s in folded)
+    assert {"Model metrics", "per_step", "fd_domain"} <= {s["name"] for s in folded}
+    for run in split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1]:  # flagged trials red, the others blue
+        assert run.data.tags["mlflow.runColor"] == ("#1f77b4" if run.data.tags["flags"] == "none" else "#d62728")
+
+
+def test_a_log_scale_parameter_is_charted_on_its_logged_log10():
+    spec = load_study("vae_kl_sweep")  # kl_weight: a grid 5e-5 .. 1e-2, over two decades
+    charts = {c["type"]: c for c in objective_charts(["fd_domain"], spec, "s", 8, ["fd_domain", "log10_kl_weight"])}
+    assert charts["SCATTER"]["xaxis"] == {"key": "log10_kl_weight", "type": "METRIC"}
+    assert (charts["PARALLEL"]["selectedParams"], charts["PARALLEL"]["selectedMetrics"]) == ([], ["log10_kl_weight", "fd_domain"])
+    charts = {c["type"]: c for c in objective_charts(["fd_domain"], spec, "s", 8, ["fd_domain"])}  # runs from before
+    assert charts["SCATTER"]["xaxis"] == {"key": "kl_weight", "type": "PARAM"}
+    assert on_log_scale(ChoiceParam((5e-5, 1e-3, 1e-2), 5e-5)) and not on_log_scale(ChoiceParam((1e-3, 1e-2), 1e-3))
+    assert on_log_scale(FloatParam(1e-4, 1e-1, 1e-3, log=True)) and not on_log_scale(ChoiceParam(("a", "b", "c"), "a"))
 
 
 # ---- stopping it ----------------------------------------------------------------------------------------

@@ -102,6 +102,14 @@ def in_split(key: str, split: str) -> bool:
     return parts is not None and parts[0] == split
 
 
+LOG10_PREFIX = "log10_"  # log10_kl_weight: a log-scale parameter's log, logged at a trial's start for a chart's log axis
+
+
+def log10_key(param: str) -> str:
+    """kl_weight -> log10_kl_weight: MLflow's scatter charts have no log axis, so the log is logged."""
+    return f"{LOG10_PREFIX}{param}"
+
+
 PIXEL_MMD = "pixel_mmd"  # scored for every family each round (harness/scoring/pixel_mmd.py)
 COMMON_METRICS: dict[str, Direction] = {PIXEL_MMD: "minimize"}
 RECONSTRUCTION: dict[str, MetricInfo] = {  # autoencoders, on the test split (harness/scoring/evaluation.py)

@@ -233,6 +233,19 @@ def _nearest(param: Param, value: Any) -> Any:
     return min(numbers, key=lambda c: abs(c - value)) if numbers and _is_number(value) else param.default
 
 
+LOG_GRID_SPAN = 100.0  # numeric choices whose largest is this many times the smallest, or more, are a log grid
+
+
+def on_log_scale(param: Param) -> bool:
+    """Whether a parameter is read on a log axis: a log range, or positive numeric choices spanning two
+    decades or more (a study's grid of a log range, 5e-5 .. 1e-2, is no longer a range)."""
+    if isinstance(param, (FloatParam, IntParam)):
+        return param.log
+    if isinstance(param, ChoiceParam) and len(param.choices) > 2 and all(_is_number(c) and c > 0 for c in param.choices):
+        return max(param.choices) / min(param.choices) >= LOG_GRID_SPAN
+    return False
+
+
 def shown(param: Param) -> str:
     """A parameter's range as `make list` prints it: "float 1e-05 .. 0.01, log scale", "one of ratio, threshold"."""
     described = param.describe()

@@ -20,7 +20,7 @@ from harness.core.keys import Tag
 from harness.report import plots
 from harness.report.findings import findings
 from harness.report.records import StudyRecord, latent_notes
-from harness.report.strips import Strip, trial_strips
+from harness.report.strips import GRID_COLUMNS, MIN_FACE_PX, Strip, trial_strips
 from harness.report.tables import all_trials, best_per_family, markdown, protocol_line
 from harness.report.verdicts import Verdict, judge, recorded_claims
 
@@ -28,25 +28,28 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}
 figcaption{font-size:12px;color:#555}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:100%}
-.note{color:#555;font-size:13px}.wide{overflow-x:auto}.strips td{text-align:left;vertical-align:middle}
-.strips img{image-rendering:pixelated;max-width:none;display:block;margin:2px 0}
+.note{color:#555;font-size:13px}.wide{overflow-x:auto}
+.strips img{image-rendering:pixelated;max-width:none;display:block;margin:2px 0}.strip p{margin:.8em 0 .2em}
+.claims th{text-align:left}.trials table{font-size:12px}
 .held{color:#1a7f37}.did-not-hold{color:#b42318}.inconclusive{color:#8a6d00}
 .inconclusive.outside{color:#c4320a}"""
 
 
+GRID_NAMES = {artifact: picture for picture, artifact in keys.GRID_ARTIFACTS.items()}  # samples.png -> samples
 GRID_SHOWN_PX = 1088  # a best trial's grid is shown this wide (whole-pixel steps): 32 px faces at 64 px and more
 
 
-def _image(path: Path, title: str = "", at_least: int = 0) -> str:
+def _image(path: Path, title: str = "", at_least: int = 0, faces: int = 0) -> str:
     """The picture embedded; `at_least`: shown widened by a whole factor to about that many pixels,
-    pixels kept sharp (a 16-wide grid of 32 px faces is otherwise 33 px a face on the page)."""
+    pixels kept sharp (a 16-wide grid of 32 px faces is otherwise 33 px a face on the page); `faces`:
+    a grid's faces per row, marked for the browser test as in `_embedded`."""
     data = base64.b64encode(path.read_bytes()).decode()
     caption = f"<figcaption>{html.escape(title)}</figcaption>" if title else ""
-    size = ""
+    size = f' data-faces="{faces}" data-min-px="{MIN_FACE_PX}"' if faces else ""
     if at_least:
         with Image.open(path) as picture:
             width = picture.width * max(1, at_least // picture.width)
-        size = f' width="{width}" style="image-rendering:pixelated;max-width:none"'
+        size += f' width="{width}" style="image-rendering:pixelated;max-width:none"'
     return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title or path.name)}"{size}>{caption}</figure>'
 
 
@@ -68,8 +71,11 @@ def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: P
     return grids
 
 
-def _embedded(path: Path, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" alt="{html.escape(alt)}">'
+def _embedded(path: Path, alt: str, faces: int = 0) -> str:
+    """The picture inline; `faces`: how many faces a row of it holds, so a browser test can tell each
+    face's shown size (data-faces, data-min-px)."""
+    marks = f' data-faces="{faces}" data-min-px="{MIN_FACE_PX}"' if faces else ""
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" alt="{html.escape(alt)}"{marks}>'
 
 
 def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
@@ -92,7 +98,7 @@ def _claims_html(verdicts: list[Verdict]) -> str:
                    f"{html.escape(v.claim.source)}</span></td><td class='{v.verdict.replace(' ', '-')} {v.leaning}'><b>"
                    f"{html.escape(v.verdict)}</b>{_leaning(v)}</td><td style='text-align:left'>{html.escape(v.evidence)}</td></tr>"
                    for v in verdicts)
-    return ("<table><tr><th>the reports said</th><th>here</th><th>the numbers behind it</th></tr>" + rows + "</table>"
+    return ("<table class='claims'><tr><th>the reports said</th><th>here</th><th>the numbers behind it</th></tr>" + rows + "</table>"
             "<p class='note'>held / did not hold: a 95% interval excludes the other answer; inconclusive otherwise "
             "(one run has no interval: <code>make confirm</code> re-trains the best configurations with fresh seeds).</p>")
 
@@ -126,25 +132,42 @@ def _trials_html(record: StudyRecord, trials: pd.DataFrame) -> str:
     shown = ["trial", "state", "family", "flags", *record.objectives,
              *[c for c in trials if c.startswith(f"{record.objective}{keys.SCALE_SEP}")],
              *[p for p in record.swept if p in trials], "train_s", "wall_s"]
-    table = trials[[c for c in dict.fromkeys(shown) if c in trials]]
+    table = trials[[c for c in dict.fromkeys(shown) if c in trials]].copy()
+    if "flags" in table:  # collapsed, did_not_learn: a cell that can wrap, so the rows fit the page
+        table["flags"] = table["flags"].map(lambda v: v.replace(",", ", ") if isinstance(v, str) else v)
     notes = [f"trial {row['trial']}: {text}" for _, row in trials.iterrows()
              for text in (row.get("flag evidence", ""), row.get("failure", "")) if isinstance(text, str) and text]
     listed = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    table.columns = [c.replace("_", "_\u200b").replace("/", "/\u200b") for c in table.columns]  # headers wrap there
     return (table.to_html(index=False, float_format="%.4g", na_rep="")
             + "<p class='note'>Every score and parameter of every trial: trials.csv beside this page.</p>"
             + (f"<ul class='note'>{listed}</ul>" if listed else ""))
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _best_html(best: pd.DataFrame) -> str:
+    """The best trial of each family as a column (a row per score and parameter): some forty values
+    fit a laptop's width this way, where a row of them scrolls sideways."""
+    rows = "".join(f"<tr><th>{html.escape(str(column))}</th>" + "".join(
+        f"<td>{html.escape(_shown(v))}</td>" for v in best[column]) + "</tr>" for column in best if column != "family")
+    head = "".join(f"<th>{html.escape(str(f))}</th>" for f in best["family"])
+    return f"<table class='best'><tr><th></th>{head}</tr>{rows}</table>"
+
+
 def _strips_html(strips: list[Strip]) -> str:
     if not strips:
         return "<p class='note'>No trial has finished its sample grids yet.</p>"
-    rows = "".join(f"<tr><td>{html.escape(s.label)}</td><td>" + "<br>".join(
-        _embedded(s.pictures[name], f"trial {s.trial} {name}") for name in ("samples", "reconstructions")
-        if name in s.pictures) + "</td></tr>" for s in strips)
-    return ("<p class='note'>The first row of every trial's grids, each face at 64 px or more: samples from the same "
-            "fixed z, then reconstructions (each reference face, then its reconstruction) of the same validation "
-            "images.</p><div class='wide'><table class='strips'><tr><th>trial</th><th>samples, then reconstructions"
-            "</th></tr>" + rows + "</table></div>")
+    rows = "".join(f"<div class='strip'><p>{html.escape(s.label)}</p>" + "".join(
+        _embedded(s.pictures[name], f"trial {s.trial} {name}", GRID_COLUMNS[name]) for name in ("samples", "reconstructions")
+        if name in s.pictures) + "</div>" for s in strips)  # the label above its pictures: 16 faces of 64 px fit the page
+    return (f"<p class='note'>The first row of every trial's grids, each face at {MIN_FACE_PX} px or more: samples from "
+            "the same fixed z, then reconstructions (each reference face, then its reconstruction) of the same "
+            "validation images.</p><div class='wide strips'>" + rows + "</div>")
 
 
 def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> Path:
@@ -189,12 +212,13 @@ def write_study_report(record: StudyRecord, client: MlflowClient, out: Path) -> 
             f"</p><details class='note'><summary>Score protocol</summary>{_protocol_html(record.protocol)}</details>",
             "<h2>The reports' claims, checked</h2>", _claims_html(verdicts),
             "<h2>Best trial per family</h2>", measured_html, "<div class='wide'>",
-            best.to_html(index=False, float_format="%.4g", na_rep=""), "</div>",
+            _best_html(best), "</div>",
             "<h2>Samples and reconstructions of the best trials</h2><div class='grid'>",
-            "".join(_image(path, f"{family}: {name.removesuffix('.png')}", GRID_SHOWN_PX) for family, name, path in grids), "</div>",
+            "".join(_image(path, f"{family}: {name.removesuffix('.png')}", GRID_SHOWN_PX, GRID_COLUMNS[GRID_NAMES[name]])
+                    for family, name, path in grids), "</div>",
             "<h2>Samples of every trial</h2>", _strips_html(strips),
             "<h2>Plots</h2>", "".join(_image(p) for p in drawn),
-            "<h2>Every trial, best first</h2>", measured_html, "<div class='wide'>",
+            "<h2>Every trial, best first</h2>", measured_html, "<div class='wide trials'>",
             _trials_html(record, trials), "</div>"]
     (out / "index.html").write_text("\n".join(page))
     return out / "index.html"

@@ -26,7 +26,7 @@ def confidence(values: pd.Series) -> tuple[float, float, int]:
 
 
 BOOKKEEPING = ("family", "budget_optimizer", "rounds")  # run params that are not the trial's hyperparameters
-NOT_SCORES = ("train_", "study_", "best_", keys.CURVE_PREFIX)  # training losses, the parent's counters
+NOT_SCORES = ("train_", "study_", "best_", keys.CURVE_PREFIX, keys.LOG10_PREFIX)  # training losses, the parent's counters, axes
 
 
 def hyperparameters(table: pd.DataFrame) -> list[str]:

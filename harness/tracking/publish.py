@@ -10,6 +10,7 @@ reads back the one thing a run needs from an earlier run: the checkpoint a retri
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from harness.core.errors import redact, warn
 from harness.core.keys import Attr, Tag
 from harness.family.fast_path import FastPath
 from harness.family.registry import get_family
+from harness.family.space import on_log_scale
 from harness.scoring.pixel_mmd import PIXEL_MMD_PROTOCOL
 from harness.search.outcome import FailureKind, State, TrialOutcome
 from harness.search.session import Session
@@ -95,7 +97,7 @@ class Publisher:
                     parent_id: str, fast: FastPath | None = None) -> str:
         """The trial's child run; `fast`: the fast path it trains on, where not the session's."""
         s = self.session
-        return self.tracker.start_run(
+        run_id = self.tracker.start_run(
             name, params={**params, "family": family, "steps": s.spec.steps, "rounds": s.spec.rounds,
                           "budget_optimizer": get_family(family).budget_optimizer, "seed": seed,
                           "metric.pixel_mmd": PIXEL_MMD_PROTOCOL, **s.quality.protocol(), **provenance_params(),
@@ -106,6 +108,12 @@ class Publisher:
                   "device": str(s.device), Tag.OBJECTIVE: ",".join(s.objective_keys),
                   **get_family(family).record_tags(), **tags},
             parent_id=parent_id)
+        space = s.spec.spaces.get(family, {})
+        logs = {keys.log10_key(name): math.log10(value) for name, value in params.items()
+                if name in space and on_log_scale(space[name]) and isinstance(value, (int, float)) and value > 0}
+        if logs:  # the charts' log axis for a log-scale parameter (MLflow's scatter charts have none)
+            self.tracker.log_metrics(run_id, logs, step=0)
+        return run_id
 
     def sink(self, run_id: str) -> MlflowSink:
         return MlflowSink(self.tracker, run_id)

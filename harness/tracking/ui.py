@@ -39,7 +39,7 @@ from mlflow import MlflowClient
 from harness.core import keys
 from harness.core.errors import UserError
 from harness.core.keys import Tag, resolve_objective
-from harness.family.space import FixedParam
+from harness.family.space import FixedParam, on_log_scale
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import EXPERIMENT_KIND, ML_EXPERIMENT, runs_frame
 
@@ -47,7 +47,11 @@ SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag the UI opens
 RUNS_VIEW, COMPARE_VIEW = "genbench-runs", "genbench-compare"
 CLASSIC = "workflowType=machine_learning"
 SCATTERS = 4  # at most this many parameter-against-objective charts
-CHART_COLUMNS = 2  # charts per row in the compare view (MLflow's default, 3, left each about 130 px wide at 1366 px)
+CHART_COLUMNS = 1  # charts per row in the compare view: at 1366 px, MLflow's default 3 leave each about 130 px
+# wide, and 2 about 210 px while the assistant panel MLflow opens on a first visit is open; 1: 420 px, 800 px without it
+RUN_COLOUR = "mlflow.runColor"  # a run tag the UI draws the run in, in every chart and beside its name
+FLAGGED_COLOUR, UNFLAGGED_COLOUR = "#d62728", "#1f77b4"  # red: flagged (collapsed, did not learn); blue: the rest
+MODEL_METRICS, SYSTEM_METRICS = "Model metrics", "System metrics"  # the UI's sections of keys with no "/" and of system/
 STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL for the server's processes
 
 
@@ -87,16 +91,47 @@ def study_links(client: MlflowClient, spec: StudySpec, base: str) -> StudyLinks:
     complete = count_complete(runs)
     if not complete:
         return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}", None, objectives[0], 0)
+    mark_flagged(client, runs)
     section = "genbench-objective"
     compare_view = {**base_view, "groupBy": None,
                     "searchFilter": f"tags.{Tag.STATE} = 'COMPLETE' and tags.{Tag.TRIAL} LIKE '%'",
-                    "compareRunCharts": objective_charts(objectives, spec, section, complete),
-                    "compareRunSections": [{"uuid": section, "name": f"objective {objectives[0]}", "display": True,
-                                            "isReordered": False, "deleted": False, "isGenerated": False,
-                                            "columns": CHART_COLUMNS}]}
+                    "compareRunCharts": objective_charts(objectives, spec, section, complete, logged_metrics(runs)),
+                    "compareRunSections": chart_sections(section, f"objective {objectives[0]}", logged_metrics(runs)),
+                    "isAccordionReordered": True}  # the sections in the order given: the objective's first
     client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW + COMPARE_VIEW, json.dumps(compare_view))
     return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}",
                       f"{page}&compareRunsMode=CHART&viewStateShareKey={COMPARE_VIEW}", objectives[0], complete)
+
+
+def logged_metrics(runs: pd.DataFrame) -> list[str]:
+    return [c.removeprefix("metrics.") for c in runs if c.startswith("metrics.")]
+
+
+def chart_sections(uuid: str, name: str, metrics: list[str]) -> list[dict[str, Any]]:
+    """The compare view's sections: the objective's, open, first; then, folded, every section the UI
+    would otherwise add on its own for the metrics logged (one per prefix before a "/", `Model
+    metrics` for the rest), which it sorts by name above the objective's and opens."""
+    section = {"isReordered": False, "deleted": False, "isGenerated": False}
+    prefixes = {m.rsplit("/", 1)[0] if "/" in m else MODEL_METRICS for m in metrics}
+    prefixes = {SYSTEM_METRICS if p == "system" else p for p in prefixes}
+    return [{**section, "uuid": uuid, "name": name, "display": True, "columns": CHART_COLUMNS},
+            *({**section, "uuid": f"genbench-folded-{i}", "name": p, "display": False, "isGenerated": True}
+              for i, p in enumerate(sorted(prefixes)))]
+
+
+def mark_flagged(client: MlflowClient, runs: pd.DataFrame) -> None:
+    """Colour each complete trial's run as the UI draws it: red when flagged (collapsed or did not
+    learn, never reported as best), blue otherwise, so the compare charts show which points to
+    discount. A run already so coloured is left alone."""
+    if runs.empty or f"tags.{Tag.TRIAL}" not in runs:
+        return
+    complete = runs[(runs[f"tags.{Tag.STATE}"] == "COMPLETE") & runs[f"tags.{Tag.TRIAL}"].notna()]
+    flags = complete.get(f"tags.{Tag.FLAGS}", pd.Series("none", index=complete.index)).fillna("none")
+    colours = complete.get(f"tags.{RUN_COLOUR}", pd.Series(None, index=complete.index, dtype=object))
+    for run_id, flag, colour in zip(complete["run_id"], flags, colours):
+        wanted = UNFLAGGED_COLOUR if flag == "none" else FLAGGED_COLOUR
+        if colour != wanted:
+            client.set_tag(run_id, RUN_COLOUR, wanted)
 
 
 def home_links(client: MlflowClient, base: str) -> list[str]:
@@ -139,21 +174,27 @@ def count_complete(runs: pd.DataFrame) -> int:
     return int(((runs[f"tags.{Tag.STATE}"] == "COMPLETE") & runs[f"tags.{Tag.TRIAL}"].notna()).sum())
 
 
-def objective_charts(objectives: list[str], spec: StudySpec, section: str, runs: int) -> list[dict[str, Any]]:
+def objective_charts(objectives: list[str], spec: StudySpec, section: str, runs: int,
+                     metrics: list[str] = ()) -> list[dict[str, Any]]:
     """A bar chart of each objective over the trials, a parallel-coordinates chart of the parameters
     every family searches and the objectives, and each searched parameter against the objective, in
-    the UI's chart-card format (mlflow's RunsChartsCardConfig)."""
+    the UI's chart-card format (mlflow's RunsChartsCardConfig). A parameter on a log scale is drawn
+    on its logged log10 (`metrics`: the keys the runs logged), there being no log axis to ask for."""
     card = {"runsCountToCompare": max(runs, 10), "metricSectionId": section, "deleted": False, "isGenerated": False}
     charts: list[dict[str, Any]] = [{**card, "uuid": f"genbench-bar-{i}", "type": "BAR", "metricKey": key,
                                      "displayName": key} for i, key in enumerate(objectives)]
     shared = [p for p in swept_params(spec) if p != "family"
               and all(p in space and not isinstance(space[p], FixedParam) for space in spec.spaces.values())]
-    if shared:
-        charts.append({**card, "uuid": "genbench-parallel", "type": "PARALLEL", "selectedParams": shared,
-                       "selectedMetrics": objectives, "showAllRuns": False})
+    logs = {p for p in swept_params(spec) if keys.log10_key(p) in metrics
+            and any(on_log_scale(s[p]) for s in spec.spaces.values() if p in s)}
+    if shared:  # a log-scale parameter's axis is its log10, a metric
+        charts.append({**card, "uuid": "genbench-parallel", "type": "PARALLEL",
+                       "selectedParams": [p for p in shared if p not in logs],
+                       "selectedMetrics": [keys.log10_key(p) for p in shared if p in logs] + objectives, "showAllRuns": False})
     for i, param in enumerate([p for p in swept_params(spec) if p != "family"][:SCATTERS]):
+        x = {"key": keys.log10_key(param), "type": "METRIC"} if param in logs else {"key": param, "type": "PARAM"}
         charts.append({**card, "uuid": f"genbench-scatter-{i}", "type": "SCATTER",
-                       "xaxis": {"key": param, "type": "PARAM"}, "yaxis": {"key": objectives[0], "type": "METRIC"}})
+                       "xaxis": x, "yaxis": {"key": objectives[0], "type": "METRIC"}})
     return charts
 
 
