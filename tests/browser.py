@@ -131,7 +131,7 @@ class Browser:
         """What is wrong with the page as laid out at this size (an empty list: nothing)."""
         return self.evaluate(layout_checks(min_picture_px))
 
-    def scroll_through(self, expression: str, pause: float = 2.0, stops: int = 20) -> list[Any]:
+    def scroll_through(self, expression: str, pause: float = 1.0, stops: int = 20) -> list[Any]:
         """The expression's value at each stop while the page's tallest scrolling pane is scrolled a
         screen at a time, top to bottom: MLflow draws a chart only once it is scrolled into view."""
         seen = [self.evaluate(expression)]

@@ -40,26 +40,6 @@ def get(url: str) -> bytes:
         return response.read()
 
 
-@pytest.mark.slow
-def test_ui_serves_the_runs(smoke_runs):
-    port = free_port()
-    env = {**os.environ, "RUNS_DIR": str(smoke_runs)}
-    server = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(port, server, "MLflow UI")
-        experiments = json.loads(get(base + "/api/2.0/mlflow/experiments/search?max_results=50"))
-        assert "smoke-v2" in {e["name"] for e in experiments["experiments"]}
-        child = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1][0]
-        png = get(f"{base}/get-artifact?path=samples.png&run_uuid={child.info.run_id}")
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        assert listening_addresses(port) == {"127.0.0.1"}  # loopback only
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-
-
 def session_command_lines(session_id: int) -> list[str]:
     """The argv of every live process in a session (what `ps` shows any user of the machine). A zombie
     (exited, not yet reaped by its parent) runs nothing and has no argv: it is left out."""
@@ -235,10 +215,18 @@ def test_sigterm_to_the_harness_alone_stops_every_process_it_started(smoke_runs)
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process_it_started(smoke_runs, tmp_path):
-    """Also, while it serves: without a study, `make ui` prints links in the machine-learning view, and
-    the experiments link renders as that view in a real browser (MLflow 3 otherwise opens its GenAI
-    home), with the study in it."""
+    """Also, while it serves: it serves the runs and their artifacts on the loopback address only;
+    without a study, `make ui` prints links in the machine-learning view, and the experiments link
+    renders as that view in a real browser (MLflow 3 otherwise opens its GenAI home), with the study
+    in it."""
     ui, printed, server_session = start_ui(smoke_runs)
+    base = re.search(r"http://127\.0\.0\.1:(\d+)", printed)
+    experiments = json.loads(get(base[0] + "/api/2.0/mlflow/experiments/search?max_results=50"))
+    assert "smoke-v2" in {e["name"] for e in experiments["experiments"]}
+    child = split_runs(mlflow_runs(smoke_runs, "smoke-v2"))[1][0]
+    png = get(f"{base[0]}/get-artifact?path=samples.png&run_uuid={child.info.run_id}")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert listening_addresses(int(base[1])) == {"127.0.0.1"}  # loopback only
     experiment = MlflowClient(tracking_uri=f"sqlite:///{smoke_runs / 'mlflow.db'}").get_experiment_by_name("smoke-v2")
     urls = re.findall(r"http://\S+", printed)[1:]
     assert [link.split("/#/")[1] for link in urls] == [
