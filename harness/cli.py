@@ -361,11 +361,13 @@ def server_arguments(commands: argparse._SubParsersAction) -> None:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from harness.core.errors import redact
-    from harness.core.storage import Storage
+    from harness.core.storage import OPTUNA_TABLES, Storage, check_own_database, check_reachable
 
     storage = Storage.from_env()
     storage.prepare()
     backend = backend_store(args.backend_store_file) or storage.local_backend_uri
+    check_reachable(backend, "BACKEND_STORE")
+    check_own_database(backend, "BACKEND_STORE", OPTUNA_TABLES, "Optuna's storage (STORAGE)")
     artifacts = args.artifacts_destination or storage.artifacts_uri
     print(f"MLflow tracking server on http://{args.host}:{args.port}: backend {redact(backend)}, artifacts "
           f"{redact(artifacts)}; workers set TRACKING_URI=http://<this machine>:{args.port} (Ctrl-C stops it)", flush=True)

@@ -24,7 +24,15 @@ from sqlalchemy.pool import NullPool
 
 from conftest import REPO, free_port, mlflow_runs, share_caches, split_runs, wait_until_serving, write_study
 from harness.cli import main
-from harness.core.storage import SCHEMA_RACE_ATTEMPTS, Storage, open_rdb_storage
+from harness.core.errors import UserError
+from harness.core.storage import (
+    MLFLOW_TABLES,
+    OPTUNA_TABLES,
+    SCHEMA_RACE_ATTEMPTS,
+    Storage,
+    check_own_database,
+    open_rdb_storage,
+)
 from harness.data.datasets import load_dataset
 from harness.family import fast_path as speed
 from harness.family.registry import get_family
@@ -403,3 +411,43 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     assert main(["study", str(path)]) == 0
     trials = optuna.load_study(study_name="full-v1", storage=f"sqlite:///{runs / 'optuna.db'}").trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+@pytest.mark.fault
+def test_optuna_and_mlflow_never_share_one_database(tmp_path, capsys):
+    """Both tools keep their schema revision in a table alembic_version; in one database Optuna read
+    MLflow's and failed in a 30-line traceback. Each store that holds the other's tables is refused in
+    one line naming the fix; a store not there yet passes and is not created."""
+    mlflow_db, optuna_db = tmp_path / "mlflow.db", tmp_path / "optuna.db"
+    MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}").search_experiments()  # MLflow's tables
+    optuna.storages.RDBStorage(f"sqlite:///{optuna_db}").engine.dispose()  # Optuna's
+    for url, variable, foreign in ((f"sqlite:///{mlflow_db}", "STORAGE", MLFLOW_TABLES),
+                                   (f"sqlite:///{optuna_db}", "BACKEND_STORE", OPTUNA_TABLES)):
+        with pytest.raises(UserError, match=f"^{variable}=.* already uses; .*alembic_version.*own database"):
+            check_own_database(url, variable, foreign, "the other tool")
+    check_own_database(f"sqlite:///{optuna_db}", "STORAGE", MLFLOW_TABLES, "MLflow")  # its own tool's: fine
+    check_own_database(f"sqlite:///{tmp_path / 'new.db'}", "STORAGE", MLFLOW_TABLES, "MLflow")
+    assert not (tmp_path / "new.db").exists()
+    capsys.readouterr()  # MLflow's own lines while it created its tables above
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNS_DIR", str(tmp_path / "runs"))
+        mp.setenv("STORAGE", f"sqlite:///{mlflow_db}")
+        mp.delenv("TRACKING_URI", raising=False)
+        assert main(["study", "smoke"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("error: STORAGE=sqlite:///") and "genbench_optuna" in said[0]
+
+
+@pytest.mark.fault
+@needs_postgres
+def test_the_readmes_one_database_form_is_refused_in_one_line(tmp_path, fresh_postgres):
+    """The recipe as issue 32 found it: one PostgreSQL database for both, the tracking store's tables
+    created first; `make study` with STORAGE on it stops in one line without the password."""
+    password = fresh_postgres.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
+    MlflowClient(tracking_uri=fresh_postgres).search_experiments()  # what `make server` does first
+    done = subprocess.run([sys.executable, "-m", "harness", "study", "smoke", "--device", "cpu"], cwd=REPO,
+                          env={**os.environ, "RUNS_DIR": str(tmp_path / "runs"), "STORAGE": fresh_postgres},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "already uses" in line and "alembic_version" in line and password not in line

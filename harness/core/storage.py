@@ -32,7 +32,7 @@ from urllib.request import urlopen
 import optuna
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -109,6 +109,37 @@ def check_reachable(url: str, variable: str) -> None:
                         f"in {variable}") from None
     finally:
         engine.dispose()
+
+
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})  # what shows a database is Optuna's storage
+MLFLOW_TABLES = frozenset({"experiments", "runs", "metrics"})  # ... and MLflow's tracking store
+OWN_DATABASES = "harness/README.md, Several machines"
+
+
+def check_own_database(url: str, variable: str, foreign: frozenset[str], owner: str) -> None:
+    """Refuse, in one line, a database that already holds the other tool's tables. MLflow and Optuna
+    both keep their schema revision in a table named alembic_version, so in one database each reads
+    the other's (Optuna: "The runtime optuna version ... is no longer compatible with the table
+    schema", in a 30-line traceback). A store that does not exist yet passes (nothing is created)."""
+    parts = urlsplit(url)
+    base = parts.scheme.split("+")[0]
+    if base in ("", "file", "http", "https") or "://" not in url:
+        return
+    if base == "sqlite" and not Path(url.partition(":///")[2].split("?")[0]).is_file():  # sqlite:////abs or :///rel
+        return
+    timeout = {TIMEOUT_ARGUMENT[base]: CONNECT_TIMEOUT_S} if base in TIMEOUT_ARGUMENT else {}
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+        try:
+            tables = set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except (ImportError, SQLAlchemyError, ValueError):
+        return  # unreachable or unusable: check_reachable says so in its own line
+    if foreign <= tables:
+        raise UserError(f"{variable}={redact(url)} is a database {owner} already uses; MLflow and Optuna both keep "
+                        "their schema revision in a table alembic_version, so they cannot share one: give each its "
+                        f"own database (CREATE DATABASE genbench_optuna and genbench_mlflow; {OWN_DATABASES})")
 
 
 ARTIFACTS_PART = "/artifacts/"  # every local experiment's location is file://<RUNS_DIR>/artifacts/<name>
@@ -209,6 +240,8 @@ class Storage:
         """The remote stores answer (in seconds), or the command stops in one line before recording."""
         check_reachable(self.tracking_uri, "TRACKING_URI")
         check_reachable(self.storage_url, "STORAGE")
+        check_own_database(self.storage_url, "STORAGE", MLFLOW_TABLES, "MLflow's tracking store")
+        check_own_database(self.tracking_uri, "TRACKING_URI", OPTUNA_TABLES, "Optuna's storage (STORAGE)")
 
     @contextmanager
     def creation_lock(self) -> Iterator[None]:
