@@ -413,6 +413,7 @@ def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(t
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_optuna_and_mlflow_never_share_one_database(tmp_path, capsys):
     """Both tools keep their schema revision in a table alembic_version; in one database Optuna read
