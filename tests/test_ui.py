@@ -185,7 +185,8 @@ def start_ui(runs: Path, *study: str) -> tuple[subprocess.Popen, str, int]:
                           stderr=subprocess.STDOUT, start_new_session=True)
     printed = [ui.stdout.readline().decode() for _ in range(3)]  # the server's line, then two links
     wait_until_serving(port, ui, "MLflow UI")
-    (server,) = children(ui.pid)
+    (server,) = [c for c in children(ui.pid)  # the server; the other child is its watchdog
+                 if b"harness.tracking.watchdog" not in Path(f"/proc/{c}/cmdline").read_bytes()]
     server_session = os.getsid(server)
     deadline = time.time() + 120
     while not any("huey_consumer" in line for line in live_processes(server_session)):
@@ -243,3 +244,19 @@ def test_ctrl_c_stops_every_process_it_started(smoke_runs, tmp_path):
     os.killpg(ui.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the terminal's foreground process group
     assert ui.wait(timeout=120) == 130
     assert live_processes(server_session) == [] and live_processes(ui.pid) == []
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_killed_ui_leaves_no_server_behind(smoke_runs):
+    """SIGKILL of `make ui`'s process group (a crash, an OOM kill, a job's time limit) runs no handler
+    of ours; the server's session, uvicorn and the job runner's consumers included, still ends."""
+    ui, _, server_session = start_ui(smoke_runs)
+    assert len(live_processes(server_session)) >= 4
+    os.killpg(ui.pid, signal.SIGKILL)
+    ui.wait(timeout=30)
+    deadline = time.time() + 30
+    while live_processes(server_session):
+        assert time.time() < deadline, f"still running 30 s after the kill: {live_processes(server_session)}"
+        time.sleep(0.5)
+    assert not [line for line in live_processes(os.getsid(os.getpid())) if "harness.tracking.watchdog" in line]

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,6 +41,7 @@ from harness.core.keys import Tag, resolve_objective
 from harness.family.space import FixedParam, on_log_scale
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import EXPERIMENT_KIND, ML_EXPERIMENT, runs_frame
+from harness.tracking.watchdog import STOP_GRACE_S, session_processes
 
 SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag the UI opens with ?viewStateShareKey=key
 RUNS_VIEW, COMPARE_VIEW = "genbench-runs", "genbench-compare"
@@ -52,7 +52,6 @@ CHART_COLUMNS = 1  # charts per row in the compare view: at 1366 px, MLflow's de
 RUN_COLOUR = "mlflow.runColor"  # a run tag the UI draws the run in, in every chart and beside its name
 FLAGGED_COLOUR, UNFLAGGED_COLOUR = "#d62728", "#1f77b4"  # red: flagged (collapsed, did not learn); blue: the rest
 MODEL_METRICS, SYSTEM_METRICS = "Model metrics", "System metrics"  # the UI's sections of keys with no "/" and of system/
-STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL for the server's processes
 
 
 @dataclass(frozen=True)
@@ -207,7 +206,9 @@ def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> i
     MLflow's server starts uvicorn and a job runner that starts several huey consumers; stopped early
     it leaves consumers running. So the server runs in a session of its own (Ctrl-C on the terminal
     reaches only this process) and stopping signals that whole session: SIGTERM, a few seconds, then
-    SIGKILL. The store URIs go through the environment: argv shows in ps to every user."""
+    SIGKILL. Killed outright (SIGKILL: nothing runs), this process cannot stop it, so a watchdog
+    (harness/tracking/watchdog.py) ends the server's session once this process is gone. The store
+    URIs go through the environment: argv shows in ps to every user."""
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow is None:
         raise UserError("the mlflow command is not installed; run `make setup`")
@@ -215,10 +216,12 @@ def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> i
     received: list[int] = []
     wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closing
     previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in wanted}
-    server = None
+    server = watchdog = None
     try:
         server = subprocess.Popen([mlflow, "server", "--serve-artifacts", "--host", host, "--port", str(port),
                                    "--workers", str(workers)], env=env, start_new_session=True)
+        watchdog = subprocess.Popen([sys.executable, "-m", "harness.tracking.watchdog", str(server.pid)],
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # ends it if we are killed
         while not received and server.poll() is None:
             time.sleep(0.2)  # a signal only records itself, so none can land halfway through Popen
     finally:
@@ -227,32 +230,12 @@ def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> i
         if server is not None:
             stopped = stop_session(server)
             print(f"stopped the MLflow server: {stopped} process(es) ended", file=sys.stderr, flush=True)
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 + received[0] if received else server.returncode
-
-
-def session_processes(sid: int) -> list[int]:
-    """The live processes (zombies left out) of a session, from /proc; where there is no /proc, the
-    session's first process group (the server's: start_new_session) while any of it is alive."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(sid, 0)
-        except ProcessLookupError:
-            return []
-        return [sid]
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
-        except (OSError, ValueError):  # it ended meanwhile
-            continue
-        if int(session) == sid and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def stop_session(leader: subprocess.Popen, grace: float = STOP_GRACE_S) -> int:
