@@ -70,6 +70,13 @@ CONNECT_TIMEOUT_S = 5
 TIMEOUT_ARGUMENT = {"postgresql": "connect_timeout", "mysql": "connect_timeout", "mariadb": "connect_timeout"}
 
 
+def _engine(url: str) -> Any:
+    """An engine that holds no pool and gives up connecting after CONNECT_TIMEOUT_S where its driver can."""
+    base = urlsplit(url).scheme.split("+")[0]
+    timeout = {TIMEOUT_ARGUMENT[base]: CONNECT_TIMEOUT_S} if base in TIMEOUT_ARGUMENT else {}
+    return create_engine(url, poolclass=NullPool, connect_args=timeout)
+
+
 def check_reachable(url: str, variable: str) -> None:
     """Fail within seconds, in one line, when a database or tracking server cannot be reached. Left
     to themselves, MLflow retried a refused PostgreSQL connection for 112 s and then printed a
@@ -91,9 +98,8 @@ def check_reachable(url: str, variable: str) -> None:
             raise UserError(f"{variable}={shown} cannot be reached within {CONNECT_TIMEOUT_S} s "
                             f"({redact_text(str(reason), url)}); start the tracking server (make server) or "
                             f"fix {variable}") from None
-    timeout = {TIMEOUT_ARGUMENT[base]: CONNECT_TIMEOUT_S} if base in TIMEOUT_ARGUMENT else {}
     try:
-        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+        engine = _engine(url)
     except (ImportError, SQLAlchemyError, ValueError) as e:  # no driver for the scheme, or a malformed URL
         raise UserError(f"{variable}={shown} cannot be used: {redact_text(str(e).splitlines()[0], url)}; "
                         "install the database's Python driver and name it in the URI (e.g. mysql+pymysql://, "
@@ -127,9 +133,8 @@ def check_own_database(url: str, variable: str, foreign: frozenset[str], owner: 
         return
     if base == "sqlite" and not Path(url.partition(":///")[2].split("?")[0]).is_file():  # sqlite:////abs or :///rel
         return
-    timeout = {TIMEOUT_ARGUMENT[base]: CONNECT_TIMEOUT_S} if base in TIMEOUT_ARGUMENT else {}
     try:
-        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+        engine = _engine(url)
         try:
             tables = set(inspect(engine).get_table_names())
         finally:

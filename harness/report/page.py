@@ -39,13 +39,18 @@ GRID_NAMES = {artifact: picture for picture, artifact in keys.GRID_ARTIFACTS.ite
 GRID_SHOWN_PX = 1088  # a best trial's grid is shown this wide (whole-pixel steps): 32 px faces at 64 px and more
 
 
+def _face_marks(faces: int) -> str:
+    """A grid's faces per row and the least size a face may be shown at, for the browser test."""
+    return f' data-faces="{faces}" data-min-px="{MIN_FACE_PX}"' if faces else ""
+
+
 def _image(path: Path, title: str = "", at_least: int = 0, faces: int = 0) -> str:
     """The picture embedded; `at_least`: shown widened by a whole factor to about that many pixels,
     pixels kept sharp (a 16-wide grid of 32 px faces is otherwise 33 px a face on the page); `faces`:
     a grid's faces per row, marked for the browser test as in `_embedded`."""
     data = base64.b64encode(path.read_bytes()).decode()
     caption = f"<figcaption>{html.escape(title)}</figcaption>" if title else ""
-    size = f' data-faces="{faces}" data-min-px="{MIN_FACE_PX}"' if faces else ""
+    size = _face_marks(faces)
     if at_least:
         with Image.open(path) as picture:
             width = picture.width * max(1, at_least // picture.width)
@@ -74,8 +79,7 @@ def _grids(record: StudyRecord, best: pd.DataFrame, client: MlflowClient, out: P
 def _embedded(path: Path, alt: str, faces: int = 0) -> str:
     """The picture inline; `faces`: how many faces a row of it holds, so a browser test can tell each
     face's shown size (data-faces, data-min-px)."""
-    marks = f' data-faces="{faces}" data-min-px="{MIN_FACE_PX}"' if faces else ""
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" alt="{html.escape(alt)}"{marks}>'
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" alt="{html.escape(alt)}"{_face_marks(faces)}>'
 
 
 def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:

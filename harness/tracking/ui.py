@@ -41,7 +41,7 @@ from harness.core.keys import Tag, resolve_objective
 from harness.family.space import FixedParam, on_log_scale
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import EXPERIMENT_KIND, ML_EXPERIMENT, runs_frame
-from harness.tracking.watchdog import STOP_GRACE_S, session_processes
+from harness.tracking.watchdog import STOP_GRACE_S, end_session, session_processes
 
 SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag the UI opens with ?viewStateShareKey=key
 RUNS_VIEW, COMPARE_VIEW = "genbench-runs", "genbench-compare"
@@ -91,11 +91,12 @@ def study_links(client: MlflowClient, spec: StudySpec, base: str) -> StudyLinks:
     if not complete:
         return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}", None, objectives[0], 0)
     mark_flagged(client, runs)
+    metrics = logged_metrics(runs)
     section = "genbench-objective"
     compare_view = {**base_view, "groupBy": None,
                     "searchFilter": f"tags.{Tag.STATE} = 'COMPLETE' and tags.{Tag.TRIAL} LIKE '%'",
-                    "compareRunCharts": objective_charts(objectives, spec, section, complete, logged_metrics(runs)),
-                    "compareRunSections": chart_sections(section, f"objective {objectives[0]}", logged_metrics(runs)),
+                    "compareRunCharts": objective_charts(objectives, spec, section, complete, metrics),
+                    "compareRunSections": chart_sections(section, f"objective {objectives[0]}", metrics),
                     "isAccordionReordered": True}  # the sections in the order given: the objective's first
     client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW + COMPARE_VIEW, json.dumps(compare_view))
     return StudyLinks(f"{page}&viewStateShareKey={RUNS_VIEW}",
@@ -242,22 +243,7 @@ def stop_session(leader: subprocess.Popen, grace: float = STOP_GRACE_S) -> int:
     """End every process of the session `leader` began (its process group and any process that left
     the group): SIGTERM, up to `grace` seconds, then SIGKILL; reap the leader. Returns how many
     processes were alive when it began."""
-    sid = leader.pid
-    count = len(session_processes(sid))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in {-sid, *session_processes(sid)}:  # -sid: the whole group, newcomers included
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                continue
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            leader.poll()  # reap it, so it does not count as alive
-            if not session_processes(sid):
-                break
-            time.sleep(0.1)
-        else:
-            continue
-        break
+    count = len(session_processes(leader.pid))
+    end_session(leader.pid, grace, reap=leader.poll)
     leader.wait()
     return count

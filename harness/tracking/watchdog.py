@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 POLL_S = 0.5
 STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL for the server's processes
@@ -51,14 +52,18 @@ def signal_session(sid: int, sig: int) -> None:
             continue
 
 
-def end_session(sid: int, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM to every process of the session, up to `grace` seconds, then SIGKILL to what is left."""
-    signal_session(sid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while session_processes(sid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if session_processes(sid):
-        signal_session(sid, signal.SIGKILL)
+def end_session(sid: int, grace: float = STOP_GRACE_S, reap: Callable[[], object] = lambda: None) -> None:
+    """SIGTERM to every process of the session, up to `grace` seconds for them to end, then SIGKILL to
+    what is left and up to `grace` again; `reap`: called while waiting (the leader's parent reaps it,
+    so that it does not count as alive)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        signal_session(sid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            reap()
+            if not session_processes(sid):
+                return
+            time.sleep(0.1)
 
 
 def watch(sid: int) -> int:
