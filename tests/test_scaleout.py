@@ -452,3 +452,95 @@ def test_the_readmes_one_database_form_is_refused_in_one_line(tmp_path, fresh_po
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "already uses" in line and "alembic_version" in line and password not in line
+
+
+needs_a_restartable_postgres = pytest.mark.skipif(
+    not (os.environ.get("GENBENCH_TEST_POSTGRES") and os.environ.get("GENBENCH_TEST_POSTGRES_CLUSTER")),
+    reason="set GENBENCH_TEST_POSTGRES and GENBENCH_TEST_POSTGRES_CLUSTER='<version> <cluster>' for pg_ctlcluster "
+           "(.ci/run sets both)")
+
+
+def pg_ctl(action: str) -> None:
+    """Stop, start or restart the test's PostgreSQL cluster, for real (its processes end and come back)."""
+    version, cluster = os.environ["GENBENCH_TEST_POSTGRES_CLUSTER"].split()
+    subprocess.run(["pg_ctlcluster", version, cluster, action], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.fault
+@needs_a_restartable_postgres
+def test_optunas_storage_rides_out_a_database_restart_and_stops_in_one_line_when_it_stays_down(fresh_postgres,
+                                                                                                monkeypatch):
+    """Issue 32: a two-second PostgreSQL restart failed the running trial with a StorageInternalError
+    blaming 'invalid data'. Now every storage call waits for the database (bounded), and one that
+    stays down stops with a one-line StoreUnreachable without the password."""
+    from harness.core.retry import ServerStorage, StoreUnreachable
+
+    password = fresh_postgres.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
+    storage = Storage.from_env({"STORAGE": fresh_postgres}).optuna()
+    assert isinstance(storage, ServerStorage)
+    study = optuna.create_study(study_name="restart", storage=storage)
+    before = study.ask()
+    pg_ctl("restart")  # every pooled connection is cut; the next calls must not fail
+    before.set_user_attr("seen", 1)
+    study.tell(before, 1.0)
+    pg_ctl("stop")
+    restarted = subprocess.Popen(["sh", "-c", f"sleep 3; pg_ctlcluster {os.environ['GENBENCH_TEST_POSTGRES_CLUSTER']} start"])
+    try:
+        started = time.monotonic()
+        during = study.ask()  # refused for about 3 s, then served
+        study.tell(during, 2.0)
+        assert time.monotonic() - started > 2
+    finally:
+        restarted.wait(timeout=120)
+    assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 1.0), (TrialState.COMPLETE, 2.0)]
+    monkeypatch.setattr(ServerStorage, "wait_s", 2.0)
+    pg_ctl("stop")
+    try:
+        with pytest.raises(StoreUnreachable) as stopped:
+            study.ask()
+    finally:
+        pg_ctl("start")
+    (line,) = str(stopped.value).splitlines()
+    assert line.startswith("STORAGE=postgresql://genbench") and "did not answer for 2 s" in line
+    assert "run the same make study again" in line and password not in line
+
+
+@pytest.mark.fault
+@needs_a_restartable_postgres
+def test_a_study_goes_on_through_a_database_restart_mid_trial(tmp_path, shared_caches, fresh_postgres):
+    """The study of issue 32's report: PostgreSQL down for 4 s while a trial trains (its rounds and
+    heartbeats meet the refused connections). Every grid point completes, none is failed or run
+    twice, nothing is said in a traceback, and the values are those of a run on SQLite."""
+    name = f"pgr_{uuid.uuid4().hex[:8]}"
+    path = write_study(tmp_path, name, study_text(name, trials=2, rounds=6, checkpoint_every=0))
+    share_caches(tmp_path / "runs", shared_caches)
+    run = subprocess.Popen([sys.executable, "-m", "harness", "study", str(path), "--device", "cpu"], cwd=REPO,
+                           env={**os.environ, "RUNS_DIR": str(tmp_path / "runs"), "STORAGE": fresh_postgres,
+                                "HEARTBEAT_SECONDS": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not mid_training(fresh_postgres, f"{name}-v1"):
+        assert run.poll() is None and time.time() < deadline, run.stdout.read() if run.poll() is not None else "no round"
+        time.sleep(0.2)
+    pg_ctl("stop")
+    time.sleep(4)
+    pg_ctl("start")
+    output = run.communicate(timeout=600)[0]
+    assert run.returncode == 0 and "Traceback" not in output, output
+    trials = optuna.load_study(study_name=f"{name}-v1", storage=fresh_postgres).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, output
+    share_caches(tmp_path / "alone", shared_caches)
+    alone = harness("study", str(path), "--device", "cpu", env={"RUNS_DIR": str(tmp_path / "alone"), "STORAGE": "",
+                                                                 "TRACKING_URI": ""})
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    unfaulted = optuna.load_study(study_name=f"{name}-v1", storage=f"sqlite:///{tmp_path / 'alone' / 'optuna.db'}").trials
+    assert {t.params["kl_weight"]: t.value for t in trials} == {t.params["kl_weight"]: t.value for t in unfaulted}
+
+
+def mid_training(url: str, name: str) -> bool:
+    """A trial of the study is running and has reported a round."""
+    try:
+        trials = optuna.load_study(study_name=name, storage=url).trials
+    except KeyError:  # the study is not created yet
+        return False
+    return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)

@@ -260,3 +260,36 @@ def test_a_killed_ui_leaves_no_server_behind(smoke_runs):
         assert time.time() < deadline, f"still running 30 s after the kill: {live_processes(server_session)}"
         time.sleep(0.5)
     assert not [line for line in live_processes(os.getsid(os.getpid())) if "harness.tracking.watchdog" in line]
+
+
+LISTENER = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); "
+            "print('listening', flush=True); time.sleep(120)")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("holder", ["another program", "a leftover MLflow server"])
+def test_a_held_port_is_refused_in_one_line_naming_its_holder(tmp_path, holder):
+    """Issue 32: a second `make server` on a port an orphan still served printed `[Errno 98] Address
+    already in use` deep in its log and exited, while the orphan (on which store?) kept answering.
+    Now the holder is named: its pid, and for an MLflow server the store it serves, password hidden."""
+    port = free_port()
+    store = "postgresql://genbench:s3cret-pw@db-host/genbench_mlflow"
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store} if holder.endswith("server") else dict(os.environ)
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, str(port)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "listening"
+        done = subprocess.run([sys.executable, "-m", "harness", "server", "--port", str(port)], cwd=REPO,
+                              env={**os.environ, "RUNS_DIR": str(tmp_path / "runs")}, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        listener.kill()
+        listener.wait()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"port {port} on 127.0.0.1 is held by" in line and f"pid {listener.pid}" in line, line
+    assert "s3cret-pw" not in line
+    if holder.endswith("server"):
+        assert "MLflow server still running" in line and "postgresql://genbench:***@db-host/genbench_mlflow" in line
+        assert f"kill {listener.pid}" in line
+    else:
+        assert "another program" in line and "choose another PORT=" in line

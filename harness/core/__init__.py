@@ -1,6 +1,7 @@
 """What every stage shares: user errors (errors), the names of everything recorded (keys), RUNS_DIR's
-paths and URIs (storage), load-or-build caches (cache), what a running study prints (progress),
-off-screen figures (canvas) and lazy re-exports (lazy). Nothing here imports another harness package."""
+paths and URIs (storage), riding out a database server's restarts (retry), load-or-build caches
+(cache), what a running study prints (progress), off-screen figures (canvas) and lazy re-exports
+(lazy). Nothing here imports another harness package."""
 
 from harness.core.lazy import lazy_exports
 

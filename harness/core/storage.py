@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from harness.core.errors import UserError, redact, redact_text
+from harness.core.retry import ServerStorage
 
 
 def take_write_lock_first(engine: Any) -> None:
@@ -53,17 +54,19 @@ def take_write_lock_first(engine: Any) -> None:
 SCHEMA_RACE_ATTEMPTS = 6
 
 
-def open_rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+def open_rdb_storage(url: str, server: bool = False, **kwargs: Any) -> optuna.storages.RDBStorage:
     """Optuna's storage, retried while another process creates the same tables. Two machines that
     open one fresh PostgreSQL database at once both issue CREATE TABLE/TYPE; PostgreSQL fails the
     slower one with a unique violation in its catalog (measured: 29 of 36 processes, 6 at a time),
-    and its transaction rolls back whole. Tried again, it finds the tables and goes on."""
+    and its transaction rolls back whole. Tried again, it finds the tables and goes on. `server`: a
+    database server's storage, whose calls ride out its restarts (harness/core/retry.py)."""
+    kind = ServerStorage if server else optuna.storages.RDBStorage
     for attempt in range(SCHEMA_RACE_ATTEMPTS - 1):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return kind(url, **kwargs)
         except (IntegrityError, ProgrammingError):
             time.sleep(random.uniform(0.05, 0.2) * 2 ** attempt)  # apart, so the next try finds the tables
-    return optuna.storages.RDBStorage(url, **kwargs)  # a last try; its error is the user's to read
+    return kind(url, **kwargs)  # a last try; its error is the user's to read
 
 
 CONNECT_TIMEOUT_S = 5
@@ -334,14 +337,16 @@ class Storage:
         sqlite = url.startswith("sqlite")
         # SQLite: the driver's own transaction handling off (isolation_level None), so that every
         # transaction can begin IMMEDIATE below.
-        kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}}
+        # A server: each pooled connection is tested before use, so one a restart cut is replaced, not failed.
+        kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite
+                                  else {"pool_pre_ping": True}}
         try:
             with warnings.catch_warnings():  # Optuna marks the heartbeat API experimental; we rely on it knowingly
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 if heartbeat:
                     kwargs.update(heartbeat_interval=self.heartbeat_seconds, grace_period=3 * self.heartbeat_seconds,
                                   heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-                storage = open_rdb_storage(url, **kwargs)
+                storage = open_rdb_storage(url, server=not sqlite, **kwargs)
             if sqlite:  # readers and one writer at a time without blocking each other; kept by the file
                 with storage.engine.connect() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")

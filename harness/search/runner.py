@@ -16,14 +16,12 @@ import json
 import math
 import os
 import tempfile
-import threading
 import time
 import traceback
-import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import torch
@@ -35,15 +33,17 @@ from harness.core import keys
 from harness.core.errors import UserError, defer_interrupts, redact, warn
 from harness.core.keys import Attr, Tag
 from harness.core.progress import SURPLUS, Progress, Tally, best_text, next_commands
+from harness.core.retry import StoreUnreachable
 from harness.core.storage import Storage
 from harness.family.registry import get_family
 from harness.family.space import suggest
 from harness.scoring.flags import best_ranked
 from harness.search import planning
+from harness.search.liveness import OpenStudy, fail_stale_trials, heartbeat, heartbeat_api
 from harness.search.outcome import Failure, FailureKind, State, TrialOutcome
 from harness.search.session import Session, open_session
 from harness.search.trial import TrialJob, TrialRunner
-from harness.search.workers import spawn_workers, worker_identity, worker_is_gone
+from harness.search.workers import spawn_workers, worker_identity
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import Tracker
 from harness.tracking.publish import Publisher, close_stale_runs, resumed_step
@@ -77,12 +77,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-@dataclass
-class OpenStudy:
-    study: optuna.Study
-    rdb: optuna.storages.RDBStorage  # the storage under it, for the heartbeat
-
-
 def open_study(spec: StudySpec, storage: Storage, heartbeat: bool) -> OpenStudy:
     """The study's Optuna study (created on first use), its definition checked against what it holds.
     The sampler seeds each trial's draws by the study seed and the trial's number (harness/study/samplers.py)."""
@@ -92,64 +86,6 @@ def open_study(spec: StudySpec, storage: Storage, heartbeat: bool) -> OpenStudy:
                                 pruner=spec.make_pruner(), directions=[o.direction for o in spec.objectives], load_if_exists=True)
     check_identity(study, keys.StudyAttr.IDENTITY, json.loads(json.dumps(spec.identity())), spec, storage.storage_url)
     return OpenStudy(study, rdb)
-
-
-@contextmanager
-def heartbeat_api() -> Iterator[None]:
-    """Optuna marks its stale-trial API experimental and warns when a heartbeat storage is used outside
-    Study.optimize; this loop beats itself (`heartbeat`) and relies on that API knowingly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-        yield
-
-
-def fail_stale_trials(opened: OpenStudy) -> None:
-    """Trials whose worker is gone become FAIL and are re-queued once, by the storage's callback: at
-    once when the worker ran on this machine and its process no longer exists, otherwise when it has
-    missed three heartbeats. Without the first, a rerun right after a kill saw the dead trial as
-    running and came up one trial short."""
-    study, storage = opened.study, opened.rdb
-    dead = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if isinstance(t.user_attrs.get(Attr.WORKER), dict) and worker_is_gone(t.user_attrs[Attr.WORKER], t.number)]
-    failed = []
-    for trial_id in dead:
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:  # another process reclaimed it first
-            pass
-    with heartbeat_api():
-        retry = storage.get_heartbeat_stale_trial_callback()
-        for trial_id in failed if retry is not None else []:
-            retry(study, storage.get_trial(trial_id))
-        optuna.storages.fail_stale_trials(study)
-
-
-@contextmanager
-def heartbeat(opened: OpenStudy, number: int) -> Iterator[None]:
-    """Record the trial's heartbeat every interval while the block runs (when the storage has one)."""
-    storage, interval = opened.rdb, opened.rdb.get_heartbeat_interval()
-    if not interval:
-        yield
-        return
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(opened.study.study_name),
-                                                               number)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @dataclass
@@ -204,6 +140,8 @@ class TrialLoop:
                 if trial.number not in told:
                     self._fail(trial, "interrupted (Ctrl-C)")
             raise
+        except StoreUnreachable:  # the study stops; the rerun finds these trials' worker gone and re-queues them
+            raise
         except Exception as e:  # noqa: BLE001 - outside the runner (the store): the trials fail, with the reason
             return [told.get(t.number) or self._fail(t, f"{type(e).__name__}: {e}") for t in trials]
         interrupted = False
@@ -237,6 +175,8 @@ class TrialLoop:
         for trial in trials:
             try:
                 ready = self._prepare(trial)
+            except StoreUnreachable:
+                raise
             except Exception as e:  # noqa: BLE001 - outside the runner: this trial fails, with its reason
                 told[trial.number] = self._fail(trial, f"{type(e).__name__}: {e}")
                 continue
@@ -388,6 +328,12 @@ def run_study(spec: StudySpec, storage: Storage, device: str = "auto", workers: 
     except KeyboardInterrupt:
         defer_interrupts()
         tracker.end_run(parent_id, "KILLED", {Tag.STATE: "INTERRUPTED"})
+        raise
+    except StoreUnreachable:  # Optuna's database is gone for good; MLflow's store may still answer
+        try:
+            tracker.end_run(parent_id, "FAILED", {Tag.STATE: "STORE UNREACHABLE"})
+        except (MlflowException, SQLAlchemyError, OSError):  # then the next make study closes it
+            pass
         raise
     if tally.disk_full:
         _stop_on_full_disk(study, storage, tracker, parent_id, tally.disk_full)

@@ -41,6 +41,7 @@ from harness.core.keys import Tag, resolve_objective
 from harness.family.space import FixedParam, on_log_scale
 from harness.study.studyfile import StudySpec
 from harness.tracking.client import EXPERIMENT_KIND, ML_EXPERIMENT, runs_frame
+from harness.tracking.ports import check_port_free
 from harness.tracking.watchdog import STOP_GRACE_S, end_session, session_processes
 
 SHARED_VIEW = "mlflow.sharedViewState."  # + key: an experiment tag the UI opens with ?viewStateShareKey=key
@@ -213,6 +214,7 @@ def serve(backend: str, artifacts: str, host: str, port: int, workers: int) -> i
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow is None:
         raise UserError("the mlflow command is not installed; run `make setup`")
+    check_port_free(host, port)
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend, "MLFLOW_ARTIFACTS_DESTINATION": artifacts}
     received: list[int] = []
     wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closing
