@@ -1,11 +1,13 @@
 """Which trials a study runs: the budget, grid points, and workers on several machines."""
 
+import multiprocessing
 from dataclasses import replace
 
 import optuna
 import pytest
 
 from conftest import REPO, write_study
+from harness.core.storage import Storage
 from harness.family.registry import get_family
 from harness.search.planning import plan_trials, surplus, waiting_params
 from harness.study.studyfile import load_study
@@ -107,22 +109,42 @@ def draws(study: optuna.Study, n: int) -> dict[int, float]:
 
 
 
-def taking_turns(spec, storage: str, n: int) -> dict[int, float]:
-    """Two invocations of the study (each its own sampler from the same spec) draw n trials in turn."""
-    invocations = [optuna.create_study(study_name=spec.study_name, storage=storage, sampler=spec.make_sampler(),
-                                       load_if_exists=True) for _ in range(2)]
-    drawn: dict[int, float] = {}
-    for i in range(n):
-        drawn |= draws(invocations[i % 2], 1)
-    return drawn
+def invocation(study_path: str, sampler: str, options: dict, storage: str, n: int, barrier, results) -> None:
+    """One `make study` process: its own sampler from the study file, n draws on the shared storage."""
+    spec = replace(load_study(study_path), sampler=sampler, sampler_options=options)
+    study = optuna.create_study(study_name=spec.study_name, storage=Storage.from_env({"STORAGE": storage}).optuna(),
+                                sampler=spec.make_sampler(), load_if_exists=True)
+    barrier.wait()
+    try:
+        results.put(draws(study, n))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def at_once(spec, storage: str, n: int) -> dict[int, float]:
+    """Two invocations of the study, real processes started on one barrier, draw n trials between them."""
+    optuna.create_study(study_name=spec.study_name, storage=Storage.from_env({"STORAGE": storage}).optuna())
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=invocation, args=(str(spec.path), spec.sampler, spec.sampler_options, storage,
+                                                          n // 2, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    got = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert all(isinstance(g, dict) for g in got), got
+    assert not set(got[0]) & set(got[1])  # trial numbers are unique across processes
+    return got[0] | got[1]
+
 
 @pytest.mark.fault
 def test_concurrent_invocations_of_a_random_study_never_draw_alike(tmp_path):
-    """Two invocations of one study (each its own sampler from the same study seed) take turns on one
-    storage; before per-trial seeding both drew the same configurations and trained each twice. Trial N
+    """Two invocations of one study (each its own sampler from the same study seed), two processes at
+    once on one storage; before per-trial seeding both drew the same configurations and trained each twice. Trial N
     draws the same values whoever runs it, so a study is still reproducible."""
     spec = random_study(tmp_path, trials=12)
-    drawn = taking_turns(spec, f"sqlite:///{tmp_path / 'shared.db'}", 12)
+    drawn = at_once(spec, f"sqlite:///{tmp_path / 'shared.db'}", 12)
     assert len(set(drawn.values())) == 12  # twelve trials, twelve configurations
     alone = draws(optuna.create_study(sampler=spec.make_sampler()), 12)  # one process, in another storage
     assert alone == drawn
@@ -133,5 +155,5 @@ def test_concurrent_invocations_of_a_random_study_never_draw_alike(tmp_path):
 @pytest.mark.fault
 def test_model_based_samplers_draw_per_trial_too(tmp_path):
     spec = replace(random_study(tmp_path, trials=12), sampler="tpe", sampler_options={"n_startup_trials": 2})
-    drawn = taking_turns(spec, f"sqlite:///{tmp_path / 'shared.db'}", 8)
+    drawn = at_once(spec, f"sqlite:///{tmp_path / 'shared.db'}", 8)
     assert len(set(drawn.values())) == 8

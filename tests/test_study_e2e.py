@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -15,10 +16,10 @@ from optuna.trial import TrialState
 
 from conftest import REPO, mlflow_runs, second_ctrl_c_while_runs_close, smoke_study_of, split_runs, write_study
 from harness.cli import main
+from harness.core.keys import Attr
 from harness.data.datasets import load_dataset
 from harness.family import registry
 from harness.family.registry import register_family
-from harness.training import loop as training
 from harness.training.loop import evaluate, load_model
 from models import vae
 
@@ -122,30 +123,50 @@ def test_interrupted_grid_finishes_its_missing_points(runs_dir, smoke_runs, caps
     assert {t.params["kl_weight"]: t.value for t in trials} == reference
 
 
-def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir, monkeypatch):
-    real_train = training.train
-    calls = []
-
-    def train_then_interrupt(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr("harness.search.trial.train", train_then_interrupt)
-    assert main(["study", "smoke"]) == 130
+def test_ctrl_c_marks_the_trial_and_the_next_run_finishes_it(runs_dir):
+    """A real Ctrl-C, pressed twice as users do: SIGINT to `python -m harness study`'s process group (what
+    the terminal sends) while its second trial trains, and again 0.1 s later while its runs close."""
+    study = subprocess.Popen([sys.executable, "-m", "harness", "study", "smoke", "--device", "cpu"], cwd=REPO,
+                             env={**os.environ, "RUNS_DIR": str(runs_dir)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not training_trial(runs_dir, 1):
+        assert study.poll() is None and time.time() < deadline, study.communicate()[0]
+        time.sleep(0.2)
+    os.killpg(study.pid, signal.SIGINT)
+    time.sleep(0.1)
+    os.killpg(study.pid, signal.SIGINT)
+    output = study.communicate(timeout=120)[0]
+    # 130, or killed by the second SIGINT when it lands after the command has closed everything and returned
+    assert study.returncode in (130, -signal.SIGINT) and "Traceback" not in output, output
+    assert "interrupted: finished trials are kept" in output
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["failure_reason"] == "interrupted (Ctrl-C)"
     parents, children = split_runs(mlflow_runs(runs_dir, "smoke-v2"))
     assert parents[0].info.status == "KILLED"
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
 
-    monkeypatch.setattr("harness.search.trial.train", real_train)
     assert main(["study", "smoke"]) == 0
     trials = optuna_trials(runs_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[2].params == trials[1].params  # the interrupted point, run again
+
+
+def training_trial(runs_dir: Path, number: int) -> bool:
+    """Trial `number` is running and has logged its first round in MLflow (it is mid-training)."""
+    if not (runs_dir / "optuna.db").exists():
+        return False
+    try:
+        trials = optuna_trials(runs_dir)
+    except KeyError:  # the study is not created yet
+        return False
+    if len(trials) <= number or trials[number].state != TrialState.RUNNING or Attr.RUN_ID not in trials[number].user_attrs:
+        return False
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    return bool(client.get_run(trials[number].user_attrs[Attr.RUN_ID]).data.metrics)
 
 
 def test_a_non_grid_study_continues_with_new_trial_numbers(runs_dir, tmp_path, capsys):
