@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
@@ -329,35 +331,58 @@ def test_machines_opening_a_fresh_postgres_at_once_all_get_the_storage(fresh_pos
     assert optuna.get_all_study_summaries(fresh_postgres) == []  # the tables are there, and empty
 
 
+@pytest.fixture
+def readme_databases() -> Iterator[tuple[str, str]]:
+    """Step 1 of harness/README.md's several-machines recipe: two databases, one for Optuna and one for
+    MLflow (fresh names, owned by GENBENCH_TEST_POSTGRES's role, dropped after)."""
+    url = os.environ["GENBENCH_TEST_POSTGRES"]
+    user, tag = url.split("://", 1)[1].split(":", 1)[0], uuid.uuid4().hex[:8]
+    names = (f"genbench_optuna_{tag}", f"genbench_mlflow_{tag}")
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for name in names:
+            connection.execute(text(f"CREATE DATABASE {name} OWNER {user}"))
+    base = url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{names[0]}", f"{base}/{names[1]}"
+    finally:
+        with engine.connect() as connection:
+            for name in names:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        engine.dispose()
+
+
+def make(*args: str, env: dict, timeout: int = 600, **popen) -> subprocess.Popen:
+    return subprocess.Popen(["make", "--no-print-directory", *args], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
 @pytest.mark.fault
 @needs_postgres
-def test_workers_share_postgres_and_a_tracking_server(tmp_path, shared_caches, fresh_postgres):
-    """Two machines on one fresh PostgreSQL study and one tracking server (the caches shared: the
-    extractor is trained once, as a second run on each machine would find it)."""
-    url = fresh_postgres
-    password = url.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
+def test_the_readmes_several_machines_steps_work_as_written(tmp_path, shared_caches, readme_databases):
+    """harness/README.md's recipe step by step: two databases; `BACKEND_STORE=... make server`; on two
+    machines at once (their own RUNS_DIR each) `STORAGE=... make study STUDY=... TRACKING_URI=http://...`;
+    then `make report` from a third place with the same STORAGE and TRACKING_URI."""
+    optuna_db, mlflow_db = readme_databases
+    password = optuna_db.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
     name = f"pg_{uuid.uuid4().hex[:8]}"
     path = write_study(tmp_path, name, study_text(name, trials=4, rounds=1, sampler="random"))
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "harness", "server", "--port", str(port)], cwd=REPO,
-                              env={**os.environ, "RUNS_DIR": str(tmp_path / "server")},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(tmp_path / "server.log", "w")  # a pipe nobody reads fills with the access log and stalls the server
+    server = subprocess.Popen(["make", "--no-print-directory", "server", f"PORT={port}"], cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "BACKEND_STORE": mlflow_db, "RUNS_DIR": str(tmp_path / "server")})
     try:
         wait_until_serving(port, server, "tracking server")
-        # Two machines (their own RUNS_DIR each) start together: 4 trials in all. (Several workers on one
-        # machine: the two-invocations test above.)
         for i in range(2):
             share_caches(tmp_path / f"machine{i}", shared_caches)
-        machines = [subprocess.Popen([sys.executable, "-m", "harness", "study", str(path), *extra], cwd=REPO,
-                                     env={**os.environ, "RUNS_DIR": str(tmp_path / f"machine{i}"), "STORAGE": url,
-                                          "TRACKING_URI": f"http://127.0.0.1:{port}"},
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                    for i, extra in enumerate(([], []))]
+        machines = [make("study", f"STUDY={path}", f"TRACKING_URI=http://127.0.0.1:{port}", "DEVICE=cpu",
+                         env={"RUNS_DIR": str(tmp_path / f"machine{i}"), "STORAGE": optuna_db}) for i in range(2)]
         outputs = [m.communicate(timeout=600)[0] for m in machines]
         for machine, output in zip(machines, outputs):
             assert machine.returncode == 0, output
             assert password and password not in output  # credentials are never printed
-        trials = optuna.load_study(study_name=f"{name}-v1", storage=url).trials
+        trials = optuna.load_study(study_name=f"{name}-v1", storage=optuna_db).trials
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(complete) == 4 and all(t.user_attrs["failure_reason"].startswith("surplus")
                                           for t in trials if t.state != TrialState.COMPLETE)
@@ -373,9 +398,26 @@ def test_workers_share_postgres_and_a_tracking_server(tmp_path, shared_caches, f
         assert "samples.png" in {a.path for a in client.list_artifacts(children[0].info.run_id)}  # through the server
         for run in every:
             assert password not in str(run.data.params) and password not in str(run.data.tags)
+        assert MLFLOW_TABLES <= set(inspect_tables(mlflow_db)) and not OPTUNA_TABLES & set(inspect_tables(mlflow_db))
+        report = make("report", f"STUDY={name}", f"TRACKING_URI=http://127.0.0.1:{port}",
+                      env={"RUNS_DIR": str(tmp_path / "anywhere"), "STORAGE": optuna_db})
+        said = report.communicate(timeout=300)[0]
+        assert report.returncode == 0 and password not in said, said
+        assert f"reports/{name}-v1/index.html" in said
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        log.close()
+        assert password not in (tmp_path / "server.log").read_text()
+        shutil.rmtree(REPO / "reports" / f"{name}-v1", ignore_errors=True)
+
+
+def inspect_tables(url: str) -> list[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        return sa_inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
 
 
 def test_a_full_disk_stops_the_study_with_one_line_and_keeps_what_was_recorded(tmp_path, monkeypatch, capsys,
